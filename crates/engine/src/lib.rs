@@ -1,1 +1,124 @@
-//! placeholder
+//! # gantry-engine
+//!
+//! The scheduling engine: a pure library. A driver (the simulator, the standalone server, the
+//! Kubernetes controller) keeps a [`Snapshot`] up to date with events and calls [`schedule`];
+//! the engine returns a [`Plan`] — binds with exact devices and MIG slices, preemptions,
+//! reservations and the reasons jobs wait. No I/O, no clocks, no threads, no tokio/tonic/kube:
+//! the same snapshot, profile and time always give the same plan.
+//!
+//! A tour, in the order a cycle uses them:
+//! - [`snapshot`]: arenas of nodes, devices, NVLink domains, queues and jobs with `u32` ids, and
+//!   indexes kept incrementally (nodes and domains bucketed by free GPUs per model, shared GPUs
+//!   by remaining fraction, pending jobs per queue in order).
+//! - [`quota`](crate::quota) (internal): nominal quota, borrowing and lending over the queue tree.
+//! - [`cycle`](crate::schedule): queue order by weighted dominant share (optionally blended with
+//!   decayed history) or by submit time; many admissions per queue per cycle; a per-shape
+//!   failure memo and incremental cycles keep 100k pending jobs cheap.
+//! - placement (internal): best fit for whole GPUs that keeps whole nodes and NVLink domains
+//!   free, MIG slices at the start that destroys the fewest future placements, shared GPUs by
+//!   least remaining fraction, gang scopes (node, NVLink domain, label) — all staged in a
+//!   statement so gangs are all-or-nothing and roll back in O(tasks).
+//! - preemption (internal): priority within a queue, reclaim of borrowed quota across queues,
+//!   whole gangs only, a minimal victim set, never below a queue's nominal quota to let another borrow.
+//! - backfill (internal): reservations for blocked queue heads with a start time from expected
+//!   runtimes; other jobs use reserved GPUs only if they end before.
+//! - [`explain`]: a [`Reason`] with numbers for every waiting job, its queue position and
+//!   estimated start.
+//! - [`profile`]: `gantry` (default), `best-fit` and `fifo` are configurations of this engine.
+//!
+//! ```
+//! use gantry_engine::{schedule, Profile, Snapshot};
+//! use gantry_model::doc::from_yaml;
+//! use gantry_model::{ClusterSpec, JobSpec, QueuesSpec};
+//!
+//! let cluster = from_yaml::<ClusterSpec>(
+//!     "pools: [{name: dgx, count: 2, gpu_model: h100-80gb, gpus_per_node: 8, cpu: 224, memory: 2Ti}]",
+//!     "cluster.yaml",
+//! ).unwrap().build().unwrap();
+//! let queues = from_yaml::<QueuesSpec>(
+//!     "queues: [{name: team-a, quotas: {h100-80gb: {nominal: 16}}}]",
+//!     "queues.yaml",
+//! ).unwrap().build().unwrap();
+//! let job = from_yaml::<JobSpec>(
+//!     "{name: train, queue: team-a, kind: training, tasks: [{count: 2, gpus: 8, nvlink: true}]}",
+//!     "job.yaml",
+//! ).unwrap().validate(&queues, Some(&cluster.catalog())).unwrap();
+//!
+//! let mut snap = Snapshot::new(&cluster, &queues).unwrap();
+//! snap.submit(&job, 0).unwrap();
+//! let plan = schedule(&mut snap, &Profile::gantry(), 0);
+//! assert_eq!(plan.binds[0].tasks.len(), 2); // the gang started whole, on two nodes
+//! ```
+
+mod audit;
+mod backfill;
+mod cycle;
+pub mod explain;
+mod place;
+pub mod plan;
+mod preempt;
+pub mod profile;
+mod quota;
+pub mod snapshot;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use cycle::schedule;
+pub use explain::{fmt_time, Explanation, Reason};
+pub use plan::{Bind, CycleStats, Plan, PreemptCause, Preemption, Reservation};
+pub use profile::{History, Ordering, Packing, Profile};
+pub use snapshot::{
+    DeviceId, FlavorId, GpuAlloc, GpuTotals, JobId, JobPhase, NodeId, QueueId, Snapshot, TaskAlloc,
+    Time,
+};
+
+/// What the engine refuses. The variant names double as metric labels.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// A job name is already in use by a job that has not finished.
+    #[error("job {name:?} already exists")]
+    DuplicateJob {
+        /// The name.
+        name: String,
+    },
+    /// The queue does not exist or is a cohort.
+    #[error("queue {queue:?} is not a leaf queue of this cluster")]
+    UnknownQueue {
+        /// The name.
+        queue: String,
+    },
+    /// No such job, or it has finished.
+    #[error("no running or pending job with id {id}")]
+    UnknownJob {
+        /// The id.
+        id: u32,
+    },
+    /// Only single-group jobs (inference services) scale.
+    #[error("job {id} has several task groups and cannot be scaled")]
+    NotScalable {
+        /// The id.
+        id: u32,
+    },
+    /// A node with more devices than the engine's 64-bit masks hold.
+    #[error("node {node:?} has {count} devices; at most 64 are supported")]
+    TooManyDevices {
+        /// Node name.
+        node: String,
+        /// Devices.
+        count: usize,
+    },
+    /// A MIG device of a model without geometry.
+    #[error("model {model:?} has MIG devices but no MIG geometry")]
+    NoGeometry {
+        /// Model.
+        model: String,
+    },
+    /// A MIG profile no model in the cluster offers.
+    #[error("no GPU model in the cluster offers MIG profile {profile:?}")]
+    NoSuchProfile {
+        /// Profile.
+        profile: String,
+    },
+}
+#[cfg(test)]
+mod tests;

@@ -236,17 +236,10 @@ impl ClusterSpec {
             for i in 0..pool.count {
                 let name = format!("{}-{i}", pool.name);
                 let mut labels = pool.labels.clone();
-                if pool.nodes_per_rack > 0 {
-                    labels.insert(
-                        "rack".to_string(),
-                        format!("{}-r{}", pool.name, i / pool.nodes_per_rack),
-                    );
+                if let Some(rack) = i.checked_div(pool.nodes_per_rack) {
+                    labels.insert("rack".to_string(), format!("{}-r{rack}", pool.name));
                 }
-                let per_domain = if domains > 0 {
-                    pool.gpus_per_node / domains
-                } else {
-                    0
-                };
+                let per_domain = pool.gpus_per_node.checked_div(domains).unwrap_or(0);
                 let devices = (0..pool.gpus_per_node)
                     .map(|d| Device {
                         uuid: String::new(),

@@ -1,0 +1,341 @@
+//! One scheduling cycle: order queues, admit as many jobs per queue as fit, preempt, reserve.
+//!
+//! The cycle pops the queue that should go next (lowest weighted dominant share, or earliest
+//! head job under `Ordering::Submit`), walks its pending jobs in (priority, submit time) order
+//! and admits every one that fits — there is no one-head-per-queue-per-cycle limit. A queue goes
+//! back on the heap with its new share after each admission.
+//!
+//! Cost control, so a cycle over 100,000 pending jobs stays in milliseconds:
+//! - a failure memo: jobs of the same shape (same demands, counts, constraints) fail the same way
+//!   within a cycle, because capacity and quota only shrink as the cycle admits; capacity misses
+//!   are remembered per shape, quota misses per (queue, shape);
+//! - incremental cycles: when nothing was freed since the last cycle (no completion, eviction,
+//!   recovery), old pending jobs still cannot fit, so only jobs that arrived since are examined.
+
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+
+use priority_queue::PriorityQueue;
+
+use crate::explain::Reason;
+use crate::place::{Placer, Reservations, Tx};
+use crate::plan::{Bind, Plan};
+use crate::profile::{Ordering, Profile};
+use crate::snapshot::{JobId, JobPhase, PendingKey, Snapshot, Time, NONE};
+
+/// Run one cycle at `now`. The snapshot ends up with the plan applied (binds become running
+/// tasks, victims are back in their queues); the plan says what the driver must do.
+///
+/// # Guarantees
+/// - Deterministic: the same snapshot, profile and `now` give the same plan.
+/// - Every gang is placed whole (at least `min_available` tasks) or not at all.
+/// - No device or MIG memory slice is handed out twice; no queue exceeds what its quota,
+///   borrowing and lending limits allow.
+pub fn schedule(s: &mut Snapshot, profile: &Profile, now: Time) -> Plan {
+    let mut c = Cycle::new(s, profile, now);
+    c.run();
+    c.plan
+}
+
+enum Source {
+    /// All pending jobs after `last`.
+    Full(Option<PendingKey>),
+    /// Only these (fresh) jobs, in order.
+    Fresh(Vec<PendingKey>, usize),
+}
+
+pub(crate) struct Cycle<'a> {
+    pub s: &'a mut Snapshot,
+    pub p: &'a Profile,
+    pub now: Time,
+    pub plan: Plan,
+    pub reservations: Reservations,
+    /// (queue or NONE, shape) → (smallest expected end that failed, highest priority tried, reason)
+    memo: HashMap<(u32, u32), (Time, i32, Reason)>,
+    reserved_queues: HashSet<u32>,
+    pub preempt_attempts: u32,
+}
+
+impl<'a> Cycle<'a> {
+    fn new(s: &'a mut Snapshot, p: &'a Profile, now: Time) -> Self {
+        Cycle {
+            s,
+            p,
+            now,
+            plan: Plan {
+                now,
+                ..Plan::default()
+            },
+            reservations: Reservations::default(),
+            memo: HashMap::new(),
+            reserved_queues: HashSet::new(),
+            preempt_attempts: 0,
+        }
+    }
+
+    fn update_history(&mut self) {
+        let Some(h) = self.p.history else { return };
+        let last = self.s.last_history_update.replace(self.now);
+        let Some(last) = last else { return };
+        let dt = self.now.saturating_sub(last) as f64;
+        if dt <= 0.0 || h.half_life_ms == 0 {
+            return;
+        }
+        let decay = 0.5f64.powf(dt / h.half_life_ms as f64);
+        for q in 0..self.s.queues.len() {
+            for f in 0..self.s.quota.flavors() {
+                let u = self.s.quota.usage(q as u32, f as u32) as f64;
+                let hist = &mut self.s.queues[q].history[f];
+                *hist = *hist * decay + u * (1.0 - decay);
+            }
+        }
+    }
+
+    /// Weighted dominant share of a queue: max over flavors of usage / entitlement, divided by
+    /// the weight. Entitlement is the nominal quota, or one unit where there is none.
+    pub(crate) fn share(&self, q: u32) -> f64 {
+        let w = self.p.history.map_or(0.0, |h| h.weight.clamp(0.0, 1.0));
+        let mut d: f64 = 0.0;
+        for f in 0..self.s.quota.flavors() {
+            let u = self.s.quota.usage(q, f as u32) as f64;
+            let u = if w > 0.0 {
+                (1.0 - w) * u + w * self.s.queues[q as usize].history[f]
+            } else {
+                u
+            };
+            if u <= 0.0 {
+                continue;
+            }
+            let nominal = self.s.quota.nominal(q, f as u32);
+            let e = if nominal > 0 { nominal as f64 } else { 1000.0 };
+            d = d.max(u / e);
+        }
+        d / self.s.quota.weight(q)
+    }
+
+    fn peek(&self, q: u32, src: &Source) -> Option<PendingKey> {
+        match src {
+            Source::Full(last) => {
+                let set = &self.s.queues[q as usize].pending;
+                match last {
+                    None => set.iter().next().copied(),
+                    Some(k) => set
+                        .range((Bound::Excluded(*k), Bound::Unbounded))
+                        .next()
+                        .copied(),
+                }
+            }
+            Source::Fresh(v, i) => v.get(*i).copied(),
+        }
+    }
+
+    fn advance(src: &mut Source, key: PendingKey) {
+        match src {
+            Source::Full(last) => *last = Some(key),
+            Source::Fresh(_, i) => *i += 1,
+        }
+    }
+
+    fn heap_key(&self, q: u32, src: &Source) -> Option<Reverse<(u64, u64, u32)>> {
+        let head = self.peek(q, src)?;
+        Some(Reverse(match self.p.ordering {
+            Ordering::FairShare => (
+                (self.share(q) * 1e9).min(u64::MAX as f64 / 2.0) as u64,
+                0,
+                q,
+            ),
+            Ordering::Submit => (head.1, head.2 as u64, q),
+        }))
+    }
+
+    fn run(&mut self) {
+        self.update_history();
+        let freed = std::mem::take(&mut self.s.freed);
+        let fresh = std::mem::take(&mut self.s.fresh);
+        let incremental = !freed && self.s.last_cycle_complete && !self.p.head_of_line_blocking;
+        self.plan.stats.incremental = incremental;
+        if incremental {
+            // Reservations stay as they were: nothing they depend on has been freed.
+            self.reservations = std::mem::take(&mut self.s.reservations);
+        }
+        self.s.blocked_head = None;
+        let nq = self.s.quota.len();
+        let mut sources: Vec<Source> = Vec::with_capacity(nq);
+        if incremental {
+            let mut per_queue: Vec<Vec<PendingKey>> = vec![Vec::new(); nq];
+            for j in fresh {
+                let job = &self.s.jobs[j as usize];
+                if job.has_unplaced() {
+                    per_queue[job.queue as usize].push(job.order_key(j));
+                }
+            }
+            for mut v in per_queue {
+                v.sort_unstable();
+                v.dedup();
+                sources.push(Source::Fresh(v, 0));
+            }
+        } else {
+            sources.extend((0..nq).map(|_| Source::Full(None)));
+        }
+        let mut heap: PriorityQueue<u32, Reverse<(u64, u64, u32)>> = PriorityQueue::new();
+        for q in 0..nq as u32 {
+            if let Some(k) = self.heap_key(q, &sources[q as usize]) {
+                heap.push(q, k);
+            }
+        }
+        let mut complete = true;
+        'outer: while let Some((q, _)) = heap.pop() {
+            while let Some(key) = self.peek(q, &sources[q as usize]) {
+                Self::advance(&mut sources[q as usize], key);
+                let job = key.2;
+                if !self.s.jobs[job as usize].has_unplaced() {
+                    continue;
+                }
+                let admitted = self.consider(job);
+                if !admitted && self.p.head_of_line_blocking {
+                    self.s.blocked_head = Some(job);
+                    complete = false;
+                    break 'outer;
+                }
+                if admitted || self.p.ordering == Ordering::Submit {
+                    if let Some(k) = self.heap_key(q, &sources[q as usize]) {
+                        heap.push(q, k);
+                    }
+                    break;
+                }
+            }
+        }
+        self.s.last_cycle_complete = complete;
+        self.s.reservations = std::mem::take(&mut self.reservations);
+        let mut res: Vec<_> = self.s.reservations.by_job().into_iter().collect();
+        res.sort_by_key(|r| r.job);
+        self.plan.reservations = res;
+    }
+
+    /// Look at one job: memo, placement, then preemption or a reservation. Returns whether it
+    /// was admitted.
+    fn consider(&mut self, job: u32) -> bool {
+        self.plan.stats.examined += 1;
+        let (queue, shape, priority, end, fresh_gang) = {
+            let j = &self.s.jobs[job as usize];
+            (
+                j.queue,
+                j.shape,
+                j.priority,
+                j.expected_end(self.now),
+                j.running_tasks() == 0,
+            )
+        };
+        if fresh_gang {
+            for key in [(NONE, shape), (queue, shape)] {
+                if let Some(&(failed_end, tried_prio, reason)) = self.memo.get(&key) {
+                    let preempt_possible = self.p.preemption && priority > tried_prio;
+                    if end >= failed_end && !preempt_possible {
+                        self.plan.stats.memo_skips += 1;
+                        self.set_reason(job, Some(reason), None);
+                        return false;
+                    }
+                }
+            }
+        }
+        let mut tx = Tx::default();
+        let result = {
+            let mut placer = Placer {
+                s: self.s,
+                packing: self.p.packing,
+                reservations: &self.reservations,
+                now: self.now,
+                end_override: None,
+            };
+            placer.place_job(job, &mut tx)
+        };
+        match result {
+            Ok(_) => {
+                self.commit(job, tx);
+                true
+            }
+            Err(reason) => {
+                if self.p.preemption
+                    && self.preempt_attempts < self.p.max_preemption_attempts
+                    && self.try_preempt(job, &reason)
+                {
+                    return true;
+                }
+                let mut eta = None;
+                let capacity_miss = !matches!(
+                    reason,
+                    Reason::Quota { .. } | Reason::Reservation { .. } | Reason::NoFlavor
+                );
+                if self.p.backfill
+                    && capacity_miss
+                    && !self.reserved_queues.contains(&queue)
+                    && (self.reserved_queues.len() as u32) < self.p.max_reservations
+                {
+                    self.reserved_queues.insert(queue);
+                    eta = self.reserve(job);
+                }
+                if fresh_gang {
+                    let key = if matches!(reason, Reason::Quota { .. }) {
+                        (queue, shape)
+                    } else {
+                        (NONE, shape)
+                    };
+                    let e = self.memo.entry(key).or_insert((end, priority, reason));
+                    e.0 = e.0.min(end);
+                    e.1 = e.1.max(priority);
+                }
+                self.set_reason(job, Some(reason), eta);
+                false
+            }
+        }
+    }
+
+    fn set_reason(&mut self, job: u32, reason: Option<Reason>, eta: Option<Time>) {
+        let j = &mut self.s.jobs[job as usize];
+        j.eta = eta;
+        if j.reason != reason {
+            j.reason = reason;
+            if let Some(r) = reason {
+                self.plan.reasons.push((JobId(job), r));
+            }
+        }
+    }
+
+    /// Make a staged placement real: record tasks on the job, start it, and add the bind.
+    pub(crate) fn commit(&mut self, job: u32, tx: Tx) {
+        let mut tasks = Vec::new();
+        {
+            let j = &mut self.s.jobs[job as usize];
+            for (owner, mut t, applied) in tx.into_ops() {
+                debug_assert!(
+                    applied && owner == job,
+                    "commit takes only the job's own placements"
+                );
+                let g = &mut j.groups[t.group as usize];
+                t.index = g.running;
+                g.running += 1;
+                j.tasks.push(t.clone());
+                tasks.push(t);
+            }
+            if j.phase == JobPhase::Pending {
+                j.phase = JobPhase::Running;
+                j.start = Some(self.now);
+            }
+            j.reason = None;
+            j.eta = None;
+        }
+        let j = &self.s.jobs[job as usize];
+        let (q, key, done) = (j.queue as usize, j.order_key(job), !j.has_unplaced());
+        self.s.queues[q].running.insert(job);
+        if done && self.s.queues[q].pending.remove(&key) {
+            self.s.pending_jobs -= 1;
+        }
+        self.plan.stats.admitted += 1;
+        self.plan.stats.tasks_placed += tasks.len() as u64;
+        self.plan.binds.push(Bind {
+            job: JobId(job),
+            tasks,
+        });
+    }
+}

@@ -1,0 +1,317 @@
+//! Why a job is pending, where it stands, and when it should start.
+//!
+//! Every job the cycle could not start gets a [`Reason`]: a small value with the numbers that
+//! matter, stored on the job (no strings on the hot path). [`Snapshot::explain`] renders it with
+//! names, e.g. `queue team-a: quota h100-80gb 16/16 used, cohort has 0 to lend`, adds the job's
+//! position in its queue, and an estimated start when backfill computed one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::{JobId, JobPhase, Snapshot, Time, NONE};
+
+/// Why a job did not start in the last cycle. Counts of GPUs are whole devices; quota amounts
+/// are thousandths (as stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reason {
+    /// Its queue has no quota left for the flavor, and the cohort cannot lend enough.
+    Quota {
+        /// Leaf queue.
+        queue: u32,
+        /// Flavor.
+        flavor: u32,
+        /// The queue's usage.
+        used: u64,
+        /// Its nominal quota.
+        nominal: u64,
+        /// What it asked for.
+        requested: u64,
+        /// What it could still get (own + borrowable).
+        available: u64,
+        /// What its cohort could still lend it.
+        cohort: u64,
+    },
+    /// Not enough free GPUs of the flavor in any single node (for tasks of `per_task` GPUs).
+    Capacity {
+        /// Flavor.
+        flavor: u32,
+        /// GPUs per task.
+        per_task: u32,
+        /// Tasks that could not be placed.
+        missing: u32,
+        /// Most free GPUs of the flavor on one node.
+        largest_free: u32,
+    },
+    /// A task needs its GPUs inside one NVLink domain, or the gang must share one.
+    Domain {
+        /// Flavor.
+        flavor: u32,
+        /// GPUs needed in one domain.
+        needed: u32,
+        /// Most free GPUs in one domain.
+        largest_free: u32,
+    },
+    /// The gang must share one value of a topology label (one rack, say).
+    Topology {
+        /// Label key.
+        key: u32,
+        /// GPUs needed.
+        needed: u32,
+        /// Most free GPUs under one label value.
+        largest_free: u32,
+    },
+    /// The gang must share one node.
+    SameNode {
+        /// GPUs needed.
+        needed: u32,
+        /// Most free GPUs of an allowed flavor on one node.
+        largest_free: u32,
+    },
+    /// No free slice of the MIG profile at a legal start.
+    Mig {
+        /// MIG flavor.
+        flavor: u32,
+        /// Tasks not placed.
+        missing: u32,
+    },
+    /// No shared GPU with enough remaining fraction and no free whole GPU.
+    Shared {
+        /// Flavor.
+        flavor: u32,
+        /// Thousandths asked.
+        milli: u16,
+    },
+    /// GPUs would fit but cpu or memory on the candidate nodes does not.
+    CpuMemory {
+        /// Tasks not placed.
+        missing: u32,
+    },
+    /// Capacity that fits is held for a blocked job with an earlier turn.
+    Reservation {
+        /// The job holding the reservation.
+        job: u32,
+        /// When it should start.
+        start: Time,
+    },
+    /// Strict FIFO: an earlier job that does not fit blocks this one.
+    HeadOfLine {
+        /// The blocking job.
+        job: u32,
+    },
+    /// No allowed flavor exists in the cluster (nothing can ever run it).
+    NoFlavor,
+    /// Fewer than `min_available` tasks fit.
+    Gang {
+        /// Tasks placed before giving up.
+        placed: u32,
+        /// Gang size.
+        min_available: u32,
+    },
+    /// Spread over nodes needs more distinct nodes than have room.
+    Spread {
+        /// Replicas placed before giving up.
+        placed: u32,
+    },
+}
+
+impl Reason {
+    /// `Unresolvable` verdicts: no amount of waiting or preemption helps with the current
+    /// cluster (the job asks more than any node, domain or quota tree could ever hold).
+    pub fn is_unresolvable(&self) -> bool {
+        matches!(self, Reason::NoFlavor)
+    }
+
+    /// A short stable label, usable as a metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::Quota { .. } => "quota",
+            Reason::Capacity { .. } => "capacity",
+            Reason::Domain { .. } => "nvlink_domain",
+            Reason::Topology { .. } => "topology",
+            Reason::SameNode { .. } => "same_node",
+            Reason::Mig { .. } => "mig",
+            Reason::Shared { .. } => "shared_gpu",
+            Reason::CpuMemory { .. } => "cpu_memory",
+            Reason::Reservation { .. } => "reservation",
+            Reason::HeadOfLine { .. } => "head_of_line",
+            Reason::NoFlavor => "no_flavor",
+            Reason::Gang { .. } => "gang",
+            Reason::Spread { .. } => "spread",
+        }
+    }
+}
+
+fn gpus(milli: u64) -> String {
+    if milli.is_multiple_of(1000) {
+        format!("{}", milli / 1000)
+    } else {
+        format!("{:.3}", milli as f64 / 1000.0)
+    }
+}
+
+/// A pending job's explanation, rendered with names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// Job name.
+    pub job: String,
+    /// Queue name.
+    pub queue: String,
+    /// Phase.
+    pub phase: JobPhase,
+    /// 1-based position among its queue's pending jobs (priority, then submit time).
+    pub position: Option<usize>,
+    /// Pending jobs in the queue.
+    pub queue_length: usize,
+    /// The machine-readable reason label (`quota`, `capacity`, …).
+    pub reason_label: Option<String>,
+    /// The reason, in words with numbers.
+    pub reason: Option<String>,
+    /// Estimated start, when backfill found one.
+    pub estimated_start: Option<Time>,
+}
+
+impl Snapshot {
+    /// Render a reason with names.
+    pub fn describe(&self, r: &Reason) -> String {
+        let flavor = |f: u32| -> &str {
+            if f == NONE {
+                "gpu"
+            } else {
+                &self.flavors[f as usize].name
+            }
+        };
+        match *r {
+            Reason::Quota {
+                queue,
+                flavor: f,
+                used,
+                nominal,
+                requested,
+                available,
+                cohort,
+            } => {
+                let limit = match self.quota.borrowing_limit(queue, f) {
+                    Some(b) => format!(" (may borrow up to {})", gpus(b)),
+                    None => String::new(),
+                };
+                format!(
+                    "queue {}: quota {} {}/{} used{limit}, needs {} more but only {} is available; cohort has {} to lend",
+                    self.quota.name(queue),
+                    flavor(f),
+                    gpus(used),
+                    gpus(nominal),
+                    gpus(requested),
+                    gpus(available),
+                    gpus(cohort)
+                )
+            }
+            Reason::Capacity {
+                flavor: f,
+                per_task,
+                missing,
+                largest_free,
+            } => format!(
+                "needs {missing} more task(s) of {per_task} {} GPU(s); the most free on one node is {largest_free}",
+                flavor(f)
+            ),
+            Reason::Domain {
+                flavor: f,
+                needed,
+                largest_free,
+            } => format!(
+                "needs {needed} {} GPUs in one NVLink domain; the largest free domain has {largest_free}",
+                flavor(f)
+            ),
+            Reason::Topology {
+                key,
+                needed,
+                largest_free,
+            } => {
+                let k = self.label_keys.get(key as usize).map_or("?", |k| &**k);
+                format!("needs {needed} GPUs under one value of label {k}; the most free under one value is {largest_free}")
+            }
+            Reason::SameNode {
+                needed,
+                largest_free,
+            } => format!("needs {needed} GPUs on one node; the most free on one node is {largest_free}"),
+            Reason::Mig { flavor: f, missing } => format!(
+                "no free {} slice at a legal start for {missing} task(s)",
+                flavor(f)
+            ),
+            Reason::Shared { flavor: f, milli } => format!(
+                "no {} GPU has {} of a GPU left and none is free",
+                flavor(f),
+                gpus(milli as u64)
+            ),
+            Reason::CpuMemory { missing } => {
+                format!("GPUs fit but cpu or memory does not, for {missing} task(s)")
+            }
+            Reason::Reservation { job, start } => format!(
+                "waiting behind reservation for job {} (expected to start at {})",
+                self.jobs[job as usize].name,
+                fmt_time(start)
+            ),
+            Reason::HeadOfLine { job } => format!(
+                "strict FIFO: waiting for earlier job {} to start",
+                self.jobs[job as usize].name
+            ),
+            Reason::NoFlavor => "no allowed GPU model or MIG profile exists in the cluster".to_string(),
+            Reason::Gang {
+                placed,
+                min_available,
+            } => format!("gang needs {min_available} tasks together; only {placed} fit"),
+            Reason::Spread { placed } => format!(
+                "one replica per node: only {placed} nodes have room"
+            ),
+        }
+    }
+
+    /// Explain a job: reason, queue position and estimated start.
+    pub fn explain(&self, id: JobId) -> Option<Explanation> {
+        let j = self.jobs.get(id.idx())?;
+        let reason = self.reason(id);
+        let q = &self.queues[j.queue as usize];
+        let position = if j.has_unplaced() {
+            let key = j.order_key(id.0);
+            Some(q.pending.range(..key).count() + 1)
+        } else {
+            None
+        };
+        Some(Explanation {
+            job: j.name.to_string(),
+            queue: self.quota.name(j.queue).to_string(),
+            phase: j.phase,
+            position,
+            queue_length: q.pending.len(),
+            reason_label: reason.map(|r| r.label().to_string()),
+            reason: reason.map(|r| self.describe(&r)),
+            estimated_start: j.eta,
+        })
+    }
+
+    /// Why a job waits: the reason the last cycle stored, or — under strict FIFO, where the
+    /// cycle stops at the first job that does not fit — the job that blocks the line.
+    pub fn reason(&self, id: JobId) -> Option<Reason> {
+        let j = self.jobs.get(id.idx())?;
+        if !j.has_unplaced() {
+            return None;
+        }
+        if let (None, Some(head)) = (j.reason, self.blocked_head) {
+            let h = &self.jobs[head as usize];
+            if head != id.0 && (h.submit, head) < (j.submit, id.0) {
+                return Some(Reason::HeadOfLine { job: head });
+            }
+        }
+        j.reason
+    }
+}
+
+/// Render a time on the driver's clock (ms) as `d+hh:mm:ss`.
+pub fn fmt_time(t: Time) -> String {
+    let s = t / 1000;
+    let (d, h, m, sec) = (s / 86400, (s / 3600) % 24, (s / 60) % 60, s % 60);
+    if d > 0 {
+        format!("{d}d+{h:02}:{m:02}:{sec:02}")
+    } else {
+        format!("{h:02}:{m:02}:{sec:02}")
+    }
+}

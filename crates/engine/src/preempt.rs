@@ -1,0 +1,214 @@
+//! Preemption: evict whole jobs (gangs included) so a blocked job can start.
+//!
+//! Who may be a victim of job `J` in queue `Q` (victims must be preemptible and hold a flavor `J`
+//! can use):
+//! - in `Q` itself: jobs of lower priority;
+//! - in another queue `V`: only while `V` is borrowing (uses more than its nominal quota).
+//!   When `Q` stays within its own nominal quota after admitting `J`, this is **reclaim** and any
+//!   priority goes; otherwise the victim must have lower priority, and evicting it must not push
+//!   `V` below its nominal quota (a queue is never pushed below nominal so another can borrow).
+//!
+//! The search is greedy then minimal: candidates in order (lowest priority, then most recently
+//! started, so the least work is lost) are evicted in a statement until `J` fits; then each chosen
+//! victim, most important first, is given a reprieve if `J` still fits without evicting it.
+
+use crate::cycle::Cycle;
+use crate::explain::Reason;
+use crate::place::{Placer, Tx};
+use crate::plan::{PreemptCause, Preemption};
+use crate::snapshot::{FlavorId, GpuNeed, JobId, NONE};
+
+/// Most candidates a victim search looks at.
+const MAX_CANDIDATES: usize = 256;
+
+impl Cycle<'_> {
+    /// Flavors job `j` can be charged to, and its per-flavor amount if it ran whole.
+    fn wanted_flavors(&self, job: u32) -> Vec<(FlavorId, u64)> {
+        let j = &self.s.jobs[job as usize];
+        let mut out: Vec<(FlavorId, u64)> = Vec::new();
+        for g in j.groups.iter() {
+            let unplaced = (g.count - g.running) as u64;
+            let d = &self.s.demands[g.demand as usize];
+            let mut add = |f: FlavorId, amt: u64| match out.iter_mut().find(|(x, _)| *x == f) {
+                Some((_, a)) => *a += amt,
+                None => out.push((f, amt)),
+            };
+            match &d.gpu {
+                GpuNeed::None => {}
+                GpuNeed::Whole { count, models } => models
+                    .iter()
+                    .for_each(|&m| add(m, *count as u64 * 1000 * unplaced)),
+                GpuNeed::Shared { milli, models } => models
+                    .iter()
+                    .for_each(|&m| add(m, *milli as u64 * unplaced)),
+                GpuNeed::Mig { options } => options
+                    .iter()
+                    .for_each(|&(f, _, _)| add(f, 1000 * unplaced)),
+            }
+        }
+        out
+    }
+
+    /// Whether queue `q` stays within nominal quota for every wanted flavor after admitting.
+    fn within_nominal(&self, q: u32, wanted: &[(FlavorId, u64)]) -> bool {
+        wanted.iter().take(1).all(|&(f, amt)| {
+            !self.s.quota.is_managed(q, f.0)
+                || self.s.quota.usage(q, f.0) + amt <= self.s.quota.nominal(q, f.0)
+        })
+    }
+
+    fn place(&mut self, job: u32, tx: &mut Tx) -> Result<u32, Reason> {
+        let mut placer = Placer {
+            s: self.s,
+            packing: self.p.packing,
+            reservations: &self.reservations,
+            now: self.now,
+            end_override: None,
+        };
+        placer.place_job(job, tx)
+    }
+
+    /// Evict the victims in `set` (tentatively) and try to place `job`. Leaves `tx` rolled back.
+    fn fits_with(&mut self, job: u32, set: &[u32], tx: &mut Tx) -> bool {
+        let mark = tx.mark();
+        for &v in set {
+            for t in self.s.jobs[v as usize].tasks.clone() {
+                tx.release(self.s, v, t);
+            }
+        }
+        let ok = self.place(job, tx).is_ok();
+        tx.rollback_to(self.s, mark);
+        ok
+    }
+
+    /// Try to admit `job` by evicting others. Returns whether it was admitted.
+    pub(crate) fn try_preempt(&mut self, job: u32, reason: &Reason) -> bool {
+        if matches!(reason, Reason::NoFlavor | Reason::Spread { .. }) {
+            return false;
+        }
+        let (q, prio) = {
+            let j = &self.s.jobs[job as usize];
+            (j.queue, j.priority)
+        };
+        let wanted = self.wanted_flavors(job);
+        let relevant = |f: FlavorId| wanted.is_empty() || wanted.iter().any(|&(w, _)| w == f);
+        let reclaim = self.within_nominal(q, &wanted);
+        let mut candidates: Vec<(i32, std::cmp::Reverse<u64>, std::cmp::Reverse<u32>, u32)> =
+            Vec::new();
+        for vq in 0..self.s.queues.len() as u32 {
+            for &v in &self.s.queues[vq as usize].running {
+                if v == job {
+                    continue;
+                }
+                let vj = &self.s.jobs[v as usize];
+                if !vj.preemptible || vj.tasks.is_empty() {
+                    continue;
+                }
+                if !vj
+                    .tasks
+                    .iter()
+                    .any(|t| t.flavor.0 == NONE || relevant(t.flavor))
+                {
+                    continue;
+                }
+                let ok = if vq == q {
+                    vj.priority < prio
+                } else {
+                    let borrowing = vj
+                        .tasks
+                        .iter()
+                        .any(|t| t.flavor.0 != NONE && self.s.quota.is_borrowing(vq, t.flavor.0));
+                    borrowing && (reclaim || vj.priority < prio)
+                };
+                if ok {
+                    candidates.push((
+                        vj.priority,
+                        std::cmp::Reverse(vj.start.unwrap_or(0)),
+                        std::cmp::Reverse(v),
+                        v,
+                    ));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return false;
+        }
+        self.preempt_attempts += 1;
+        self.plan.stats.preemption_attempts += 1;
+        candidates.sort_unstable();
+        candidates.truncate(MAX_CANDIDATES);
+
+        // Greedy: evict in order until the job fits.
+        let mut tx = Tx::default();
+        let mut chosen: Vec<u32> = Vec::new();
+        let mut fits = false;
+        for &(_, _, _, v) in &candidates {
+            let vq = self.s.jobs[v as usize].queue;
+            let mark = tx.mark();
+            for t in self.s.jobs[v as usize].tasks.clone() {
+                tx.release(self.s, v, t);
+            }
+            // Never push another queue below its nominal quota so this one can borrow.
+            if vq != q && !reclaim {
+                let below = self.s.jobs[v as usize].tasks.iter().any(|t| {
+                    t.flavor.0 != NONE
+                        && self.s.quota.usage(vq, t.flavor.0) < self.s.quota.nominal(vq, t.flavor.0)
+                });
+                if below {
+                    tx.rollback_to(self.s, mark);
+                    continue;
+                }
+            }
+            chosen.push(v);
+            let m2 = tx.mark();
+            let ok = self.place(job, &mut tx).is_ok();
+            tx.rollback_to(self.s, m2);
+            if ok {
+                fits = true;
+                break;
+            }
+        }
+        tx.rollback_to(self.s, 0);
+        if !fits {
+            return false;
+        }
+        // Minimal: most important victims first, keep each one out of the set if the job still fits.
+        let mut i = chosen.len();
+        while i > 0 {
+            i -= 1;
+            let mut trial = chosen.clone();
+            trial.remove(i);
+            if self.fits_with(job, &trial, &mut tx) {
+                chosen = trial;
+            }
+        }
+        // Commit: requeue victims, then place the job for real.
+        for &v in &chosen {
+            let vq = self.s.jobs[v as usize].queue;
+            let cause = if vq != q && reclaim {
+                PreemptCause::Reclaim
+            } else {
+                PreemptCause::Priority
+            };
+            // The job is known and running, so requeue cannot fail.
+            let _ = self.s.requeue(JobId(v));
+            self.plan.preemptions.push(Preemption {
+                victim: JobId(v),
+                preemptor: JobId(job),
+                cause,
+            });
+        }
+        let mut tx = Tx::default();
+        match self.place(job, &mut tx) {
+            Ok(_) => {
+                self.commit(job, tx);
+                true
+            }
+            Err(_) => {
+                // Cannot happen: the same evictions made it fit a moment ago.
+                debug_assert!(false, "job stopped fitting after its victims were evicted");
+                false
+            }
+        }
+    }
+}

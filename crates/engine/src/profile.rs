@@ -1,0 +1,124 @@
+//! Engine profiles: the policies are configurations of one engine, never separate engines.
+//!
+//! - [`Profile::gantry`] (default): weighted dominant-share fair ordering with optional decayed
+//!   history, fragmentation-aware best-fit packing, gangs, preemption and backfill.
+//! - [`Profile::best_fit`]: global submit order, best-fit packing, no backfill or preemption.
+//! - [`Profile::fifo`]: strict FIFO (the first job that does not fit blocks everyone), first fit.
+
+use serde::{Deserialize, Serialize};
+
+/// In which order queues hand jobs to the cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ordering {
+    /// The queue with the lowest weighted dominant share goes next.
+    FairShare,
+    /// The queue whose head job was submitted first goes next (global FIFO).
+    Submit,
+}
+
+/// How nodes and devices are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Packing {
+    /// Lowest-numbered node that fits.
+    FirstFit,
+    /// The node (and NVLink domain) with the fewest free GPUs that still fits; MIG slices at the
+    /// start that destroys the fewest future placements; shared GPUs by least remaining fraction.
+    BestFit,
+}
+
+/// Time-decayed historical usage blended into the fair share.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// Half-life of the decay, in ms.
+    pub half_life_ms: u64,
+    /// Weight of history versus current usage, in [0, 1].
+    pub weight: f64,
+}
+
+/// One engine configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// Name shown in reports.
+    pub name: String,
+    /// Queue order.
+    pub ordering: Ordering,
+    /// Placement.
+    pub packing: Packing,
+    /// Stop the cycle at the first job that does not fit (strict FIFO).
+    pub head_of_line_blocking: bool,
+    /// Reserve capacity for blocked queue heads and let only non-delaying jobs backfill.
+    pub backfill: bool,
+    /// Most reservations per cycle.
+    pub max_reservations: u32,
+    /// Evict lower-priority or borrowing jobs for blocked ones.
+    pub preemption: bool,
+    /// Most jobs per cycle for which a victim search is attempted.
+    pub max_preemption_attempts: u32,
+    /// Decayed history in the share, if any.
+    pub history: Option<History>,
+}
+
+impl Profile {
+    /// The default profile.
+    pub fn gantry() -> Profile {
+        Profile {
+            name: "gantry".into(),
+            ordering: Ordering::FairShare,
+            packing: Packing::BestFit,
+            head_of_line_blocking: false,
+            backfill: true,
+            max_reservations: 16,
+            preemption: true,
+            max_preemption_attempts: 8,
+            history: None,
+        }
+    }
+
+    /// Global submit order with best-fit packing; no reservations, no preemption.
+    pub fn best_fit() -> Profile {
+        Profile {
+            name: "best-fit".into(),
+            ordering: Ordering::Submit,
+            packing: Packing::BestFit,
+            head_of_line_blocking: false,
+            backfill: false,
+            max_reservations: 0,
+            preemption: false,
+            max_preemption_attempts: 0,
+            history: None,
+        }
+    }
+
+    /// Strict FIFO with first fit.
+    pub fn fifo() -> Profile {
+        Profile {
+            name: "fifo".into(),
+            ordering: Ordering::Submit,
+            packing: Packing::FirstFit,
+            head_of_line_blocking: true,
+            backfill: false,
+            max_reservations: 0,
+            preemption: false,
+            max_preemption_attempts: 0,
+            history: None,
+        }
+    }
+
+    /// A profile by name: `gantry`, `best-fit` or `fifo`.
+    pub fn named(name: &str) -> Option<Profile> {
+        match name {
+            "gantry" => Some(Profile::gantry()),
+            "best-fit" | "bestfit" => Some(Profile::best_fit()),
+            "fifo" => Some(Profile::fifo()),
+            _ => None,
+        }
+    }
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile::gantry()
+    }
+}

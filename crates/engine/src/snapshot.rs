@@ -1,0 +1,1371 @@
+//! The snapshot: everything the engine knows, in compact arenas with incremental indexes.
+//!
+//! Drivers build one [`Snapshot`] from a [`Cluster`] and a [`QueueTree`], then feed it events
+//! (`submit`, `complete`, `cancel`, node and device health) and call [`crate::schedule`]. Ids are
+//! `u32` indexes into arenas; names are kept once per object for explanations and drivers.
+//!
+//! Indexes kept up to date on every bind and release (never rebuilt by scanning):
+//! - per GPU model, nodes bucketed by their count of free whole devices (best-fit is a bucket
+//!   step, not a loop over nodes);
+//! - per GPU model, NVLink domains bucketed the same way;
+//! - per GPU model, partly shared devices ordered by remaining fraction;
+//! - per GPU model, the MIG-enabled devices;
+//! - per leaf queue, its jobs with unplaced tasks in (priority, submit time, id) order.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use gantry_model::{
+    Cluster, Demand, GpuDemand, Health, Job, JobKind, MigGeometry, Placement, QueueTree, Spread,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::explain::Reason;
+use crate::quota::QuotaTree;
+use crate::EngineError;
+
+/// Milliseconds on the driver's clock (virtual in the simulator, wall in the server).
+pub type Time = u64;
+
+macro_rules! id_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub struct $name(pub u32);
+        impl $name {
+            /// The arena index.
+            pub fn idx(self) -> usize {
+                self.0 as usize
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A node, by its index in the cluster.
+    NodeId
+);
+id_type!(
+    /// A whole GPU, by its index over all nodes.
+    DeviceId
+);
+id_type!(
+    /// A job, by submission order.
+    JobId
+);
+id_type!(
+    /// A queue-tree node.
+    QueueId
+);
+id_type!(
+    /// A flavor: a GPU model, or a model's MIG profile.
+    FlavorId
+);
+
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// What a flavor is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FlavorKind {
+    /// Whole (or shared) GPUs of a model.
+    Model,
+    /// A MIG profile: the model flavor and the profile's index in the model's geometry.
+    Mig { model: FlavorId, profile: u8 },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Flavor {
+    pub name: Box<str>,
+    pub kind: FlavorKind,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct MigSlot {
+    /// Index into `Snapshot::geometries`.
+    pub geometry: u16,
+    /// Used memory slices.
+    pub used: u8,
+    /// Pre-created slices `(profile, start)`: when set, only these are offered.
+    pub fixed: Option<Box<[(u8, u8)]>>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceSlot {
+    pub uuid: Box<str>,
+    pub node: u32,
+    pub local: u8,
+    pub model: FlavorId,
+    pub domain: u32,
+    pub healthy: bool,
+    pub mig: Option<MigSlot>,
+    pub whole_used: bool,
+    pub shared_used: u16,
+}
+
+impl DeviceSlot {
+    pub fn is_whole_free(&self) -> bool {
+        self.healthy && self.mig.is_none() && !self.whole_used && self.shared_used == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct NodeSlot {
+    pub name: Box<str>,
+    pub cpu_total: u32,
+    pub cpu_used: u32,
+    pub mem_total: u64,
+    pub mem_used: u64,
+    pub labels: Box<[(u32, u32)]>,
+    pub ready: bool,
+    pub dev_start: u32,
+    pub dev_count: u32,
+    /// Free whole devices (local bit index), regardless of readiness.
+    pub free_mask: u64,
+    /// `(model, devices of that model)`.
+    pub model_masks: Box<[(FlavorId, u64)]>,
+    /// `(domain, devices of the domain on this node, free ones counted in the domain)`.
+    pub domain_masks: Box<[(u32, u64, u32)]>,
+}
+
+impl NodeSlot {
+    pub fn avail_mask(&self) -> u64 {
+        if self.ready {
+            self.free_mask
+        } else {
+            0
+        }
+    }
+    pub fn cpu_free(&self) -> u32 {
+        self.cpu_total.saturating_sub(self.cpu_used)
+    }
+    pub fn mem_free(&self) -> u64 {
+        self.mem_total.saturating_sub(self.mem_used)
+    }
+    pub fn label(&self, key: u32) -> Option<u32> {
+        self.labels.iter().find(|(k, _)| *k == key).map(|&(_, v)| v)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DomainSlot {
+    pub model: FlavorId,
+    pub members: Vec<(u32, u64)>,
+    pub free: u32,
+}
+
+/// Objects bucketed by a small count, with O(1) moves.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Buckets {
+    pub by_count: Vec<Vec<u32>>,
+    /// Per object: `(count, position)`, `count == u32::MAX` when absent.
+    pos: Vec<(u32, u32)>,
+}
+
+impl Buckets {
+    pub fn new(objects: usize, max_count: usize) -> Self {
+        Buckets {
+            by_count: vec![Vec::new(); max_count + 1],
+            pos: vec![(NONE, 0); objects],
+        }
+    }
+
+    pub fn set(&mut self, obj: u32, count: Option<u32>) {
+        let o = obj as usize;
+        if o >= self.pos.len() {
+            self.pos.resize(o + 1, (NONE, 0));
+        }
+        let (old, p) = self.pos[o];
+        if Some(old) == count {
+            return;
+        }
+        if old != NONE {
+            let b = &mut self.by_count[old as usize];
+            b.swap_remove(p as usize);
+            if let Some(&moved) = b.get(p as usize) {
+                self.pos[moved as usize].1 = p;
+            }
+        }
+        match count {
+            Some(c) => {
+                let c = c as usize;
+                if c >= self.by_count.len() {
+                    self.by_count.resize(c + 1, Vec::new());
+                }
+                self.pos[o] = (c as u32, self.by_count[c].len() as u32);
+                self.by_count[c].push(obj);
+            }
+            None => self.pos[o] = (NONE, 0),
+        }
+    }
+}
+
+/// Per GPU model: where its free capacity is.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ModelIndex {
+    /// Nodes by free whole devices of this model (ready nodes that have the model).
+    pub nodes: Buckets,
+    /// Domains by free devices.
+    pub domains: Buckets,
+    /// Partly shared devices: `(remaining milli, device)`.
+    pub shared: BTreeSet<(u16, u32)>,
+    /// MIG-enabled devices of this model.
+    pub mig_devices: Vec<u32>,
+    /// Nodes holding the model (for first-fit scans), ascending.
+    pub holders: Vec<u32>,
+}
+
+/// What one task holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GpuAlloc {
+    /// No GPU.
+    None,
+    /// Whole devices.
+    Whole(Vec<DeviceId>),
+    /// A fraction of one device, in thousandths.
+    Shared {
+        /// The device.
+        device: DeviceId,
+        /// Thousandths.
+        milli: u16,
+    },
+    /// One MIG slice.
+    Mig {
+        /// The parent device.
+        device: DeviceId,
+        /// Profile index in the model's geometry.
+        profile: u8,
+        /// First memory slice.
+        start: u8,
+    },
+}
+
+/// One placed task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskAlloc {
+    /// Task group index.
+    pub group: u16,
+    /// Replica index in the group.
+    pub index: u32,
+    /// Node.
+    pub node: NodeId,
+    /// Millicores held.
+    pub cpu_milli: u32,
+    /// MiB held.
+    pub memory_mib: u64,
+    /// GPUs held.
+    pub gpu: GpuAlloc,
+    /// Flavor charged to quota (`NONE` for CPU-only tasks).
+    pub flavor: FlavorId,
+    /// Quota charged, in thousandths.
+    pub amount: u64,
+}
+
+/// Compiled per-task demand.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum GpuNeed {
+    None,
+    Whole {
+        count: u32,
+        models: Box<[FlavorId]>,
+    },
+    Shared {
+        milli: u16,
+        models: Box<[FlavorId]>,
+    },
+    /// `(mig flavor, model flavor, profile index)` per allowed model.
+    Mig {
+        options: Box<[(FlavorId, FlavorId, u8)]>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct DemandC {
+    pub cpu: u32,
+    pub mem: u64,
+    pub gpu: GpuNeed,
+    pub nvlink: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum PlacementC {
+    Any,
+    Node,
+    Domain,
+    Label(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SpreadC {
+    None,
+    Node,
+    Label(u32),
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobPhase {
+    /// No task placed.
+    Pending,
+    /// At least its gang placed.
+    Running,
+    /// Completed, cancelled or removed; its slot is kept so ids stay stable.
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct GroupSlot {
+    pub demand: u32,
+    pub count: u32,
+    pub running: u32,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct JobSlot {
+    pub name: Box<str>,
+    pub queue: u32,
+    pub priority: i32,
+    pub preemptible: bool,
+    pub kind: JobKind,
+    pub submit: Time,
+    pub groups: Box<[GroupSlot]>,
+    pub min_available: u32,
+    pub placement: PlacementC,
+    pub spread: SpreadC,
+    pub runtime: Option<u64>,
+    pub phase: JobPhase,
+    pub start: Option<Time>,
+    pub tasks: Vec<TaskAlloc>,
+    pub reason: Option<Reason>,
+    pub eta: Option<Time>,
+    /// Memo key for "a job of this shape failed this cycle".
+    pub shape: u32,
+}
+
+impl JobSlot {
+    pub fn running_tasks(&self) -> u32 {
+        self.groups.iter().map(|g| g.running).sum()
+    }
+    pub fn has_unplaced(&self) -> bool {
+        self.phase != JobPhase::Done && self.groups.iter().any(|g| g.running < g.count)
+    }
+    pub fn order_key(&self, id: u32) -> PendingKey {
+        (Reverse(self.priority), self.submit, id)
+    }
+    pub fn expected_end(&self, now: Time) -> Time {
+        self.runtime.map_or(Time::MAX, |r| now.saturating_add(r))
+    }
+}
+
+pub(crate) type PendingKey = (Reverse<i32>, Time, u32);
+
+/// What makes two jobs place alike: (demand, count) per group, gang size, placement, spread.
+pub(crate) type ShapeKey = (Box<[(u32, u32)]>, u32, PlacementC, SpreadC);
+
+#[derive(Debug, Clone)]
+pub(crate) struct QueueSlot {
+    pub pending: BTreeSet<PendingKey>,
+    /// Jobs with placed tasks, for victim searches.
+    pub running: BTreeSet<u32>,
+    /// Decayed usage per flavor (same unit as usage).
+    pub history: Vec<f64>,
+}
+
+/// Everything the engine knows. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub(crate) flavors: Vec<Flavor>,
+    pub(crate) flavor_index: HashMap<Box<str>, u32>,
+    pub(crate) geometries: Vec<MigGeometry>,
+    pub(crate) nodes: Vec<NodeSlot>,
+    pub(crate) devices: Vec<DeviceSlot>,
+    pub(crate) domains: Vec<DomainSlot>,
+    pub(crate) models: Vec<ModelIndex>,
+    pub(crate) label_keys: Vec<Box<str>>,
+    pub(crate) label_values: Vec<Box<str>>,
+    /// Per label key: value → nodes.
+    pub(crate) label_groups: Vec<BTreeMap<u32, Vec<u32>>>,
+    pub(crate) quota: QuotaTree,
+    pub(crate) queues: Vec<QueueSlot>,
+    pub(crate) jobs: Vec<JobSlot>,
+    pub(crate) job_names: HashMap<Box<str>, u32>,
+    pub(crate) demands: Vec<DemandC>,
+    pub(crate) demand_index: HashMap<DemandC, u32>,
+    pub(crate) shapes: HashMap<ShapeKey, u32>,
+    /// Set when capacity or quota was freed since the last cycle: old pending jobs need a look.
+    pub(crate) freed: bool,
+    /// Jobs submitted (or requeued) since the last cycle.
+    pub(crate) fresh: Vec<u32>,
+    /// The last cycle looked at every pending job (did not stop early).
+    pub(crate) last_cycle_complete: bool,
+    pub(crate) last_history_update: Option<Time>,
+    pub(crate) pending_jobs: usize,
+    /// Reservations of the last cycle (kept for incremental cycles).
+    pub(crate) reservations: crate::place::Reservations,
+    /// Strict FIFO: the job that stopped the last cycle.
+    pub(crate) blocked_head: Option<u32>,
+}
+
+fn popcount(m: u64) -> u32 {
+    m.count_ones()
+}
+
+impl Snapshot {
+    /// Build from a validated cluster and queue tree.
+    ///
+    /// # Errors
+    /// A node with more than 64 devices.
+    pub fn new(cluster: &Cluster, tree: &QueueTree) -> Result<Snapshot, EngineError> {
+        let mut s = Snapshot {
+            flavors: Vec::new(),
+            flavor_index: HashMap::new(),
+            geometries: Vec::new(),
+            nodes: Vec::with_capacity(cluster.nodes.len()),
+            devices: Vec::new(),
+            domains: Vec::new(),
+            models: Vec::new(),
+            label_keys: Vec::new(),
+            label_values: Vec::new(),
+            label_groups: Vec::new(),
+            quota: QuotaTree::default(),
+            queues: Vec::new(),
+            jobs: Vec::new(),
+            job_names: HashMap::new(),
+            demands: Vec::new(),
+            demand_index: HashMap::new(),
+            shapes: HashMap::new(),
+            freed: true,
+            fresh: Vec::new(),
+            last_cycle_complete: false,
+            last_history_update: None,
+            pending_jobs: 0,
+            reservations: Default::default(),
+            blocked_head: None,
+        };
+        // Geometries and flavors: every model, and every MIG profile of a model with MIG devices.
+        for g in cluster.geometries.values() {
+            s.geometries.push(g.clone());
+        }
+        for node in &cluster.nodes {
+            for d in &node.devices {
+                s.intern_model(&d.model);
+            }
+        }
+        // Quota flavors that no device offers yet still get an id, so quota is tracked.
+        for q in &tree.queues {
+            for f in q.quotas.keys() {
+                s.intern_flavor_name(f);
+            }
+        }
+        let mut label_key_ix: HashMap<String, u32> = HashMap::new();
+        let mut label_val_ix: HashMap<String, u32> = HashMap::new();
+        let mut domain_ix: HashMap<String, u32> = HashMap::new();
+        for (ni, node) in cluster.nodes.iter().enumerate() {
+            if node.devices.len() > 64 {
+                return Err(EngineError::TooManyDevices {
+                    node: node.name.clone(),
+                    count: node.devices.len(),
+                });
+            }
+            let mut labels = Vec::new();
+            for (k, v) in &node.labels {
+                let kid = *label_key_ix.entry(k.clone()).or_insert_with(|| {
+                    s.label_keys.push(k.as_str().into());
+                    s.label_groups.push(BTreeMap::new());
+                    (s.label_keys.len() - 1) as u32
+                });
+                let vid = *label_val_ix.entry(v.clone()).or_insert_with(|| {
+                    s.label_values.push(v.as_str().into());
+                    (s.label_values.len() - 1) as u32
+                });
+                labels.push((kid, vid));
+                s.label_groups[kid as usize]
+                    .entry(vid)
+                    .or_default()
+                    .push(ni as u32);
+            }
+            let dev_start = s.devices.len() as u32;
+            let mut model_masks: Vec<(FlavorId, u64)> = Vec::new();
+            let mut domain_masks: Vec<(u32, u64, u32)> = Vec::new();
+            let mut free_mask = 0u64;
+            for (di, d) in node.devices.iter().enumerate() {
+                let model = s.intern_model(&d.model);
+                let bit = 1u64 << di;
+                match model_masks.iter_mut().find(|(m, _)| *m == model) {
+                    Some((_, mask)) => *mask |= bit,
+                    None => model_masks.push((model, bit)),
+                }
+                let mig = match &d.mig {
+                    None => None,
+                    Some(layout) => {
+                        let gi = s
+                            .geometries
+                            .iter()
+                            .position(|g| g.model == d.model)
+                            .ok_or_else(|| EngineError::NoGeometry {
+                                model: d.model.clone(),
+                            })? as u16;
+                        let geo = &s.geometries[gi as usize];
+                        let fixed = if layout.slices.is_empty() {
+                            None
+                        } else {
+                            Some(
+                                layout
+                                    .slices
+                                    .iter()
+                                    .filter_map(|sl| {
+                                        geo.profile(&sl.profile).map(|(pi, _)| (pi as u8, sl.start))
+                                    })
+                                    .collect::<Box<[_]>>(),
+                            )
+                        };
+                        Some(MigSlot {
+                            geometry: gi,
+                            used: 0,
+                            fixed,
+                        })
+                    }
+                };
+                let domain = match (&d.nvlink_domain, &mig) {
+                    (Some(name), None) => {
+                        let id = *domain_ix.entry(name.clone()).or_insert_with(|| {
+                            s.domains.push(DomainSlot {
+                                model,
+                                members: Vec::new(),
+                                free: 0,
+                            });
+                            (s.domains.len() - 1) as u32
+                        });
+                        match domain_masks.iter_mut().find(|(dm, _, _)| *dm == id) {
+                            Some((_, mask, _)) => *mask |= bit,
+                            None => domain_masks.push((id, bit, 0)),
+                        }
+                        id
+                    }
+                    _ => NONE,
+                };
+                let healthy = d.health == Health::Healthy;
+                let slot = DeviceSlot {
+                    uuid: d.uuid.as_str().into(),
+                    node: ni as u32,
+                    local: di as u8,
+                    model,
+                    domain,
+                    healthy,
+                    mig,
+                    whole_used: false,
+                    shared_used: 0,
+                };
+                if slot.is_whole_free() {
+                    free_mask |= bit;
+                }
+                if slot.mig.is_some() {
+                    s.models[model.idx()]
+                        .mig_devices
+                        .push(s.devices.len() as u32);
+                }
+                s.devices.push(slot);
+            }
+            for &(dom, mask, _) in &domain_masks {
+                s.domains[dom as usize].members.push((ni as u32, mask));
+            }
+            for &(m, _) in &model_masks {
+                s.models[m.idx()].holders.push(ni as u32);
+            }
+            s.nodes.push(NodeSlot {
+                name: node.name.as_str().into(),
+                cpu_total: node.cpu_milli,
+                cpu_used: 0,
+                mem_total: node.memory_mib,
+                mem_used: 0,
+                labels: labels.into(),
+                ready: true,
+                dev_start,
+                dev_count: node.devices.len() as u32,
+                free_mask,
+                model_masks: model_masks.into(),
+                domain_masks: domain_masks.into(),
+            });
+        }
+        let n_nodes = s.nodes.len();
+        let n_domains = s.domains.len();
+        for m in &mut s.models {
+            m.nodes = Buckets::new(n_nodes, 8);
+            m.domains = Buckets::new(n_domains, 8);
+        }
+        for ni in 0..n_nodes {
+            s.reindex_node(ni as u32);
+        }
+        s.quota = QuotaTree::new(tree, &s.flavor_index, s.flavors.len());
+        s.queues = (0..tree.queues.len())
+            .map(|_| QueueSlot {
+                pending: BTreeSet::new(),
+                running: BTreeSet::new(),
+                history: vec![0.0; s.flavors.len()],
+            })
+            .collect();
+        Ok(s)
+    }
+
+    fn intern_flavor_name(&mut self, name: &str) -> FlavorId {
+        if let Some(&id) = self.flavor_index.get(name) {
+            return FlavorId(id);
+        }
+        match name.split_once('/') {
+            None => self.intern_model(name),
+            Some((model, profile)) => {
+                let m = self.intern_model(model);
+                let profile_idx = self
+                    .geometries
+                    .iter()
+                    .find(|g| g.model == model)
+                    .and_then(|g| g.profile(profile))
+                    .map(|(i, _)| i as u8)
+                    .unwrap_or(u8::MAX);
+                self.push_flavor(
+                    name,
+                    FlavorKind::Mig {
+                        model: m,
+                        profile: profile_idx,
+                    },
+                )
+            }
+        }
+    }
+
+    fn push_flavor(&mut self, name: &str, kind: FlavorKind) -> FlavorId {
+        let id = self.flavors.len() as u32;
+        self.flavors.push(Flavor {
+            name: name.into(),
+            kind,
+        });
+        self.flavor_index.insert(name.into(), id);
+        // Keep the per-model index vector aligned with flavor ids.
+        self.models.push(ModelIndex::default());
+        FlavorId(id)
+    }
+
+    fn intern_model(&mut self, model: &str) -> FlavorId {
+        if let Some(&id) = self.flavor_index.get(model) {
+            return FlavorId(id);
+        }
+        let id = self.push_flavor(model, FlavorKind::Model);
+        if let Some(gi) = self.geometries.iter().position(|g| g.model == model) {
+            let names: Vec<String> = self.geometries[gi]
+                .profiles
+                .iter()
+                .map(|p| gantry_model::mig_flavor(model, &p.name))
+                .collect();
+            for (pi, n) in names.iter().enumerate() {
+                if !self.flavor_index.contains_key(n.as_str()) {
+                    self.push_flavor(
+                        n,
+                        FlavorKind::Mig {
+                            model: id,
+                            profile: pi as u8,
+                        },
+                    );
+                }
+            }
+        }
+        id
+    }
+
+    /// Recompute a node's entries in the model and domain buckets after its free mask or
+    /// readiness changed.
+    pub(crate) fn reindex_node(&mut self, n: u32) {
+        let node = &self.nodes[n as usize];
+        let avail = node.avail_mask();
+        let ready = node.ready;
+        for &(m, mask) in node.model_masks.iter() {
+            let count = popcount(avail & mask);
+            let mi = &mut self.models[m.idx()];
+            mi.nodes.set(n, ready.then_some(count));
+        }
+        let node = &mut self.nodes[n as usize];
+        for (dom, mask, contrib) in node.domain_masks.iter_mut() {
+            let new = popcount(avail & *mask);
+            if new != *contrib {
+                let d = &mut self.domains[*dom as usize];
+                d.free = d.free + new - *contrib;
+                *contrib = new;
+                let free = d.free;
+                let model = d.model;
+                self.models[model.idx()].domains.set(*dom, Some(free));
+            } else {
+                let d = &self.domains[*dom as usize];
+                let (free, model) = (d.free, d.model);
+                self.models[model.idx()].domains.set(*dom, Some(free));
+            }
+        }
+    }
+
+    /// Intern a job's demand.
+    fn compile_demand(&mut self, d: &Demand) -> Result<u32, EngineError> {
+        let models = |s: &mut Snapshot, names: &[String]| -> Box<[FlavorId]> {
+            if names.is_empty() {
+                // Any model: every model flavor that has whole-capable devices, by name.
+                let mut all: Vec<(Box<str>, FlavorId)> = s
+                    .flavors
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, f)| {
+                        f.kind == FlavorKind::Model && !s.models[*i].holders.is_empty()
+                    })
+                    .map(|(i, f)| (f.name.clone(), FlavorId(i as u32)))
+                    .collect();
+                all.sort();
+                all.into_iter().map(|(_, f)| f).collect()
+            } else {
+                names.iter().map(|n| s.intern_model(n)).collect()
+            }
+        };
+        let gpu = match &d.gpu {
+            GpuDemand::None => GpuNeed::None,
+            GpuDemand::Whole { count, models: m } => GpuNeed::Whole {
+                count: *count,
+                models: models(self, m),
+            },
+            GpuDemand::Shared { milli, models: m } => GpuNeed::Shared {
+                milli: (*milli).min(999) as u16,
+                models: models(self, m),
+            },
+            GpuDemand::Mig { profile, models: m } => {
+                let candidates: Vec<FlavorId> = if m.is_empty() {
+                    let mut v: Vec<(Box<str>, FlavorId)> = self
+                        .flavors
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, f)| {
+                            f.kind == FlavorKind::Model && !self.models[*i].mig_devices.is_empty()
+                        })
+                        .map(|(i, f)| (f.name.clone(), FlavorId(i as u32)))
+                        .collect();
+                    v.sort();
+                    v.into_iter().map(|(_, f)| f).collect()
+                } else {
+                    m.iter().map(|n| self.intern_model(n)).collect()
+                };
+                let mut options = Vec::new();
+                for model in candidates {
+                    let name = gantry_model::mig_flavor(&self.flavors[model.idx()].name, profile);
+                    if let Some(&fid) = self.flavor_index.get(name.as_str()) {
+                        if let FlavorKind::Mig { profile: p, .. } = self.flavors[fid as usize].kind
+                        {
+                            if p != u8::MAX {
+                                options.push((FlavorId(fid), model, p));
+                            }
+                        }
+                    }
+                }
+                if options.is_empty() {
+                    return Err(EngineError::NoSuchProfile {
+                        profile: profile.clone(),
+                    });
+                }
+                GpuNeed::Mig {
+                    options: options.into(),
+                }
+            }
+        };
+        let c = DemandC {
+            cpu: d.cpu_milli,
+            mem: d.memory_mib,
+            gpu,
+            nvlink: d.nvlink,
+        };
+        if let Some(&id) = self.demand_index.get(&c) {
+            return Ok(id);
+        }
+        let id = self.demands.len() as u32;
+        self.demands.push(c.clone());
+        self.demand_index.insert(c, id);
+        Ok(id)
+    }
+
+    fn label_key(&self, key: &str) -> u32 {
+        self.label_keys
+            .iter()
+            .position(|k| &**k == key)
+            .map_or(NONE, |p| p as u32)
+    }
+
+    /// Add a validated job, pending, at time `now`.
+    ///
+    /// # Errors
+    /// A duplicate name, an unknown or non-leaf queue, or a MIG profile no model offers.
+    pub fn submit(&mut self, job: &Job, now: Time) -> Result<JobId, EngineError> {
+        if self.job_names.contains_key(job.name.as_str()) {
+            return Err(EngineError::DuplicateJob {
+                name: job.name.clone(),
+            });
+        }
+        let queue = self
+            .quota
+            .find(&job.queue)
+            .filter(|&q| self.quota.is_leaf(q))
+            .ok_or_else(|| EngineError::UnknownQueue {
+                queue: job.queue.clone(),
+            })?;
+        let mut groups = Vec::with_capacity(job.groups.len());
+        for g in &job.groups {
+            groups.push(GroupSlot {
+                demand: self.compile_demand(&g.demand)?,
+                count: g.count,
+                running: 0,
+            });
+        }
+        let placement = match &job.placement {
+            Placement::Any => PlacementC::Any,
+            Placement::Node => PlacementC::Node,
+            Placement::NvlinkDomain => PlacementC::Domain,
+            Placement::Label(k) => PlacementC::Label(self.label_key(k)),
+        };
+        let spread = match &job.spread {
+            Spread::None => SpreadC::None,
+            Spread::Node => SpreadC::Node,
+            Spread::Label(k) => SpreadC::Label(self.label_key(k)),
+        };
+        let shape_key: ShapeKey = (
+            groups.iter().map(|g| (g.demand, g.count)).collect(),
+            job.min_available,
+            placement,
+            spread,
+        );
+        let next_shape = self.shapes.len() as u32;
+        let shape = *self.shapes.entry(shape_key).or_insert(next_shape);
+        let id = self.jobs.len() as u32;
+        let slot = JobSlot {
+            name: job.name.as_str().into(),
+            queue,
+            priority: job.priority.value,
+            preemptible: job.priority.preemptible,
+            kind: job.kind,
+            submit: now,
+            groups: groups.into(),
+            min_available: job.min_available,
+            placement,
+            spread,
+            runtime: job.expected_runtime_ms,
+            phase: JobPhase::Pending,
+            start: None,
+            tasks: Vec::new(),
+            reason: None,
+            eta: None,
+            shape,
+        };
+        self.queues[queue as usize]
+            .pending
+            .insert(slot.order_key(id));
+        self.job_names.insert(job.name.as_str().into(), id);
+        self.jobs.push(slot);
+        self.fresh.push(id);
+        self.pending_jobs += 1;
+        Ok(JobId(id))
+    }
+
+    fn job_mut(&mut self, id: JobId) -> Result<&mut JobSlot, EngineError> {
+        self.jobs
+            .get_mut(id.idx())
+            .filter(|j| j.phase != JobPhase::Done)
+            .ok_or(EngineError::UnknownJob { id: id.0 })
+    }
+
+    /// A job finished: release everything it holds and retire it.
+    ///
+    /// # Errors
+    /// An unknown or already finished job.
+    pub fn complete(&mut self, id: JobId) -> Result<(), EngineError> {
+        self.retire(id)
+    }
+
+    /// A job was cancelled: release and retire it, pending or running.
+    ///
+    /// # Errors
+    /// An unknown or already finished job.
+    pub fn cancel(&mut self, id: JobId) -> Result<(), EngineError> {
+        self.retire(id)
+    }
+
+    fn retire(&mut self, id: JobId) -> Result<(), EngineError> {
+        self.job_mut(id)?;
+        self.release_job(id.0);
+        let j = &mut self.jobs[id.idx()];
+        let key = j.order_key(id.0);
+        let q = j.queue as usize;
+        j.phase = JobPhase::Done;
+        j.reason = None;
+        j.eta = None;
+        if self.queues[q].pending.remove(&key) {
+            self.pending_jobs -= 1;
+        }
+        self.job_names.remove(&self.jobs[id.idx()].name);
+        Ok(())
+    }
+
+    /// Put a running job back in its queue (preempted, or its node was lost): all tasks are
+    /// released, so a gang restarts whole.
+    ///
+    /// # Errors
+    /// An unknown or finished job.
+    pub fn requeue(&mut self, id: JobId) -> Result<(), EngineError> {
+        self.job_mut(id)?;
+        self.release_job(id.0);
+        let j = &mut self.jobs[id.idx()];
+        j.phase = JobPhase::Pending;
+        j.start = None;
+        let key = j.order_key(id.0);
+        let q = j.queue as usize;
+        if self.queues[q].pending.insert(key) {
+            self.pending_jobs += 1;
+        }
+        self.fresh.push(id.0);
+        Ok(())
+    }
+
+    /// Release every task of a job (without changing its phase).
+    pub(crate) fn release_job(&mut self, id: u32) {
+        let tasks = std::mem::take(&mut self.jobs[id as usize].tasks);
+        for t in &tasks {
+            self.release_task(id, t);
+        }
+        let j = &mut self.jobs[id as usize];
+        for g in j.groups.iter_mut() {
+            g.running = 0;
+        }
+        let q = j.queue as usize;
+        self.queues[q].running.remove(&id);
+        if !tasks.is_empty() {
+            self.freed = true;
+        }
+    }
+
+    /// Mark a node ready or not (lost, drained). Returns the jobs with tasks on it: the driver
+    /// decides whether to requeue them (the server does, after a grace period).
+    pub fn set_node_ready(&mut self, node: NodeId, ready: bool) -> Vec<JobId> {
+        let Some(n) = self.nodes.get_mut(node.idx()) else {
+            return Vec::new();
+        };
+        if n.ready != ready {
+            n.ready = ready;
+            self.reindex_node(node.0);
+            if ready {
+                self.freed = true;
+            }
+        }
+        self.jobs_on_node(node)
+    }
+
+    /// Jobs with a task on `node`.
+    pub fn jobs_on_node(&self, node: NodeId) -> Vec<JobId> {
+        let mut out: Vec<JobId> = self
+            .queues
+            .iter()
+            .flat_map(|q| q.running.iter())
+            .filter(|&&j| self.jobs[j as usize].tasks.iter().any(|t| t.node == node))
+            .map(|&j| JobId(j))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Set a device's health. An unhealthy device takes no new work; tasks already on it are
+    /// the driver's to stop (see [`Snapshot::jobs_on_device`]).
+    pub fn set_device_health(&mut self, device: DeviceId, health: Health) {
+        let Some(d) = self.devices.get_mut(device.idx()) else {
+            return;
+        };
+        let healthy = health == Health::Healthy;
+        if d.healthy == healthy {
+            return;
+        }
+        d.healthy = healthy;
+        let node = d.node;
+        self.refresh_device(device.0);
+        self.reindex_node(node);
+        if healthy {
+            self.freed = true;
+        }
+    }
+
+    /// Jobs holding `device` (whole, shared or a slice of it).
+    pub fn jobs_on_device(&self, device: DeviceId) -> Vec<JobId> {
+        let mut out: Vec<JobId> = self
+            .queues
+            .iter()
+            .flat_map(|q| q.running.iter())
+            .filter(|&&j| {
+                self.jobs[j as usize].tasks.iter().any(|t| match &t.gpu {
+                    GpuAlloc::Whole(ds) => ds.contains(&device),
+                    GpuAlloc::Shared { device: d, .. } | GpuAlloc::Mig { device: d, .. } => {
+                        *d == device
+                    }
+                    GpuAlloc::None => false,
+                })
+            })
+            .map(|&j| JobId(j))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Change an inference service's desired replica count (the autoscaler's output), clamped
+    /// to its `min..max`... by the caller. Scaling down releases the highest replicas at once and
+    /// returns how many were stopped.
+    ///
+    /// # Errors
+    /// An unknown job, or one with several task groups.
+    pub fn set_desired_replicas(&mut self, id: JobId, replicas: u32) -> Result<u32, EngineError> {
+        let j = self.job_mut(id)?;
+        if j.groups.len() != 1 {
+            return Err(EngineError::NotScalable { id: id.0 });
+        }
+        let replicas = replicas.max(j.min_available);
+        j.groups[0].count = replicas;
+        let mut stopped = Vec::new();
+        while j.groups[0].running > replicas {
+            let Some(pos) = j
+                .tasks
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, t)| t.index)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            stopped.push(j.tasks.swap_remove(pos));
+            j.groups[0].running -= 1;
+        }
+        let key = j.order_key(id.0);
+        let q = j.queue as usize;
+        let unplaced = j.has_unplaced();
+        for t in &stopped {
+            self.release_task(id.0, t);
+        }
+        let pending = &mut self.queues[q].pending;
+        if unplaced {
+            if pending.insert(key) {
+                self.pending_jobs += 1;
+                self.fresh.push(id.0);
+            }
+        } else if pending.remove(&key) {
+            self.pending_jobs -= 1;
+        }
+        Ok(stopped.len() as u32)
+    }
+
+    // ----- allocation primitives (used by the cycle and its statements) -----
+
+    /// Recompute a device's bit in its node's free mask.
+    pub(crate) fn refresh_device(&mut self, dev: u32) {
+        let d = &self.devices[dev as usize];
+        let bit = 1u64 << d.local;
+        let free = d.is_whole_free();
+        let node = &mut self.nodes[d.node as usize];
+        if free {
+            node.free_mask |= bit;
+        } else {
+            node.free_mask &= !bit;
+        }
+    }
+
+    fn update_shared_index(&mut self, dev: u32, old_used: u16) {
+        let d = &self.devices[dev as usize];
+        let model = d.model;
+        let new_used = d.shared_used;
+        let idx = &mut self.models[model.idx()].shared;
+        if old_used > 0 && old_used < 1000 {
+            idx.remove(&(1000 - old_used, dev));
+        }
+        if new_used > 0 && new_used < 1000 {
+            idx.insert((1000 - new_used, dev));
+        }
+    }
+
+    /// Take the resources of one task.
+    pub(crate) fn apply_task(&mut self, job: u32, t: &TaskAlloc) {
+        let n = t.node.0;
+        {
+            let node = &mut self.nodes[n as usize];
+            node.cpu_used += t.cpu_milli;
+            node.mem_used += t.memory_mib;
+        }
+        match &t.gpu {
+            GpuAlloc::None => {}
+            GpuAlloc::Whole(devs) => {
+                for d in devs {
+                    self.devices[d.idx()].whole_used = true;
+                    self.refresh_device(d.0);
+                }
+                self.reindex_node(n);
+            }
+            GpuAlloc::Shared { device, milli } => {
+                let old = self.devices[device.idx()].shared_used;
+                self.devices[device.idx()].shared_used = old + milli;
+                self.update_shared_index(device.0, old);
+                self.refresh_device(device.0);
+                if old == 0 {
+                    self.reindex_node(n);
+                }
+            }
+            GpuAlloc::Mig {
+                device,
+                profile,
+                start,
+            } => {
+                let mask = self.mig_mask(device.0, *profile, *start);
+                if let Some(m) = self.devices[device.idx()].mig.as_mut() {
+                    m.used |= mask;
+                }
+            }
+        }
+        if t.flavor.0 != NONE {
+            let q = self.jobs[job as usize].queue;
+            self.quota.add_usage(q, t.flavor.0, t.amount as i64);
+        }
+    }
+
+    /// Give back the resources of one task.
+    pub(crate) fn release_task(&mut self, job: u32, t: &TaskAlloc) {
+        let n = t.node.0;
+        {
+            let node = &mut self.nodes[n as usize];
+            node.cpu_used -= t.cpu_milli;
+            node.mem_used -= t.memory_mib;
+        }
+        match &t.gpu {
+            GpuAlloc::None => {}
+            GpuAlloc::Whole(devs) => {
+                for d in devs {
+                    self.devices[d.idx()].whole_used = false;
+                    self.refresh_device(d.0);
+                }
+                self.reindex_node(n);
+            }
+            GpuAlloc::Shared { device, milli } => {
+                let old = self.devices[device.idx()].shared_used;
+                self.devices[device.idx()].shared_used = old - milli;
+                self.update_shared_index(device.0, old);
+                self.refresh_device(device.0);
+                if old == *milli {
+                    self.reindex_node(n);
+                }
+            }
+            GpuAlloc::Mig {
+                device,
+                profile,
+                start,
+            } => {
+                let mask = self.mig_mask(device.0, *profile, *start);
+                if let Some(m) = self.devices[device.idx()].mig.as_mut() {
+                    m.used &= !mask;
+                }
+            }
+        }
+        if t.flavor.0 != NONE {
+            let q = self.jobs[job as usize].queue;
+            self.quota.add_usage(q, t.flavor.0, -(t.amount as i64));
+        }
+    }
+
+    pub(crate) fn mig_mask(&self, dev: u32, profile: u8, start: u8) -> u8 {
+        let d = &self.devices[dev as usize];
+        let Some(m) = &d.mig else { return 0 };
+        self.geometries[m.geometry as usize].profiles[profile as usize].mask_at(start)
+    }
+
+    // ----- read access for drivers -----
+
+    /// Node count.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// A node's name.
+    pub fn node_name(&self, n: NodeId) -> &str {
+        &self.nodes[n.idx()].name
+    }
+
+    /// A node by name.
+    pub fn node_by_name(&self, name: &str) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .position(|n| &*n.name == name)
+            .map(|i| NodeId(i as u32))
+    }
+
+    /// A device's uuid.
+    pub fn device_uuid(&self, d: DeviceId) -> &str {
+        &self.devices[d.idx()].uuid
+    }
+
+    /// A device by uuid.
+    pub fn device_by_uuid(&self, uuid: &str) -> Option<DeviceId> {
+        self.devices
+            .iter()
+            .position(|d| &*d.uuid == uuid)
+            .map(|i| DeviceId(i as u32))
+    }
+
+    /// The MIG profile name of a profile index on a device.
+    pub fn mig_profile_name(&self, d: DeviceId, profile: u8) -> &str {
+        let dev = &self.devices[d.idx()];
+        dev.mig
+            .as_ref()
+            .map(|m| {
+                self.geometries[m.geometry as usize].profiles[profile as usize]
+                    .name
+                    .as_str()
+            })
+            .unwrap_or("")
+    }
+
+    /// A job by name (not finished).
+    pub fn job_by_name(&self, name: &str) -> Option<JobId> {
+        self.job_names.get(name).map(|&i| JobId(i))
+    }
+
+    /// A job's name.
+    pub fn job_name(&self, j: JobId) -> &str {
+        &self.jobs[j.idx()].name
+    }
+
+    /// A job's phase.
+    pub fn job_phase(&self, j: JobId) -> JobPhase {
+        self.jobs[j.idx()].phase
+    }
+
+    /// A job's kind.
+    pub fn job_kind(&self, j: JobId) -> JobKind {
+        self.jobs[j.idx()].kind
+    }
+
+    /// A job's priority value.
+    pub fn job_priority(&self, j: JobId) -> i32 {
+        self.jobs[j.idx()].priority
+    }
+
+    /// Tasks a job wants and tasks it has placed.
+    pub fn job_task_counts(&self, j: JobId) -> (u32, u32) {
+        let s = &self.jobs[j.idx()];
+        (s.groups.iter().map(|g| g.count).sum(), s.running_tasks())
+    }
+
+    /// A job's placed tasks.
+    pub fn job_tasks(&self, j: JobId) -> &[TaskAlloc] {
+        &self.jobs[j.idx()].tasks
+    }
+
+    /// A job's leaf queue.
+    pub fn job_queue(&self, j: JobId) -> QueueId {
+        QueueId(self.jobs[j.idx()].queue)
+    }
+
+    /// When a job was submitted and when it (last) started.
+    pub fn job_times(&self, j: JobId) -> (Time, Option<Time>) {
+        let s = &self.jobs[j.idx()];
+        (s.submit, s.start)
+    }
+
+    /// GPUs a job holds, in thousandths (whole GPUs count 1000 each; slices count 1000).
+    pub fn job_gpu_milli(&self, j: JobId) -> u64 {
+        self.jobs[j.idx()].tasks.iter().map(|t| t.amount).sum()
+    }
+
+    /// Jobs ever submitted (including finished ones).
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Jobs with unplaced tasks.
+    pub fn pending_count(&self) -> usize {
+        self.pending_jobs
+    }
+
+    /// Queue count (tree nodes).
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// A queue's name.
+    pub fn queue_name(&self, q: QueueId) -> &str {
+        self.quota.name(q.0)
+    }
+
+    /// A queue by name.
+    pub fn queue_by_name(&self, name: &str) -> Option<QueueId> {
+        self.quota.find(name).map(QueueId)
+    }
+
+    /// Whether a queue is a leaf.
+    pub fn queue_is_leaf(&self, q: QueueId) -> bool {
+        self.quota.is_leaf(q.0)
+    }
+
+    /// Pending jobs in a queue.
+    pub fn queue_pending(&self, q: QueueId) -> usize {
+        self.queues[q.idx()].pending.len()
+    }
+
+    /// A flavor's name.
+    pub fn flavor_name(&self, f: FlavorId) -> &str {
+        &self.flavors[f.idx()].name
+    }
+
+    /// All flavors.
+    pub fn flavors(&self) -> impl Iterator<Item = FlavorId> + '_ {
+        (0..self.flavors.len() as u32).map(FlavorId)
+    }
+
+    /// A queue's usage of a flavor (thousandths), its subtree included.
+    pub fn queue_usage(&self, q: QueueId, f: FlavorId) -> u64 {
+        self.quota.usage(q.0, f.0)
+    }
+
+    /// A queue's nominal quota of a flavor (thousandths).
+    pub fn queue_nominal(&self, q: QueueId, f: FlavorId) -> u64 {
+        self.quota.nominal(q.0, f.0)
+    }
+
+    /// Whole GPUs (non-MIG, healthy, on ready nodes) and how many are allocated whole or shared.
+    pub fn gpu_totals(&self) -> GpuTotals {
+        let mut t = GpuTotals::default();
+        for d in &self.devices {
+            if !self.nodes[d.node as usize].ready || !d.healthy {
+                continue;
+            }
+            match &d.mig {
+                Some(m) => {
+                    t.mig_devices += 1;
+                    t.mig_slices_used += m.used.count_ones() as u64;
+                }
+                None => {
+                    t.devices += 1;
+                    if d.whole_used {
+                        t.allocated_milli += 1000;
+                    } else {
+                        t.allocated_milli += d.shared_used as u64;
+                    }
+                    if d.is_whole_free() {
+                        t.free_devices += 1;
+                    }
+                }
+            }
+        }
+        t
+    }
+}
+
+/// Cluster-wide GPU figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuTotals {
+    /// Healthy whole-capable devices on ready nodes.
+    pub devices: u64,
+    /// Allocated, in thousandths of a device (shared fractions counted as used).
+    pub allocated_milli: u64,
+    /// Devices with nothing on them.
+    pub free_devices: u64,
+    /// MIG-enabled devices.
+    pub mig_devices: u64,
+    /// Memory slices used on MIG devices.
+    pub mig_slices_used: u64,
+}
