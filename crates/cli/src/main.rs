@@ -1,1 +1,60 @@
-fn main() {}
+//! `gantry`: the command-line front door.
+//!
+//! Subcommands are modules of this binary; each parses its flags with clap, calls the library
+//! crates, and renders tables (default), JSON or YAML. Errors are `anyhow` here and only here.
+
+mod output;
+mod plan;
+
+use clap::{Parser, Subcommand};
+
+/// gantry: a GPU-aware batch and ML workload scheduler.
+#[derive(Debug, Parser)]
+#[command(name = "gantry", version, about, long_about = None)]
+struct Cli {
+    /// Log format for diagnostics on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one scheduling cycle over a cluster, queues and jobs, and show the plan and why
+    /// each waiting job waits.
+    Plan(plan::PlanArgs),
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Plan(args) => plan::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

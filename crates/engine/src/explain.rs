@@ -194,7 +194,7 @@ impl Snapshot {
                     None => String::new(),
                 };
                 format!(
-                    "queue {}: quota {} {}/{} used{limit}, needs {} more but only {} is available; cohort has {} to lend",
+                    "queue {}: quota {} {}/{} used{limit}, needs {} but only {} is available; cohort has {} to lend",
                     self.quota.name(queue),
                     flavor(f),
                     gpus(used),

@@ -709,16 +709,17 @@ impl Placer<'_> {
             if placed == want {
                 return (placed, None);
             }
-            // Record why this flavor fell short.
+            // Undo this flavor's staging first, so the reason's numbers are the real state.
+            tx.rollback_to(self.s, start_mark);
+            staged_nodes.truncate(nodes_mark);
             let reason = if placed >= by_quota && by_quota < want {
-                let avail = self.s.quota.available(q, flavor.0);
                 Reason::Quota {
                     queue: q,
                     flavor: flavor.0,
                     used: self.s.quota.usage(q, flavor.0),
                     nominal: self.s.quota.nominal(q, flavor.0),
-                    requested: amount * (want - placed) as u64,
-                    available: avail,
+                    requested: amount * want as u64,
+                    available: self.s.quota.available(q, flavor.0),
                     cohort: self.s.quota.cohort_available(q, flavor.0),
                 }
             } else if let Some((holder, t)) = miss.reserved {
@@ -758,12 +759,11 @@ impl Placer<'_> {
                     },
                 }
             };
-            first_reason.get_or_insert(reason);
+            // Report the flavor that came closest (the first allowed one on ties).
             if best.is_none_or(|(b, _)| placed > b) {
                 best = Some((placed, oi));
+                first_reason = Some(reason);
             }
-            tx.rollback_to(self.s, start_mark);
-            staged_nodes.truncate(nodes_mark);
         }
         // No flavor took all: redo the best partial one (callers decide if partial is enough).
         let Some((n, oi)) = best.filter(|(n, _)| *n > 0) else {

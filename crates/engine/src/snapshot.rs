@@ -490,9 +490,12 @@ impl Snapshot {
             for (di, d) in node.devices.iter().enumerate() {
                 let model = s.intern_model(&d.model);
                 let bit = 1u64 << di;
-                match model_masks.iter_mut().find(|(m, _)| *m == model) {
-                    Some((_, mask)) => *mask |= bit,
-                    None => model_masks.push((model, bit)),
+                // Whole-GPU capacity of the model: MIG-enabled devices offer slices instead.
+                if d.mig.is_none() {
+                    match model_masks.iter_mut().find(|(m, _)| *m == model) {
+                        Some((_, mask)) => *mask |= bit,
+                        None => model_masks.push((model, bit)),
+                    }
                 }
                 let mig = match &d.mig {
                     None => None,
