@@ -80,13 +80,18 @@ fn duration(s: &str) -> Result<Duration, String> {
     Quantity::from(s).duration_ms().map(Duration::from_millis)
 }
 
-fn xids(s: &str) -> Result<Vec<u64>, String> {
+/// A comma-separated XID list (a newtype so clap takes it as one value, not many).
+#[derive(Debug, Clone)]
+struct XidList(Vec<u64>);
+
+fn xids(s: &str) -> Result<XidList, String> {
     if s.trim().is_empty() {
-        return Ok(Vec::new());
+        return Ok(XidList(Vec::new()));
     }
     s.split(',')
         .map(|x| x.trim().parse::<u64>().map_err(|_| format!("{x:?} is not an XID number")))
-        .collect()
+        .collect::<Result<Vec<u64>, String>>()
+        .map(XidList)
 }
 
 #[derive(Debug, Args)]
@@ -111,7 +116,7 @@ struct RunArgs {
     dev_root: String,
     /// XIDs that do not make a device unhealthy (comma-separated; empty for none).
     #[arg(long, value_parser = xids, default_value = "13,31,43,45,68,109")]
-    ignored_xids: Vec<u64>,
+    ignored_xids: XidList,
     /// Quiet time after the last event before a device is probed and returned to Healthy.
     #[arg(long, value_parser = duration, default_value = "60s")]
     quiet_period: Duration,
@@ -218,8 +223,18 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let sub = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -253,7 +268,7 @@ fn main() -> Result<()> {
                 kubelet,
                 strategy: args.mig_strategy,
                 health: HealthConfig {
-                    ignored_xids: args.ignored_xids.iter().copied().collect(),
+                    ignored_xids: args.ignored_xids.0.iter().copied().collect(),
                     quiet_period: args.quiet_period,
                     probe_interval: args.probe_interval,
                 },
