@@ -368,11 +368,7 @@ impl FakeInventory {
                 }
                 let mask = p.mask_at(s.start);
                 if mask & used != 0 {
-                    return Err(bad(
-                        origin,
-                        sf,
-                        "overlaps an earlier slice on the same GPU",
-                    ));
+                    return Err(bad(origin, sf, "overlaps an earlier slice on the same GPU"));
                 }
                 used |= mask;
                 let gi_id = s.gpu_instance.unwrap_or(si as u32 + 1);
@@ -381,9 +377,7 @@ impl FakeInventory {
                     uuid: s.uuid.clone().unwrap_or_else(|| {
                         format!(
                             "MIG-{:08x}-{:04x}-4000-8000-{:012x}",
-                            node_hash as u32,
-                            gi,
-                            gi_id
+                            node_hash as u32, gi, gi_id
                         )
                     }),
                     profile: p.name.clone(),
@@ -576,7 +570,10 @@ health_events:
         assert_eq!(ev.gpu, uuid);
         assert_eq!(ev.kind, EventKind::Xid(79));
         assert!(!f.probe(&uuid).expect("probe"));
-        assert!(f.next_event(Duration::from_millis(5)).expect("ok").is_none());
+        assert!(f
+            .next_event(Duration::from_millis(5))
+            .expect("ok")
+            .is_none());
     }
 
     #[test]
@@ -595,12 +592,27 @@ health_events:
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (SMALL.replace("start: 4}", "start: 2}"), "mig.3.slices[0].start"),
-            (SMALL.replace("3g.40gb", "5g.50gb"), "mig.3.slices[0].profile"),
+            (
+                SMALL.replace("start: 4}", "start: 2}"),
+                "mig.3.slices[0].start",
+            ),
+            (
+                SMALL.replace("3g.40gb", "5g.50gb"),
+                "mig.3.slices[0].profile",
+            ),
             (SMALL.replace("[2, 3, 12]", "[2, 9, 12]"), "nvlink.pairs[1]"),
-            (SMALL.replace("xid: 79", "xid: 79, ecc_double_bit: true"), "health_events[0]"),
-            (SMALL.replace("after: 10ms", "after: 10parsecs"), "health_events[0].after"),
-            (SMALL.replace("1g.10gb, start: 0", "1g.10gb, start: 5"), "mig.3.slices[1]"),
+            (
+                SMALL.replace("xid: 79", "xid: 79, ecc_double_bit: true"),
+                "health_events[0]",
+            ),
+            (
+                SMALL.replace("after: 10ms", "after: 10parsecs"),
+                "health_events[0].after",
+            ),
+            (
+                SMALL.replace("1g.10gb, start: 0", "1g.10gb, start: 5"),
+                "mig.3.slices[1]",
+            ),
             (SMALL.replace("cpu: 32", "cpu: lots"), "cpu"),
         ];
         for (text, field) in cases {

@@ -226,7 +226,8 @@ impl AssignmentBook {
         let text = serde_json::to_string_pretty(&BookFile { assignments: all })
             .map_err(|e| self.err(e.to_string()))?;
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(|e| self.err(format!("cannot write {}: {e}", tmp.display())))?;
+        std::fs::write(&tmp, text)
+            .map_err(|e| self.err(format!("cannot write {}: {e}", tmp.display())))?;
         std::fs::rename(&tmp, path).map_err(|e| self.err(format!("cannot rename into place: {e}")))
     }
 
@@ -257,7 +258,10 @@ impl AssignmentBook {
             return Err(PluginError::invalid("resource", "must not be empty"));
         }
         if h.device_ids.is_empty() {
-            return Err(PluginError::invalid("device_ids", "must name at least one device"));
+            return Err(PluginError::invalid(
+                "device_ids",
+                "must name at least one device",
+            ));
         }
         if h.set().len() != h.device_ids.len() {
             return Err(PluginError::invalid("device_ids", "lists a device twice"));
@@ -284,7 +288,11 @@ impl HandoffSource for AssignmentBook {
                 let _g = self.memory.lock().map_err(|_| self.err("lock poisoned"))?;
                 self.read(path)?
             }
-            None => self.memory.lock().map_err(|_| self.err("lock poisoned"))?.clone(),
+            None => self
+                .memory
+                .lock()
+                .map_err(|_| self.err("lock poisoned"))?
+                .clone(),
         };
         Ok(all.into_iter().filter(|h| h.resource == resource).collect())
     }
@@ -314,27 +322,49 @@ mod tests {
     fn preference_needs_size_availability_and_must_include() {
         let p = vec![h("a", &["G1", "G2"]), h("b", &["G3", "G4"])];
         let avail = v(&["G1", "G2", "G3", "G4"]);
-        assert_eq!(for_preference(&p, &avail, &[], 2).map(|h| h.task.as_str()), Some("a"));
-        assert_eq!(for_preference(&p, &avail, &v(&["G4"]), 2).map(|h| h.task.as_str()), Some("b"));
+        assert_eq!(
+            for_preference(&p, &avail, &[], 2).map(|h| h.task.as_str()),
+            Some("a")
+        );
+        assert_eq!(
+            for_preference(&p, &avail, &v(&["G4"]), 2).map(|h| h.task.as_str()),
+            Some("b")
+        );
         assert_eq!(for_preference(&p, &avail, &[], 3), None);
-        assert_eq!(for_preference(&p, &v(&["G1", "G3", "G4"]), &[], 2).map(|h| h.task.as_str()), Some("b"));
+        assert_eq!(
+            for_preference(&p, &v(&["G1", "G3", "G4"]), &[], 2).map(|h| h.task.as_str()),
+            Some("b")
+        );
         assert_eq!(for_preference(&p, &v(&["G1", "G3"]), &[], 2), None);
     }
 
     #[test]
     fn allocation_matches_exactly_or_conflicts() {
         let p = vec![h("a", &["G1", "G2"])];
-        assert_eq!(for_allocation(&p, &v(&["G2", "G1"])), AllocationMatch::Exact(&p[0]));
-        assert_eq!(for_allocation(&p, &v(&["G2", "G3"])), AllocationMatch::Conflict(&p[0]));
+        assert_eq!(
+            for_allocation(&p, &v(&["G2", "G1"])),
+            AllocationMatch::Exact(&p[0])
+        );
+        assert_eq!(
+            for_allocation(&p, &v(&["G2", "G3"])),
+            AllocationMatch::Conflict(&p[0])
+        );
         assert_eq!(for_allocation(&p, &v(&["G3"])), AllocationMatch::Free);
     }
 
     #[test]
     fn annotation_contract() {
-        assert_eq!(parse_pod_annotation(r#"["GPU-a","GPU-b"]"#).expect("ok"), v(&["GPU-a", "GPU-b"]));
+        assert_eq!(
+            parse_pod_annotation(r#"["GPU-a","GPU-b"]"#).expect("ok"),
+            v(&["GPU-a", "GPU-b"])
+        );
         for bad in [r#"GPU-a"#, r#"["a","a"]"#, r#"[""]"#, r#"{"a":1}"#] {
             let err = parse_pod_annotation(bad).expect_err(bad);
-            assert!(err.to_string().starts_with("annotations.gantry.dev/devices"), "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with("annotations.gantry.dev/devices"),
+                "{err}"
+            );
         }
     }
 
@@ -349,9 +379,15 @@ mod tests {
         // Another reader (the plugin in another process) sees what the agent wrote.
         let other = AssignmentBook::with_file(&path);
         assert_eq!(other.pending("nvidia.com/gpu").expect("read").len(), 2);
-        assert!(other.pending("nvidia.com/mig-1g.10gb").expect("read").is_empty());
+        assert!(other
+            .pending("nvidia.com/mig-1g.10gb")
+            .expect("read")
+            .is_empty());
         other.consume("a", "nvidia.com/gpu").expect("consume");
-        assert_eq!(book.pending("nvidia.com/gpu").expect("read"), vec![h("b", &["G2", "G3"])]);
+        assert_eq!(
+            book.pending("nvidia.com/gpu").expect("read"),
+            vec![h("b", &["G2", "G3"])]
+        );
         std::fs::write(&path, "{\"assignments\": [{\"task\": 1}]}").expect("write");
         let err = book.pending("nvidia.com/gpu").expect_err("bad file");
         assert!(err.to_string().contains("assignments.json"), "{err}");
@@ -365,7 +401,10 @@ mod tests {
         let book = AssignmentBook::new();
         book.assign(h("a", &["G1"])).expect("assign");
         book.assign(h("a", &["G2"])).expect("replace");
-        assert_eq!(book.pending("nvidia.com/gpu").expect("p"), vec![h("a", &["G2"])]);
+        assert_eq!(
+            book.pending("nvidia.com/gpu").expect("p"),
+            vec![h("a", &["G2"])]
+        );
         book.remove("a").expect("remove");
         assert!(book.pending("nvidia.com/gpu").expect("p").is_empty());
     }

@@ -81,12 +81,7 @@ impl HealthTracker {
 
     /// Apply an event at `now`: the GPU (or, when the event names a GPU instance that exists,
     /// only that MIG slice) becomes Unhealthy and its quiet period starts again.
-    pub fn on_event(
-        &mut self,
-        inv: &mut NodeInventory,
-        ev: &HealthEvent,
-        now: Instant,
-    ) -> Verdict {
+    pub fn on_event(&mut self, inv: &mut NodeInventory, ev: &HealthEvent, now: Instant) -> Verdict {
         if let EventKind::Xid(x) = ev.kind {
             if self.config.ignored_xids.contains(&x) {
                 return Verdict::Ignored;
@@ -246,7 +241,10 @@ mod tests {
 
     fn inv() -> NodeInventory {
         let y = "node: n\ngpus:\n  - {name: NVIDIA A100-SXM4-80GB, memory_mib: 81920, count: 2}\nmig:\n  1: {slices: [{profile: 3g.40gb, start: 0, gpu_instance: 2}, {profile: 3g.40gb, start: 4, gpu_instance: 1}]}\n";
-        FakeInventory::from_yaml(y, "t").expect("ok").discover().expect("d")
+        FakeInventory::from_yaml(y, "t")
+            .expect("ok")
+            .discover()
+            .expect("d")
     }
 
     fn cfg(quiet_ms: u64) -> HealthConfig {
@@ -263,16 +261,74 @@ mod tests {
         let base = inv();
         let g0 = base.gpus[0].uuid.clone();
         let g1 = base.gpus[1].uuid.clone();
-        let s_gi1 = base.gpus[1].mig.as_ref().expect("mig").slices[1].uuid.clone();
+        let s_gi1 = base.gpus[1].mig.as_ref().expect("mig").slices[1]
+            .uuid
+            .clone();
         let cases: Vec<(HealthEvent, Verdict)> = vec![
-            (HealthEvent { gpu: g0.clone(), gpu_instance: None, kind: EventKind::Xid(13) }, Verdict::Ignored),
-            (HealthEvent { gpu: g0.clone(), gpu_instance: None, kind: EventKind::Xid(109) }, Verdict::Ignored),
-            (HealthEvent { gpu: g0.clone(), gpu_instance: None, kind: EventKind::Xid(79) }, Verdict::Unhealthy(vec![g0.clone()])),
-            (HealthEvent { gpu: g0.clone(), gpu_instance: None, kind: EventKind::EccDoubleBit }, Verdict::Unhealthy(vec![g0.clone()])),
-            (HealthEvent { gpu: "GPU-nope".into(), gpu_instance: None, kind: EventKind::Xid(79) }, Verdict::UnknownDevice),
-            (HealthEvent { gpu: g1.clone(), gpu_instance: Some(1), kind: EventKind::Xid(94) }, Verdict::Unhealthy(vec![s_gi1.clone()])),
-            (HealthEvent { gpu: g1.clone(), gpu_instance: Some(ALL_INSTANCES), kind: EventKind::Xid(94) }, Verdict::Unhealthy(vec![g1.clone()])),
-            (HealthEvent { gpu: g1.clone(), gpu_instance: Some(7), kind: EventKind::Xid(94) }, Verdict::Unhealthy(vec![g1.clone()])),
+            (
+                HealthEvent {
+                    gpu: g0.clone(),
+                    gpu_instance: None,
+                    kind: EventKind::Xid(13),
+                },
+                Verdict::Ignored,
+            ),
+            (
+                HealthEvent {
+                    gpu: g0.clone(),
+                    gpu_instance: None,
+                    kind: EventKind::Xid(109),
+                },
+                Verdict::Ignored,
+            ),
+            (
+                HealthEvent {
+                    gpu: g0.clone(),
+                    gpu_instance: None,
+                    kind: EventKind::Xid(79),
+                },
+                Verdict::Unhealthy(vec![g0.clone()]),
+            ),
+            (
+                HealthEvent {
+                    gpu: g0.clone(),
+                    gpu_instance: None,
+                    kind: EventKind::EccDoubleBit,
+                },
+                Verdict::Unhealthy(vec![g0.clone()]),
+            ),
+            (
+                HealthEvent {
+                    gpu: "GPU-nope".into(),
+                    gpu_instance: None,
+                    kind: EventKind::Xid(79),
+                },
+                Verdict::UnknownDevice,
+            ),
+            (
+                HealthEvent {
+                    gpu: g1.clone(),
+                    gpu_instance: Some(1),
+                    kind: EventKind::Xid(94),
+                },
+                Verdict::Unhealthy(vec![s_gi1.clone()]),
+            ),
+            (
+                HealthEvent {
+                    gpu: g1.clone(),
+                    gpu_instance: Some(ALL_INSTANCES),
+                    kind: EventKind::Xid(94),
+                },
+                Verdict::Unhealthy(vec![g1.clone()]),
+            ),
+            (
+                HealthEvent {
+                    gpu: g1.clone(),
+                    gpu_instance: Some(7),
+                    kind: EventKind::Xid(94),
+                },
+                Verdict::Unhealthy(vec![g1.clone()]),
+            ),
         ];
         for (ev, want) in cases {
             let mut i = base.clone();
@@ -288,9 +344,19 @@ mod tests {
         let mut c = cfg(50);
         c.ignored_xids = [79].into_iter().collect();
         let mut t = HealthTracker::new(c);
-        let ev = |x| HealthEvent { gpu: g0.clone(), gpu_instance: None, kind: EventKind::Xid(x) };
-        assert_eq!(t.on_event(&mut i, &ev(79), Instant::now()), Verdict::Ignored);
-        assert!(matches!(t.on_event(&mut i, &ev(13), Instant::now()), Verdict::Unhealthy(_)));
+        let ev = |x| HealthEvent {
+            gpu: g0.clone(),
+            gpu_instance: None,
+            kind: EventKind::Xid(x),
+        };
+        assert_eq!(
+            t.on_event(&mut i, &ev(79), Instant::now()),
+            Verdict::Ignored
+        );
+        assert!(matches!(
+            t.on_event(&mut i, &ev(13), Instant::now()),
+            Verdict::Unhealthy(_)
+        ));
     }
 
     #[test]
@@ -299,19 +365,30 @@ mod tests {
         let mut i = inv();
         let g0 = i.gpus[0].uuid.clone();
         let mut t = HealthTracker::new(cfg(100));
-        let ev = HealthEvent { gpu: g0.clone(), gpu_instance: None, kind: EventKind::Xid(79) };
+        let ev = HealthEvent {
+            gpu: g0.clone(),
+            gpu_instance: None,
+            kind: EventKind::Xid(79),
+        };
         t.on_event(&mut i, &ev, t0);
         assert_eq!(i.gpus[0].health, Health::Unhealthy);
         // Too early: not even probed.
         let probed = std::cell::Cell::new(0);
-        let r = t.check(&mut i, t0 + Duration::from_millis(99), |_| { probed.set(probed.get() + 1); true });
+        let r = t.check(&mut i, t0 + Duration::from_millis(99), |_| {
+            probed.set(probed.get() + 1);
+            true
+        });
         assert!(r.is_empty());
         assert_eq!(probed.get(), 0);
         // A second event restarts the quiet period.
         t.on_event(&mut i, &ev, t0 + Duration::from_millis(50));
-        assert!(t.check(&mut i, t0 + Duration::from_millis(120), |_| true).is_empty());
+        assert!(t
+            .check(&mut i, t0 + Duration::from_millis(120), |_| true)
+            .is_empty());
         // Quiet long enough, but the probe fails: still Unhealthy, retried after the interval.
-        assert!(t.check(&mut i, t0 + Duration::from_millis(150), |_| false).is_empty());
+        assert!(t
+            .check(&mut i, t0 + Duration::from_millis(150), |_| false)
+            .is_empty());
         assert_eq!(i.gpus[0].health, Health::Unhealthy);
         assert_eq!(t.next_check(), Some(t0 + Duration::from_millis(160)));
         // Probe succeeds: Healthy again.
@@ -327,12 +404,29 @@ mod tests {
         let mut i = inv();
         let g1 = i.gpus[1].uuid.clone();
         let mut t = HealthTracker::new(cfg(0));
-        t.on_event(&mut i, &HealthEvent { gpu: g1.clone(), gpu_instance: Some(2), kind: EventKind::Xid(94) }, t0);
-        assert_eq!(i.gpus[1].mig.as_ref().expect("m").slices[0].health, Health::Unhealthy);
+        t.on_event(
+            &mut i,
+            &HealthEvent {
+                gpu: g1.clone(),
+                gpu_instance: Some(2),
+                kind: EventKind::Xid(94),
+            },
+            t0,
+        );
+        assert_eq!(
+            i.gpus[1].mig.as_ref().expect("m").slices[0].health,
+            Health::Unhealthy
+        );
         assert_eq!(i.gpus[1].health, Health::Healthy);
         let mut asked = Vec::new();
-        t.check(&mut i, t0, |u| { asked.push(u.to_string()); true });
+        t.check(&mut i, t0, |u| {
+            asked.push(u.to_string());
+            true
+        });
         assert_eq!(asked, vec![g1]);
-        assert_eq!(i.gpus[1].mig.as_ref().expect("m").slices[0].health, Health::Healthy);
+        assert_eq!(
+            i.gpus[1].mig.as_ref().expect("m").slices[0].health,
+            Health::Healthy
+        );
     }
 }

@@ -300,7 +300,7 @@ fn nvlink_domains(gpus: &[Gpu]) -> Vec<Option<usize>> {
 /// the size is a `<N>GB` word in the name, else the memory rounded up to whole GiB.
 pub fn model_name(product: &str, memory_mib: u64) -> String {
     let words: Vec<String> = product
-        .split(|c: char| c == ' ' || c == '-' || c == '_')
+        .split([' ', '-', '_'])
         .filter(|w| !w.is_empty())
         .map(|w| w.to_ascii_lowercase())
         .collect();
@@ -313,7 +313,9 @@ pub fn model_name(product: &str, memory_mib: u64) -> String {
         .cloned();
     let size = words
         .iter()
-        .find(|w| w.ends_with("gb") && w[..w.len() - 2].chars().all(|c| c.is_ascii_digit()) && w.len() > 2)
+        .find(|w| {
+            w.ends_with("gb") && w[..w.len() - 2].chars().all(|c| c.is_ascii_digit()) && w.len() > 2
+        })
         .map(|w| w.to_string())
         .or_else(|| (memory_mib > 0).then(|| format!("{}gb", memory_mib.div_ceil(1024))));
     match (family, size) {

@@ -58,7 +58,13 @@ impl KubeletConfig {
         let short = resource.rsplit('/').next().unwrap_or(resource);
         let safe: String = short
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         format!("{}-{safe}.sock", self.socket_prefix)
     }
@@ -68,7 +74,10 @@ impl KubeletConfig {
 ///
 /// # Errors
 /// The socket cannot be reached within `timeout`.
-pub async fn unix_channel(path: &Path, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+pub async fn unix_channel(
+    path: &Path,
+    timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
     let path = path.to_path_buf();
     // The URI is required by tonic but unused: the connector below dials the socket.
     Endpoint::from_static("http://[::1]:50051")
@@ -112,32 +121,53 @@ pub async fn register(config: &KubeletConfig, resource: &str) -> Result<(), Plug
 }
 
 /// (device, inode) of a file, to notice it being replaced.
-fn file_id(path: &Path) -> Option<(u64, u64)> {
+fn file_id(path: &Path) -> Option<FileId> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// (device, inode) of a socket file.
+type FileId = (u64, u64);
+
+/// One resource's server: its socket file (and that file's identity) and the serving task.
+#[derive(Debug)]
+struct ServerEntry {
+    resource: String,
+    path: PathBuf,
+    id: Option<FileId>,
+    handle: JoinHandle<()>,
 }
 
 /// One set of servers: a socket and a gRPC server per resource.
 #[derive(Debug)]
 struct Generation {
     stop: watch::Sender<bool>,
-    servers: Vec<(String, PathBuf, Option<(u64, u64)>, JoinHandle<()>)>,
+    servers: Vec<ServerEntry>,
 }
 
 impl Generation {
     fn resources(&self) -> Vec<String> {
-        self.servers.iter().map(|s| s.0.clone()).collect()
+        self.servers.iter().map(|s| s.resource.clone()).collect()
     }
 
     fn sockets_intact(&self) -> bool {
         self.servers
             .iter()
-            .all(|(_, path, id, h)| !h.is_finished() && file_id(path) == *id)
+            .all(|s| !s.handle.is_finished() && file_id(&s.path) == s.id)
     }
 
     async fn shutdown(self) {
         self.stop.send_replace(true);
-        for (resource, path, id, handle) in self.servers {
-            if tokio::time::timeout(Duration::from_secs(5), handle).await.is_err() {
+        for ServerEntry {
+            resource,
+            path,
+            id,
+            handle,
+        } in self.servers
+        {
+            if tokio::time::timeout(Duration::from_secs(5), handle)
+                .await
+                .is_err()
+            {
                 tracing::warn!(resource = %resource, "server did not stop in 5 s");
             }
             // Only remove the socket if it is still ours (a restarted kubelet may have reused
@@ -185,11 +215,19 @@ impl Manager {
             .collect();
         let mut servers = Vec::new();
         for resource in resources {
-            let path = self.config.plugin_dir.join(self.config.socket_name(&resource));
+            let path = self
+                .config
+                .plugin_dir
+                .join(self.config.socket_name(&resource));
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(PluginError::io(format!("remove stale socket {}", path.display()), e)),
+                Err(e) => {
+                    return Err(PluginError::io(
+                        format!("remove stale socket {}", path.display()),
+                        e,
+                    ))
+                }
             }
             let listener = UnixListener::bind(&path)
                 .map_err(|e| PluginError::io(format!("bind {}", path.display()), e))?;
@@ -211,14 +249,26 @@ impl Manager {
                     })
                     .await;
                 if let Err(e) = res {
-                    let e = PluginError::Serve { resource: r, socket: p, message: e.to_string() };
+                    let e = PluginError::Serve {
+                        resource: r,
+                        socket: p,
+                        message: e.to_string(),
+                    };
                     tracing::error!(error = %e, "device plugin server failed");
                 }
             });
             tracing::info!(resource = %resource, socket = %path.display(), "serving");
-            servers.push((resource, path, id, handle));
+            servers.push(ServerEntry {
+                resource,
+                path,
+                id,
+                handle,
+            });
         }
-        Ok(Generation { stop: stop_tx, servers })
+        Ok(Generation {
+            stop: stop_tx,
+            servers,
+        })
     }
 
     async fn register_all(&self, gen: &Generation) -> Result<(), PluginError> {
@@ -234,7 +284,10 @@ impl Manager {
     ///
     /// # Errors
     /// A socket cannot be created in the device-plugin directory.
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), PluginError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), PluginError> {
         tokio::pin!(shutdown);
         std::fs::create_dir_all(&self.config.plugin_dir).map_err(|e| {
             PluginError::io(format!("create {}", self.config.plugin_dir.display()), e)
@@ -242,7 +295,7 @@ impl Manager {
         let kubelet = self.config.kubelet_socket();
         let mut gen = self.start().await?;
         // The kubelet.sock identity we last registered against; None = not registered.
-        let mut registered: Option<(u64, u64)> = None;
+        let mut registered: Option<FileId> = None;
         let mut last_error: Option<String> = None;
         loop {
             let now_id = file_id(&kubelet);
@@ -252,7 +305,10 @@ impl Manager {
                 now != gen.resources()
             };
             if resources_changed || !gen.sockets_intact() {
-                tracing::warn!(resources_changed, "restarting device plugin servers (sockets removed: kubelet restart?)");
+                tracing::warn!(
+                    resources_changed,
+                    "restarting device plugin servers (sockets removed: kubelet restart?)"
+                );
                 gen.shutdown().await;
                 gen = self.start().await?;
                 registered = None;
@@ -295,7 +351,10 @@ mod tests {
     fn socket_names_are_file_names() {
         let c = KubeletConfig::new("/tmp/x");
         assert_eq!(c.socket_name("nvidia.com/gpu"), "gantry-gpu.sock");
-        assert_eq!(c.socket_name("nvidia.com/mig-1g.10gb"), "gantry-mig-1g.10gb.sock");
+        assert_eq!(
+            c.socket_name("nvidia.com/mig-1g.10gb"),
+            "gantry-mig-1g.10gb.sock"
+        );
         assert_eq!(c.socket_name("weird/a b"), "gantry-a_b.sock");
         assert_eq!(c.kubelet_socket(), PathBuf::from("/tmp/x/kubelet.sock"));
     }

@@ -23,10 +23,17 @@ pub fn label_value(s: &str) -> String {
     let v: String = s
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(63)
         .collect();
-    v.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+    v.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
 }
 
 /// The labels for `inv` under `strategy`.
@@ -67,7 +74,10 @@ mod tests {
     #[test]
     fn labels_of_a_mixed_node() {
         let y = "node: n\ngpus:\n  - {name: NVIDIA H100 80GB HBM3, memory_mib: 81559, count: 2}\nmig:\n  1: {slices: [{profile: 1g.10gb, start: 0}, {profile: 1g.10gb, start: 1}, {profile: 3g.40gb, start: 4}]}\n";
-        let inv = FakeInventory::from_yaml(y, "t").expect("ok").discover().expect("d");
+        let inv = FakeInventory::from_yaml(y, "t")
+            .expect("ok")
+            .discover()
+            .expect("d");
         let l = node_labels(&inv, MigStrategy::Mixed);
         assert_eq!(l["nvidia.com/gpu.product"], "NVIDIA-H100-80GB-HBM3");
         assert_eq!(l["nvidia.com/gpu.memory"], "81559");

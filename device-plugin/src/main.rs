@@ -19,7 +19,11 @@ use gantry_device_plugin::{
 use gantry_model::quantity::Quantity;
 
 #[derive(Debug, Parser)]
-#[command(name = "gantry-device-plugin", version, about = "gantry's GPU device plugin: NVML or fake inventory, health, kubelet API v1beta1, scheduler hand-off")]
+#[command(
+    name = "gantry-device-plugin",
+    version,
+    about = "gantry's GPU device plugin: NVML or fake inventory, health, kubelet API v1beta1, scheduler hand-off"
+)]
 struct Cli {
     /// Use a fake inventory from this YAML file instead of NVML (development and tests).
     #[arg(long, global = true, value_name = "FILE")]
@@ -89,7 +93,11 @@ fn xids(s: &str) -> Result<XidList, String> {
         return Ok(XidList(Vec::new()));
     }
     s.split(',')
-        .map(|x| x.trim().parse::<u64>().map_err(|_| format!("{x:?} is not an XID number")))
+        .map(|x| {
+            x.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("{x:?} is not an XID number"))
+        })
         .collect::<Result<Vec<u64>, String>>()
         .map(XidList)
 }
@@ -144,7 +152,11 @@ fn node_name(cli: &Cli) -> String {
     cli.node_name
         .clone()
         .or_else(|| std::env::var("NODE_NAME").ok())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
 }
@@ -152,14 +164,25 @@ fn node_name(cli: &Cli) -> String {
 fn open_inventory(cli: &Cli) -> Result<Arc<dyn Inventory>> {
     Ok(match &cli.fake {
         Some(path) => Arc::new(FakeInventory::load(path)?),
-        None => Arc::new(NvmlInventory::open(cli.nvml_lib.as_deref(), node_name(cli))?),
+        None => Arc::new(NvmlInventory::open(
+            cli.nvml_lib.as_deref(),
+            node_name(cli),
+        )?),
     })
 }
 
 fn print_table(node: &gantry_model::Node, inv: &gantry_device_plugin::NodeInventory) {
     let mut t = comfy_table::Table::new();
     t.set_header([
-        "#", "uuid", "model", "memory", "numa", "pci", "nvlink peers", "mig", "health",
+        "#",
+        "uuid",
+        "model",
+        "memory",
+        "numa",
+        "pci",
+        "nvlink peers",
+        "mig",
+        "health",
     ]);
     for (g, d) in inv.gpus.iter().zip(&node.devices) {
         let mig = match &g.mig {
@@ -201,7 +224,10 @@ fn print_table(node: &gantry_model::Node, inv: &gantry_device_plugin::NodeInvent
         inv.gpus.len(),
         node.cpu_milli,
         node.memory_mib,
-        inv.driver.as_deref().map(|d| format!(", driver {d}")).unwrap_or_default()
+        inv.driver
+            .as_deref()
+            .map(|d| format!(", driver {d}"))
+            .unwrap_or_default()
     );
     println!("{t}");
 }
@@ -237,7 +263,9 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let sub = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => sub.init(),
         LogFormat::Json => sub.json().init(),
@@ -248,8 +276,14 @@ fn run(cli: Cli) -> Result<()> {
             let snap = initial_snapshot(inventory.as_ref(), MigStrategy::None)?;
             let node = snap.inventory.to_model_node();
             match output {
-                Output::Json => print!("{}", Format::Json.render(&node).map_err(anyhow::Error::msg)?),
-                Output::Yaml => print!("{}", Format::Yaml.render(&node).map_err(anyhow::Error::msg)?),
+                Output::Json => print!(
+                    "{}",
+                    Format::Json.render(&node).map_err(anyhow::Error::msg)?
+                ),
+                Output::Yaml => print!(
+                    "{}",
+                    Format::Yaml.render(&node).map_err(anyhow::Error::msg)?
+                ),
                 Output::Table => print_table(&node, &snap.inventory),
             }
             Ok(())
@@ -302,7 +336,13 @@ fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("start the async runtime")?;
-            rt.block_on(serve(inventory, settings, handoff, publisher, shutdown_signal()))?;
+            rt.block_on(serve(
+                inventory,
+                settings,
+                handoff,
+                publisher,
+                shutdown_signal(),
+            ))?;
             Ok(())
         }
     }

@@ -90,7 +90,10 @@ impl NvmlInventory {
         let nvml: &'static Nvml = Box::leak(Box::new(nvml));
         let driver = nvml.sys_driver_version().ok();
         let count = nvml.device_count().map_err(nvml_err("device count"))?;
-        let mut set = Some(nvml.create_event_set().map_err(nvml_err("create event set"))?);
+        let mut set = Some(
+            nvml.create_event_set()
+                .map_err(nvml_err("create event set"))?,
+        );
         let wanted = EventTypes::CRITICAL_XID_ERROR | EventTypes::DOUBLE_BIT_ECC_ERROR;
         for i in 0..count {
             let dev = nvml
@@ -160,7 +163,14 @@ impl NvmlInventory {
         out
     }
 
-    fn mig_state(&self, dev: &Device<'static>, model: &str, parent: &str, minor: u32, caps: &HashMap<String, u32>) -> Option<GpuMig> {
+    fn mig_state(
+        &self,
+        dev: &Device<'static>,
+        model: &str,
+        parent: &str,
+        minor: u32,
+        caps: &HashMap<String, u32>,
+    ) -> Option<GpuMig> {
         let mode = match dev.mig_mode() {
             Ok(m) => m,
             Err(NvmlError::NotSupported) => return None,
@@ -201,7 +211,9 @@ impl NvmlInventory {
                 };
                 match self.slice(dev, &md, parent, minor, &by_id, caps) {
                     Ok(s) => slices.push(s),
-                    Err(e) => tracing::warn!(gpu = parent, index = j, error = %e, "skipping MIG device"),
+                    Err(e) => {
+                        tracing::warn!(gpu = parent, index = j, error = %e, "skipping MIG device")
+                    }
                 }
             }
             slices.sort_by_key(|s: &MigSlice| s.start);
@@ -270,7 +282,11 @@ pub fn parse_mig_minors(text: &str) -> HashMap<String, u32> {
 pub fn numa_from_sysfs(root: &std::path::Path, bus_id: &str) -> Option<u32> {
     // NVML writes an 8-digit PCI domain (`00000000:18:00.0`); sysfs uses 4 (`0000:18:00.0`).
     let id = bus_id.to_ascii_lowercase();
-    let short = if id.len() > 12 { &id[id.len() - 12..] } else { &id };
+    let short = if id.len() > 12 {
+        &id[id.len() - 12..]
+    } else {
+        &id
+    };
     let text = std::fs::read_to_string(root.join(short).join("numa_node")).ok()?;
     let n: i64 = text.trim().parse().ok()?;
     u32::try_from(n).ok()
@@ -283,7 +299,10 @@ enum InstanceKind {
 
 fn instance_id(nvml: &Nvml, md: &Device<'_>, kind: InstanceKind) -> Result<u32, PluginError> {
     let (name, sym) = match kind {
-        InstanceKind::Gpu => ("GPU instance id", nvml.lib().nvmlDeviceGetGpuInstanceId.as_ref()),
+        InstanceKind::Gpu => (
+            "GPU instance id",
+            nvml.lib().nvmlDeviceGetGpuInstanceId.as_ref(),
+        ),
         InstanceKind::Compute => (
             "compute instance id",
             nvml.lib().nvmlDeviceGetComputeInstanceId.as_ref(),
@@ -316,10 +335,13 @@ fn gpu_instance_info(
             call: "nvmlDeviceGetGpuInstanceById".into(),
             message: format!("symbol missing: {e}"),
         })?;
-    let info_fn = lib.nvmlGpuInstanceGetInfo.as_ref().map_err(|e| PluginError::Nvml {
-        call: "nvmlGpuInstanceGetInfo".into(),
-        message: format!("symbol missing: {e}"),
-    })?;
+    let info_fn = lib
+        .nvmlGpuInstanceGetInfo
+        .as_ref()
+        .map_err(|e| PluginError::Nvml {
+            call: "nvmlGpuInstanceGetInfo".into(),
+            message: format!("symbol missing: {e}"),
+        })?;
     // SAFETY: an all-zero bit pattern is valid for these plain C structs/handles (integers and
     // raw pointers), and both are only read after NVML fills them in.
     let mut handle: sys::nvmlGpuInstance_t = unsafe { std::mem::zeroed() };
@@ -381,7 +403,10 @@ fn pcie_level(l: TopologyLevel) -> PcieLevel {
 
 impl Inventory for NvmlInventory {
     fn describe(&self) -> String {
-        format!("nvml {}", self.driver.as_deref().unwrap_or("(driver version unknown)"))
+        format!(
+            "nvml {}",
+            self.driver.as_deref().unwrap_or("(driver version unknown)")
+        )
     }
 
     fn discover(&self) -> Result<NodeInventory, PluginError> {
@@ -395,7 +420,9 @@ impl Inventory for NvmlInventory {
         // Per GPU: active links, split into direct GPU links (by remote bus id) and switch links.
         let mut remote: Vec<Vec<String>> = Vec::new();
         for i in 0..count {
-            let dev = nvml.device_by_index(i).map_err(nvml_err(format!("device {i}")))?;
+            let dev = nvml
+                .device_by_index(i)
+                .map_err(nvml_err(format!("device {i}")))?;
             let uuid = dev.uuid().map_err(nvml_err(format!("device {i} uuid")))?;
             let name = dev.name().map_err(nvml_err(format!("device {i} name")))?;
             let memory_mib = dev.memory_info().map(|m| m.total / MIB).unwrap_or(0);
@@ -403,7 +430,9 @@ impl Inventory for NvmlInventory {
                 .pci_info()
                 .map_err(nvml_err(format!("device {i} PCI info")))?
                 .bus_id;
-            let minor = dev.minor_number().map_err(nvml_err(format!("device {i} minor number")))?;
+            let minor = dev
+                .minor_number()
+                .map_err(nvml_err(format!("device {i} minor number")))?;
             let model = model_name(&name, memory_mib);
             let mig = self.mig_state(&dev, &model, &uuid, minor, &caps);
             let mut links = Vec::new();
@@ -430,27 +459,40 @@ impl Inventory for NvmlInventory {
                 health: Health::Healthy,
             });
         }
-        let buses: Vec<String> = gpus.iter().map(|g| g.pci_bus_id.to_ascii_lowercase()).collect();
+        let buses: Vec<String> = gpus
+            .iter()
+            .map(|g| g.pci_bus_id.to_ascii_lowercase())
+            .collect();
         let switch_links: Vec<u32> = remote
             .iter()
-            .map(|r| r.iter().filter(|b| !buses.contains(&b.to_ascii_lowercase())).count() as u32)
+            .map(|r| {
+                r.iter()
+                    .filter(|b| !buses.contains(&b.to_ascii_lowercase()))
+                    .count() as u32
+            })
             .collect();
         for a in 0..gpus.len() {
-            let da = nvml.device_by_index(a as u32).map_err(nvml_err(format!("device {a}")))?;
+            let da = nvml
+                .device_by_index(a as u32)
+                .map_err(nvml_err(format!("device {a}")))?;
             let mut peers = Vec::new();
             for b in 0..gpus.len() {
                 if a == b {
                     continue;
                 }
-                let db = nvml.device_by_index(b as u32).map_err(nvml_err(format!("device {b}")))?;
+                let db = nvml
+                    .device_by_index(b as u32)
+                    .map_err(nvml_err(format!("device {b}")))?;
                 let direct = remote[a]
                     .iter()
                     .filter(|r| r.eq_ignore_ascii_case(&buses[b]))
                     .count() as u32;
                 let via_switch = if switch_links[a] > 0
                     && switch_links[b] > 0
-                    && matches!(da.p2p_status(&db, P2pCapabilitiesIndex::NvLink), Ok(P2pStatus::Ok))
-                {
+                    && matches!(
+                        da.p2p_status(&db, P2pCapabilitiesIndex::NvLink),
+                        Ok(P2pStatus::Ok)
+                    ) {
                     switch_links[a].min(switch_links[b])
                 } else {
                     0
@@ -553,8 +595,11 @@ mod tests {
 
     #[test]
     fn missing_library_is_a_clear_error() {
-        let err = NvmlInventory::open(Some(OsStr::new("/nonexistent/libnvidia-ml.so.1")), "n".into())
-            .expect_err("no such library");
+        let err = NvmlInventory::open(
+            Some(OsStr::new("/nonexistent/libnvidia-ml.so.1")),
+            "n".into(),
+        )
+        .expect_err("no such library");
         let msg = err.to_string();
         assert!(matches!(err, PluginError::NvmlMissing(_)), "{msg}");
         assert!(msg.starts_with("NVML library not found: "), "{msg}");
@@ -563,7 +608,9 @@ mod tests {
 
     #[test]
     fn mig_minors_and_sysfs_numa() {
-        let m = parse_mig_minors("config 1\nmonitor 2\ngpu0/gi1/access 12\ngpu0/gi1/ci0/access 13\nbad\n");
+        let m = parse_mig_minors(
+            "config 1\nmonitor 2\ngpu0/gi1/access 12\ngpu0/gi1/ci0/access 13\nbad\n",
+        );
         assert_eq!(m["gpu0/gi1/access"], 12);
         assert_eq!(m["gpu0/gi1/ci0/access"], 13);
         assert_eq!(m.len(), 4);

@@ -247,7 +247,8 @@ impl DevicePluginService {
         let mut consumed = Vec::new();
         for (i, c) in req.container_requests.iter().enumerate() {
             let field = format!("container_requests[{i}]");
-            let resp = container_response(&snap, &self.resource, &c.devices_ids, &self.opts, &field)?;
+            let resp =
+                container_response(&snap, &self.resource, &c.devices_ids, &self.opts, &field)?;
             match handoff::for_allocation(&pending, &c.devices_ids) {
                 AllocationMatch::Exact(h) => consumed.push(h.task.clone()),
                 AllocationMatch::Conflict(h) => {

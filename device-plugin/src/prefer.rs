@@ -90,10 +90,17 @@ pub fn preferred(
     if must.len() > size {
         return Err(PluginError::invalid(
             format!("{field}.must_include_deviceIDs"),
-            format!("{} devices must be included but only {size} requested", must.len()),
+            format!(
+                "{} devices must be included but only {size} requested",
+                must.len()
+            ),
         ));
     }
-    let mut candidates: Vec<usize> = avail.iter().copied().filter(|d| !must.contains(d)).collect();
+    let mut candidates: Vec<usize> = avail
+        .iter()
+        .copied()
+        .filter(|d| !must.contains(d))
+        .collect();
     candidates.sort_unstable();
     let need = size - must.len();
     let devs = &resource.devices;
@@ -218,12 +225,17 @@ gpus:
 nvlink: {pairs: [[0, 1, 3], [2, 3, 3], [4, 5, 3], [6, 7, 3]]}
 pcie_switches: [[0, 1, 2, 3], [4, 5, 6, 7]]
 "#;
-        let inv = FakeInventory::from_yaml(y, "t").expect("ok").discover().expect("d");
+        let inv = FakeInventory::from_yaml(y, "t")
+            .expect("ok")
+            .discover()
+            .expect("d");
         Snapshot::build(inv, MigStrategy::None).expect("snap")
     }
 
     fn ids(s: &Snapshot, idx: &[usize]) -> Vec<String> {
-        idx.iter().map(|&i| s.inventory.gpus[i].uuid.clone()).collect()
+        idx.iter()
+            .map(|&i| s.inventory.gpus[i].uuid.clone())
+            .collect()
     }
 
     #[test]
@@ -264,7 +276,12 @@ pcie_switches: [[0, 1, 2, 3], [4, 5, 6, 7]]
             (a.clone(), vec![], 0, "c.allocation_size"),
             (a.clone(), vec![], 3, "c.allocation_size"),
             (vec!["GPU-x".into()], vec![], 1, "c.available_deviceIDs[0]"),
-            (vec![a[0].clone(), a[0].clone()], vec![], 1, "c.available_deviceIDs[1]"),
+            (
+                vec![a[0].clone(), a[0].clone()],
+                vec![],
+                1,
+                "c.available_deviceIDs[1]",
+            ),
             (a.clone(), ids(&s, &[5]), 1, "c.must_include_deviceIDs[0]"),
             (a.clone(), a.clone(), 1, "c.must_include_deviceIDs"),
         ];
@@ -281,6 +298,6 @@ pcie_switches: [[0, 1, 2, 3], [4, 5, 6, 7]]
     fn binomials() {
         assert_eq!(binom(8, 4), 70);
         assert_eq!(binom(8, 2), 28);
-        assert_eq!(binom(64, 32) > EXHAUSTIVE_LIMIT, true);
+        assert!(binom(64, 32) > EXHAUSTIVE_LIMIT);
     }
 }

@@ -59,10 +59,13 @@ pub struct StdoutPublisher {
 impl Publisher for StdoutPublisher {
     fn publish(&self, node: &Node) -> Result<(), PluginError> {
         use std::io::Write;
-        let text = self.format.render(node).map_err(|message| PluginError::Publish {
-            target: "stdout".into(),
-            message,
-        })?;
+        let text = self
+            .format
+            .render(node)
+            .map_err(|message| PluginError::Publish {
+                target: "stdout".into(),
+                message,
+            })?;
         let mut out = std::io::stdout().lock();
         out.write_all(text.as_bytes())
             .and_then(|_| out.flush())
@@ -97,7 +100,10 @@ impl Publisher for FilePublisher {
 }
 
 /// Publish the node now and after every change of `state`, until the state's sender is dropped.
-pub async fn run_publisher(mut state: watch::Receiver<Arc<Snapshot>>, publisher: Arc<dyn Publisher>) {
+pub async fn run_publisher(
+    mut state: watch::Receiver<Arc<Snapshot>>,
+    publisher: Arc<dyn Publisher>,
+) {
     let mut last: Option<Node> = None;
     loop {
         let node = state.borrow_and_update().inventory.to_model_node();
@@ -125,11 +131,17 @@ mod tests {
     #[test]
     fn file_publisher_writes_a_parseable_node() {
         let y = "node: n\ncpu: 8\nmemory: 64Gi\ngpus:\n  - {name: NVIDIA H200, memory_mib: 143771, count: 2}\nnvlink: {switch_links: 18}\n";
-        let inv = FakeInventory::from_yaml(y, "t").expect("ok").discover().expect("d");
+        let inv = FakeInventory::from_yaml(y, "t")
+            .expect("ok")
+            .discover()
+            .expect("d");
         let dir = tempfile::tempdir().expect("tmp");
         for format in [Format::Json, Format::Yaml] {
             let path = dir.path().join("node.out");
-            let p = FilePublisher { path: path.clone(), format };
+            let p = FilePublisher {
+                path: path.clone(),
+                format,
+            };
             p.publish(&inv.to_model_node()).expect("publish");
             let text = std::fs::read_to_string(&path).expect("read");
             let back: Node = gantry_model::doc::from_yaml(&text, "node.out").expect("parse back");
@@ -137,7 +149,10 @@ mod tests {
             assert_eq!(back.devices[0].model, "h200-141gb");
             assert_eq!(back.devices[0].nvlink_peers.len(), 1);
         }
-        let bad = FilePublisher { path: dir.path().join("no/such/dir/x"), format: Format::Json };
+        let bad = FilePublisher {
+            path: dir.path().join("no/such/dir/x"),
+            format: Format::Json,
+        };
         let err = bad.publish(&inv.to_model_node()).expect_err("no dir");
         assert!(err.to_string().starts_with("publish to "), "{err}");
     }

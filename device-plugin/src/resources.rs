@@ -176,7 +176,10 @@ fn resources(inv: &NodeInventory, strategy: MigStrategy) -> Result<Vec<Resource>
                 slice: Some(si),
             })
             .collect();
-        v.sort_by_key(|d| d.slice.map(|si| g.mig.as_ref().map_or(0, |m| m.slices[si].start)));
+        v.sort_by_key(|d| {
+            d.slice
+                .map(|si| g.mig.as_ref().map_or(0, |m| m.slices[si].start))
+        });
         v
     };
     let profile_of = |d: &AdvertisedDevice| -> String {

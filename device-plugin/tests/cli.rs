@@ -23,7 +23,12 @@ fn missing_nvml_is_a_clear_error_and_nonzero_exit() {
     // Same for `run`.
     let dir = tempfile::tempdir().expect("tmp");
     let out = bin()
-        .args(["--nvml-lib", "/nonexistent/libnvidia-ml.so.1", "run", "--device-plugin-dir"])
+        .args([
+            "--nvml-lib",
+            "/nonexistent/libnvidia-ml.so.1",
+            "run",
+            "--device-plugin-dir",
+        ])
         .arg(dir.path())
         .output()
         .expect("run");
@@ -43,23 +48,39 @@ fn inventory_prints_a_gantry_node() {
                 .args(["--fake", &example(file), "inventory", "--output", fmt])
                 .output()
                 .expect("run");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let text = String::from_utf8(out.stdout).expect("utf8");
             let node: gantry_model::Node =
                 gantry_model::doc::from_yaml(&text, file).expect("a gantry Node");
             assert_eq!(node.devices.len(), 8);
             assert_eq!(node.devices[0].model, model);
-            assert_eq!(node.devices.iter().filter(|d| d.mig.is_some()).count(), mig_devices);
+            assert_eq!(
+                node.devices.iter().filter(|d| d.mig.is_some()).count(),
+                mig_devices
+            );
             assert_eq!(node.devices[0].nvlink_peers.len(), 7, "NVSwitch: all peers");
             // The scheduler's own validation accepts it.
-            let cluster = gantry_model::ClusterSpec { nodes: vec![node], ..Default::default() }
-                .build()
-                .expect("valid for gantry-model");
+            let cluster = gantry_model::ClusterSpec {
+                nodes: vec![node],
+                ..Default::default()
+            }
+            .build()
+            .expect("valid for gantry-model");
             assert_eq!(cluster.nodes[0].devices.len(), 8);
         }
     }
     let out = bin()
-        .args(["--fake", &example("dgx-a100.yaml"), "inventory", "--output", "table"])
+        .args([
+            "--fake",
+            &example("dgx-a100.yaml"),
+            "inventory",
+            "--output",
+            "table",
+        ])
         .output()
         .expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -71,7 +92,12 @@ fn bad_fake_file_names_the_field() {
     let dir = tempfile::tempdir().expect("tmp");
     let p = dir.path().join("bad.yaml");
     std::fs::write(&p, "node: x\ngpus:\n  - {name: NVIDIA H100 80GB HBM3, memory_mib: 81559}\nmig:\n  0: {slices: [{profile: 3g.40gb, start: 2}]}\n").expect("w");
-    let out = bin().arg("--fake").arg(&p).arg("inventory").output().expect("run");
+    let out = bin()
+        .arg("--fake")
+        .arg(&p)
+        .arg("inventory")
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mig.0.slices[0].start"), "{err}");
@@ -80,12 +106,21 @@ fn bad_fake_file_names_the_field() {
 #[test]
 fn labels_command() {
     let out = bin()
-        .args(["--fake", &example("dgx-h200.yaml"), "labels", "--mig-strategy", "single"])
+        .args([
+            "--fake",
+            &example("dgx-h200.yaml"),
+            "labels",
+            "--mig-strategy",
+            "single",
+        ])
         .output()
         .expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("nvidia.com/gpu.product=NVIDIA-H200\n"), "{text}");
+    assert!(
+        text.contains("nvidia.com/gpu.product=NVIDIA-H200\n"),
+        "{text}"
+    );
     assert!(text.contains("nvidia.com/gpu.count=8\n"), "{text}");
     assert!(text.contains("nvidia.com/mig.strategy=single\n"), "{text}");
 }

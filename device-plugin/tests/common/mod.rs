@@ -52,7 +52,9 @@ impl TestKubelet {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             Server::builder()
-                .add_service(pb::registration_server::RegistrationServer::new(Recorder(tx)))
+                .add_service(pb::registration_server::RegistrationServer::new(Recorder(
+                    tx,
+                )))
                 .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                     let _ = stop_rx.await;
                 })
@@ -161,7 +163,10 @@ pub async fn dial(
     dir: &Path,
     endpoint: &str,
 ) -> pb::device_plugin_client::DevicePluginClient<tonic::transport::Channel> {
-    assert!(!endpoint.contains('/'), "endpoint must be a file name: {endpoint}");
+    assert!(
+        !endpoint.contains('/'),
+        "endpoint must be a file name: {endpoint}"
+    );
     let ch = unix_channel(&dir.join(endpoint), Duration::from_secs(2))
         .await
         .expect("dial the plugin");
@@ -180,9 +185,7 @@ pub fn fake_yaml(y: &str) -> Arc<FakeInventory> {
 }
 
 /// Next ListAndWatch message.
-pub async fn next_list(
-    s: &mut tonic::Streaming<pb::ListAndWatchResponse>,
-) -> Vec<pb::Device> {
+pub async fn next_list(s: &mut tonic::Streaming<pb::ListAndWatchResponse>) -> Vec<pb::Device> {
     tokio::time::timeout(WAIT, s.message())
         .await
         .expect("a ListAndWatch message within the wait")
