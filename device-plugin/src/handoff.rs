@@ -12,7 +12,8 @@
 //!   (`["GPU-…","GPU-…"]`, parsed by [`parse_pod_annotation`]). The source lists the pods bound
 //!   to this node (`spec.nodeName`) that are `Pending` and carry the annotation, and returns one
 //!   [`Handoff`] per such pod and extended resource (`task` = `<namespace>/<name>`); after a
-//!   successful `Allocate` it records consumption (e.g. annotation `gantry.dev/allocated`).
+//!   successful `Allocate` it records consumption with [`ALLOCATED_ANNOTATION`]. The selection is
+//!   the pure function [`handoffs_from_pods`] over [`PodView`]s, so the client only lists pods.
 //!
 //! `GetPreferredAllocation` answers with a pending hand-off's ids when one fits the request
 //! (same size, all available, containing every must-include device); otherwise it falls back to
@@ -159,6 +160,90 @@ pub fn parse_pod_annotation(value: &str) -> Result<Vec<String>, PluginError> {
         }
     }
     Ok(ids)
+}
+
+/// Annotation the Kubernetes source sets once a pod's hand-off was consumed by `Allocate`.
+pub const ALLOCATED_ANNOTATION: &str = "gantry.dev/allocated";
+
+/// What the Kubernetes hand-off source needs of a pod (read by the kube-rs client; kept plain so
+/// the contract is testable without a cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodView {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `spec.nodeName`.
+    pub node_name: String,
+    /// `status.phase`.
+    pub phase: String,
+    /// `metadata.annotations`.
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// The Kubernetes contract: the pending hand-offs of `node` among `pods`.
+///
+/// A pod counts when it is bound to `node`, `Pending`, carries [`POD_ANNOTATION`] and not
+/// [`ALLOCATED_ANNOTATION`]. Its ids are grouped by the resource that advertises each
+/// (`resource_of`), giving one [`Handoff`] per resource with `task = namespace/name`.
+///
+/// # Errors
+/// Per pod (the others are still returned): a malformed annotation, or an id no resource of this
+/// node advertises; the error names the pod and the annotation.
+pub fn handoffs_from_pods(
+    node: &str,
+    pods: &[PodView],
+    resource_of: impl Fn(&str) -> Option<String>,
+) -> (Vec<Handoff>, Vec<PluginError>) {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for pod in pods {
+        if pod.node_name != node
+            || pod.phase != "Pending"
+            || pod.annotations.contains_key(ALLOCATED_ANNOTATION)
+        {
+            continue;
+        }
+        let Some(value) = pod.annotations.get(POD_ANNOTATION) else {
+            continue;
+        };
+        let task = format!("{}/{}", pod.namespace, pod.name);
+        let ids = match parse_pod_annotation(value) {
+            Ok(ids) => ids,
+            Err(e) => {
+                errors.push(PluginError::invalid(format!("pod {task}"), e.to_string()));
+                continue;
+            }
+        };
+        let mut by_resource: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut bad = None;
+        for id in ids {
+            match resource_of(&id) {
+                Some(r) => by_resource.entry(r).or_default().push(id),
+                None => {
+                    bad = Some(id);
+                    break;
+                }
+            }
+        }
+        if let Some(id) = bad {
+            errors.push(PluginError::invalid(
+                format!("pod {task}: annotations.{POD_ANNOTATION}"),
+                format!("{id:?} is not a device this node advertises"),
+            ));
+            continue;
+        }
+        out.extend(
+            by_resource
+                .into_iter()
+                .map(|(resource, device_ids)| Handoff {
+                    task: task.clone(),
+                    resource,
+                    device_ids,
+                }),
+        );
+    }
+    (out, errors)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -394,6 +479,70 @@ mod tests {
         assert!(err.to_string().contains("assignments[0].task"), "{err}");
         assert!(book.assign(h("", &["G1"])).is_err());
         assert!(book.assign(h("c", &["G1", "G1"])).is_err());
+    }
+
+    #[test]
+    fn kubernetes_contract_from_pods() {
+        let pod = |name: &str, node: &str, phase: &str, ann: &[(&str, &str)]| PodView {
+            namespace: "ml".into(),
+            name: name.into(),
+            node_name: node.into(),
+            phase: phase.into(),
+            annotations: ann
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let pods = vec![
+            pod(
+                "a",
+                "n1",
+                "Pending",
+                &[(POD_ANNOTATION, r#"["GPU-1","MIG-2","GPU-3"]"#)],
+            ),
+            pod("b", "n2", "Pending", &[(POD_ANNOTATION, r#"["GPU-4"]"#)]),
+            pod("c", "n1", "Running", &[(POD_ANNOTATION, r#"["GPU-5"]"#)]),
+            pod(
+                "d",
+                "n1",
+                "Pending",
+                &[
+                    (POD_ANNOTATION, r#"["GPU-6"]"#),
+                    (ALLOCATED_ANNOTATION, "true"),
+                ],
+            ),
+            pod("e", "n1", "Pending", &[]),
+            pod("f", "n1", "Pending", &[(POD_ANNOTATION, "GPU-7")]),
+            pod("g", "n1", "Pending", &[(POD_ANNOTATION, r#"["GPU-99"]"#)]),
+        ];
+        let resource_of = |id: &str| match id {
+            "GPU-99" => None,
+            id if id.starts_with("MIG-") => Some("nvidia.com/mig-1g.10gb".to_string()),
+            _ => Some("nvidia.com/gpu".to_string()),
+        };
+        let (h, errs) = handoffs_from_pods("n1", &pods, resource_of);
+        assert_eq!(
+            h,
+            vec![
+                Handoff {
+                    task: "ml/a".into(),
+                    resource: "nvidia.com/gpu".into(),
+                    device_ids: v(&["GPU-1", "GPU-3"])
+                },
+                Handoff {
+                    task: "ml/a".into(),
+                    resource: "nvidia.com/mig-1g.10gb".into(),
+                    device_ids: v(&["MIG-2"])
+                },
+            ]
+        );
+        let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("pod ml/f: annotations.gantry.dev/devices"),
+            "{msgs:?}"
+        );
+        assert!(msgs[1].contains("\"GPU-99\" is not a device"), "{msgs:?}");
     }
 
     #[test]

@@ -564,3 +564,48 @@ async fn waits_for_a_kubelet_that_is_not_there_yet() {
     assert_eq!(kubelet.registration().await.resource_name, "nvidia.com/gpu");
     plugin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_changes_reach_the_scheduler_publisher() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let fake = fake_yaml(H100);
+    let gpu1 = fake.discover().expect("d").gpus[1].uuid.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let plugin = RunningPlugin::start_publishing(
+        fake.clone(),
+        settings(dir.path(), MigStrategy::None),
+        Arc::new(NoHandoff),
+        Some(Arc::new(ChannelPublisher(tx))),
+    );
+
+    let first = recv(&mut rx).await;
+    assert_eq!(first.name, "t-h100");
+    assert_eq!(first.devices.len(), 4);
+    assert!(first
+        .devices
+        .iter()
+        .all(|d| d.health == gantry_model::Health::Healthy));
+    fake.inject(
+        HealthEvent {
+            gpu: gpu1.clone(),
+            gpu_instance: None,
+            kind: EventKind::Xid(48),
+        },
+        Duration::ZERO,
+    );
+    let bad = recv(&mut rx).await;
+    assert_eq!(bad.devices[1].uuid, gpu1);
+    assert_eq!(bad.devices[1].health, gantry_model::Health::Unhealthy);
+    let good = recv(&mut rx).await;
+    assert_eq!(good.devices[1].health, gantry_model::Health::Healthy);
+    plugin.stop().await;
+}
+
+async fn recv(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<gantry_model::Node>,
+) -> gantry_model::Node {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("published in time")
+        .expect("open")
+}

@@ -35,7 +35,10 @@ fn register_request_field_numbers() {
     ]
     .concat();
     assert_eq!(req.encode_to_vec(), want);
-    assert_eq!(pb::RegisterRequest::decode(want.as_slice()).expect("decode"), req);
+    assert_eq!(
+        pb::RegisterRequest::decode(want.as_slice()).expect("decode"),
+        req
+    );
 }
 
 #[test]
@@ -105,7 +108,10 @@ fn allocate_field_numbers() {
     let want = [
         ld(1, &[ld(1, b"K"), ld(2, b"V")].concat()),
         ld(2, &[ld(1, b"/c"), ld(2, b"/h"), varint(3, 1)].concat()),
-        ld(3, &[ld(1, b"/dev/x"), ld(2, b"/dev/y"), ld(3, b"rw")].concat()),
+        ld(
+            3,
+            &[ld(1, b"/dev/x"), ld(2, b"/dev/y"), ld(3, b"rw")].concat(),
+        ),
         ld(4, &[ld(1, b"A"), ld(2, b"B")].concat()),
         ld(5, &ld(1, b"nvidia.com/gpu=0")),
     ]

@@ -11,7 +11,8 @@ use gantry_device_plugin::fake::FakeInventory;
 use gantry_device_plugin::handoff::HandoffSource;
 use gantry_device_plugin::kubelet::unix_channel;
 use gantry_device_plugin::{
-    serve, AllocateOptions, HealthConfig, KubeletConfig, MigStrategy, Settings,
+    serve, AllocateOptions, HealthConfig, KubeletConfig, MigStrategy, PluginError, Publisher,
+    Settings,
 };
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
@@ -136,8 +137,17 @@ impl RunningPlugin {
         settings: Settings,
         handoff: Arc<dyn HandoffSource>,
     ) -> Self {
+        Self::start_publishing(fake, settings, handoff, None)
+    }
+
+    pub fn start_publishing(
+        fake: Arc<FakeInventory>,
+        settings: Settings,
+        handoff: Arc<dyn HandoffSource>,
+        publisher: Option<Arc<dyn Publisher>>,
+    ) -> Self {
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(fake, settings, handoff, None, async {
+        let task = tokio::spawn(serve(fake, settings, handoff, publisher, async {
             let _ = rx.await;
         }));
         RunningPlugin {
@@ -200,4 +210,17 @@ pub fn health_of(devices: &[pb::Device], id: &str) -> String {
         .find(|d| d.id == id)
         .map(|d| d.health.clone())
         .unwrap_or_else(|| panic!("{id} not listed"))
+}
+
+/// A publisher that forwards every published node to a channel.
+#[derive(Debug)]
+pub struct ChannelPublisher(pub mpsc::UnboundedSender<gantry_model::Node>);
+
+impl Publisher for ChannelPublisher {
+    fn publish(&self, node: &gantry_model::Node) -> Result<(), PluginError> {
+        self.0.send(node.clone()).map_err(|e| PluginError::Publish {
+            target: "test channel".into(),
+            message: e.to_string(),
+        })
+    }
 }
