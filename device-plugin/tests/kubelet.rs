@@ -609,3 +609,73 @@ async fn recv(
         .expect("published in time")
         .expect("open")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_publishes_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let published = dir.path().join("node.json");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry-device-plugin"))
+        .arg("--fake")
+        .arg(format!(
+            "{}/examples/dgx-a100.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([
+            "run",
+            "--mig-strategy",
+            "mixed",
+            "--watch-interval",
+            "20ms",
+            "--device-plugin-dir",
+        ])
+        .arg(dir.path())
+        .arg("--publish")
+        .arg(&published)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the binary");
+    let regs = kubelet.registrations(4).await;
+    let names: Vec<&str> = regs.iter().map(|r| r.resource_name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "nvidia.com/gpu",
+            "nvidia.com/mig-1g.10gb",
+            "nvidia.com/mig-2g.20gb",
+            "nvidia.com/mig-3g.40gb"
+        ]
+    );
+    let mut c = dial(dir.path(), "gantry-mig-1g.10gb.sock").await;
+    let mut st = c
+        .list_and_watch(pb::Empty {})
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(next_list(&mut st).await.len(), 9);
+    let deadline = Instant::now() + WAIT;
+    let node: gantry_model::Node = loop {
+        if let Ok(text) = std::fs::read_to_string(&published) {
+            break serde_json::from_str(&text).expect("published JSON is a gantry Node");
+        }
+        assert!(Instant::now() < deadline, "nothing published");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(node.name, "dgx-a100-0");
+    assert_eq!(node.devices.len(), 8);
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !dir.path().join("gantry-gpu.sock").exists(),
+        "sockets removed on SIGTERM"
+    );
+}
