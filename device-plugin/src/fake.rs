@@ -143,7 +143,8 @@ struct Scripted {
 #[derive(Debug)]
 pub struct FakeInventory {
     origin: String,
-    inventory: NodeInventory,
+    /// What `discover` returns; tests may replace it to simulate reconfiguration.
+    inventory: Mutex<NodeInventory>,
     start: Instant,
     /// Scripted events not yet delivered, in time order (taken by the health thread).
     script: Mutex<std::collections::VecDeque<Scripted>>,
@@ -431,13 +432,13 @@ impl FakeInventory {
         let (tx, rx) = mpsc::channel();
         Ok(FakeInventory {
             origin: origin.to_string(),
-            inventory: NodeInventory {
+            inventory: Mutex::new(NodeInventory {
                 node,
                 cpu_milli,
                 memory_mib,
                 driver: file.driver,
                 gpus,
-            },
+            }),
             start: Instant::now(),
             script: Mutex::new(script.into()),
             inject_tx: Mutex::new(tx),
@@ -455,6 +456,14 @@ impl FakeInventory {
         }
     }
 
+    /// Replace what [`Inventory::discover`] returns from now on (a MIG reconfiguration, a GPU
+    /// gone); the plugin notices at its next rediscovery.
+    pub fn replace_inventory(&self, inv: NodeInventory) {
+        if let Ok(mut g) = self.inventory.lock() {
+            *g = inv;
+        }
+    }
+
     /// Make probes of `gpu` fail for `d` from now (zero: succeed again).
     pub fn block_probe(&self, gpu: &str, d: Duration) {
         if let Ok(mut m) = self.probe_blocked_until.lock() {
@@ -469,7 +478,7 @@ impl Inventory for FakeInventory {
     }
 
     fn discover(&self) -> Result<NodeInventory, PluginError> {
-        Ok(self.inventory.clone())
+        Ok(self.inventory.lock().map_err(|_| poisoned())?.clone())
     }
 
     fn next_event(&self, timeout: Duration) -> Result<Option<HealthEvent>, PluginError> {
@@ -503,7 +512,13 @@ impl Inventory for FakeInventory {
     }
 
     fn probe(&self, uuid: &str) -> Result<bool, PluginError> {
-        if self.inventory.gpu(uuid).is_none() {
+        if self
+            .inventory
+            .lock()
+            .map_err(|_| poisoned())?
+            .gpu(uuid)
+            .is_none()
+        {
             return Ok(false);
         }
         let m = self.probe_blocked_until.lock().map_err(|_| poisoned())?;

@@ -34,6 +34,9 @@ pub struct HealthConfig {
     pub quiet_period: Duration,
     /// How often a failing probe is retried.
     pub probe_interval: Duration,
+    /// How often the inventory is read again to notice reconfiguration (MIG slices created or
+    /// destroyed, a GPU gone); `None` reads it only at start.
+    pub rediscover_interval: Option<Duration>,
 }
 
 impl Default for HealthConfig {
@@ -42,6 +45,7 @@ impl Default for HealthConfig {
             ignored_xids: DEFAULT_IGNORED_XIDS.into_iter().collect(),
             quiet_period: Duration::from_secs(60),
             probe_interval: Duration::from_secs(5),
+            rediscover_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -171,6 +175,21 @@ impl HealthTracker {
     }
 }
 
+/// Carry the health of devices that still exist from `old` into a freshly discovered `new`.
+pub fn carry_health(old: &NodeInventory, new: &mut NodeInventory) {
+    for g in &mut new.gpus {
+        let Some(o) = old.gpu(&g.uuid) else { continue };
+        g.health = o.health;
+        if let (Some(m), Some(om)) = (&mut g.mig, &o.mig) {
+            for s in &mut m.slices {
+                if let Some(os) = om.slices.iter().find(|x| x.uuid == s.uuid) {
+                    s.health = os.health;
+                }
+            }
+        }
+    }
+}
+
 /// Run the health loop on its own thread until `stop` is set: wait for events, apply them,
 /// probe devices whose quiet period is over, and send a new [`Snapshot`] on every change.
 pub fn spawn_monitor(
@@ -185,8 +204,10 @@ pub fn spawn_monitor(
         .name("gantry-health".into())
         .spawn(move || {
             let poll = config.probe_interval.clamp(Duration::from_millis(1), Duration::from_millis(200));
+            let rediscover = config.rediscover_interval;
             let mut tracker = HealthTracker::new(config);
             let mut inv = initial;
+            let mut last_discovery = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let now = Instant::now();
                 let wait = tracker
@@ -221,6 +242,20 @@ pub fn spawn_monitor(
                 if !recovered.is_empty() {
                     tracing::info!(devices = ?recovered, "device healthy again after its quiet period");
                     changed = true;
+                }
+                if rediscover.is_some_and(|d| last_discovery.elapsed() >= d) {
+                    last_discovery = Instant::now();
+                    match inventory_source.discover() {
+                        Ok(mut fresh) => {
+                            carry_health(&inv, &mut fresh);
+                            if fresh != inv {
+                                tracing::info!(gpus = fresh.gpus.len(), "inventory changed");
+                                inv = fresh;
+                                changed = true;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "rediscovery failed"),
+                    }
                 }
                 if changed {
                     match Snapshot::build(inv.clone(), strategy) {
@@ -396,6 +431,20 @@ mod tests {
         assert_eq!(r, vec![g0]);
         assert_eq!(i.gpus[0].health, Health::Healthy);
         assert_eq!(t.next_check(), None);
+    }
+
+    #[test]
+    fn rediscovery_keeps_health_of_devices_that_remain() {
+        let mut old = inv();
+        old.gpus[0].health = Health::Unhealthy;
+        old.gpus[1].mig.as_mut().expect("m").slices[1].health = Health::Unhealthy;
+        let mut fresh = inv();
+        fresh.gpus[1].mig.as_mut().expect("m").slices.remove(0);
+        carry_health(&old, &mut fresh);
+        assert_eq!(fresh.gpus[0].health, Health::Unhealthy);
+        let slices = &fresh.gpus[1].mig.as_ref().expect("m").slices;
+        assert_eq!(slices.len(), 1);
+        assert_eq!(slices[0].health, Health::Unhealthy);
     }
 
     #[test]

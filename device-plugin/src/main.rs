@@ -50,7 +50,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the kubelet device-plugin API until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the node's exact inventory as the scheduler sees it (a gantry Node).
     Inventory {
         /// Output format.
@@ -131,6 +131,9 @@ struct RunArgs {
     /// How often a failing recovery probe is retried.
     #[arg(long, value_parser = duration, default_value = "5s")]
     probe_interval: Duration,
+    /// How often the devices are read again to notice MIG reconfiguration (0 = only at start).
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    rediscover_interval: Duration,
     /// How often kubelet.sock and our sockets are checked (re-registration).
     #[arg(long, value_parser = duration, default_value = "1s")]
     watch_interval: Duration,
@@ -305,6 +308,8 @@ fn run(cli: Cli) -> Result<()> {
                     ignored_xids: args.ignored_xids.0.iter().copied().collect(),
                     quiet_period: args.quiet_period,
                     probe_interval: args.probe_interval,
+                    rediscover_interval: (!args.rediscover_interval.is_zero())
+                        .then_some(args.rediscover_interval),
                 },
                 allocate: AllocateOptions {
                     device_list: match args.device_list_strategy {

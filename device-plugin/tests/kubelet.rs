@@ -632,6 +632,7 @@ async fn binary_serves_publishes_and_stops_on_sigterm() {
         .arg(dir.path())
         .arg("--publish")
         .arg(&published)
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("start the binary");
@@ -678,4 +679,50 @@ async fn binary_serves_publishes_and_stops_on_sigterm() {
         !dir.path().join("gantry-gpu.sock").exists(),
         "sockets removed on SIGTERM"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mig_reconfiguration_is_rediscovered_and_reregistered() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let fake = fake_yaml(MIG_NODE);
+    let plugin = RunningPlugin::start(
+        fake.clone(),
+        settings(dir.path(), MigStrategy::Mixed),
+        Arc::new(NoHandoff),
+    );
+    kubelet.registrations(3).await;
+    let mut c = dial(dir.path(), "gantry-mig-1g.10gb.sock").await;
+    let mut st = c
+        .list_and_watch(pb::Empty {})
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(next_list(&mut st).await.len(), 2);
+
+    // GPU 2's 1g.10gb slice is replaced by a 2g.20gb one.
+    let reconfigured = MIG_NODE.replace(
+        "      - {profile: 1g.10gb, start: 0, gpu_instance: 7}",
+        "      - {profile: 2g.20gb, start: 0, gpu_instance: 7}",
+    );
+    fake.replace_inventory(fake_yaml(&reconfigured).discover().expect("d"));
+    let regs = kubelet.registrations(4).await;
+    let names: Vec<&str> = regs.iter().map(|r| r.resource_name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "nvidia.com/gpu",
+            "nvidia.com/mig-1g.10gb",
+            "nvidia.com/mig-2g.20gb",
+            "nvidia.com/mig-3g.40gb"
+        ]
+    );
+    let mut c = dial(dir.path(), "gantry-mig-1g.10gb.sock").await;
+    let mut st = c
+        .list_and_watch(pb::Empty {})
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(next_list(&mut st).await.len(), 1);
+    plugin.stop().await;
 }

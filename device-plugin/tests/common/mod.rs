@@ -119,6 +119,7 @@ pub fn settings(dir: &Path, strategy: MigStrategy) -> Settings {
         health: HealthConfig {
             quiet_period: Duration::from_millis(150),
             probe_interval: Duration::from_millis(10),
+            rediscover_interval: Some(Duration::from_millis(50)),
             ..HealthConfig::default()
         },
         allocate: AllocateOptions::default(),
