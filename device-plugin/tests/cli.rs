@@ -124,3 +124,21 @@ fn labels_command() {
     assert!(text.contains("nvidia.com/gpu.count=8\n"), "{text}");
     assert!(text.contains("nvidia.com/mig.strategy=single\n"), "{text}");
 }
+
+#[test]
+fn readme_fake_format_example_is_valid() {
+    let readme = std::fs::read_to_string(format!("{}/README.md", env!("CARGO_MANIFEST_DIR")))
+        .expect("README");
+    let start = readme
+        .find("```yaml\nnode: dgx-h100-0")
+        .expect("format example")
+        + 8;
+    let end = start + readme[start..].find("```").expect("end of block");
+    let fake = gantry_device_plugin::fake::FakeInventory::from_yaml(&readme[start..end], "README")
+        .expect("the README's example parses");
+    let inv = gantry_device_plugin::Inventory::discover(&fake).expect("discover");
+    assert_eq!(inv.gpus.len(), 8);
+    assert_eq!(inv.gpus[7].mig.as_ref().expect("mig").slices.len(), 2);
+    let six = inv.gpus[6].mig.as_ref().expect("mig");
+    assert!(!six.current && six.pending);
+}
