@@ -295,6 +295,30 @@ pcie_switches: [[0, 1, 2, 3], [4, 5, 6, 7]]
     }
 
     #[test]
+    fn mig_slices_stay_on_one_gpu() {
+        let y = "node: n\ngpus:\n  - {name: NVIDIA A100-SXM4-80GB, memory_mib: 81920, count: 2}\nnvlink: {switch_links: 12}\nmig:\n  0: {slices: [{profile: 1g.10gb, start: 0}, {profile: 1g.10gb, start: 1}, {profile: 1g.10gb, start: 2}]}\n  1: {slices: [{profile: 1g.10gb, start: 0}, {profile: 1g.10gb, start: 1}]}\n";
+        let inv = FakeInventory::from_yaml(y, "t")
+            .expect("ok")
+            .discover()
+            .expect("d");
+        let s = Snapshot::build(inv, MigStrategy::Mixed).expect("snap");
+        let r = s.resource("nvidia.com/mig-1g.10gb").expect("mig");
+        let ids: Vec<String> = r.devices.iter().map(|d| d.id.clone()).collect();
+        let on = |id: &String| r.device(id).expect("dev").gpu;
+        // Interleave availability so a naive first-N pick would straddle GPUs.
+        let avail = vec![
+            ids[0].clone(),
+            ids[3].clone(),
+            ids[4].clone(),
+            ids[1].clone(),
+        ];
+        let got = preferred(&s, r, &avail, &[], 2, "c").expect("ok");
+        assert_eq!(on(&got[0]), on(&got[1]), "{got:?}");
+        let got = preferred(&s, r, &avail, &[ids[3].clone()], 2, "c").expect("ok");
+        assert_eq!(got, vec![ids[3].clone(), ids[4].clone()]);
+    }
+
+    #[test]
     fn binomials() {
         assert_eq!(binom(8, 4), 70);
         assert_eq!(binom(8, 2), 28);
