@@ -29,6 +29,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::resources::Snapshot;
 use crate::PluginError;
 
 /// Pod annotation carrying the scheduler's choice in Kubernetes mode: a JSON list of device ids.
@@ -57,11 +58,12 @@ impl Handoff {
 /// # Guarantees
 /// `pending` returns the hand-offs not yet consumed, in the order they were recorded.
 pub trait HandoffSource: Send + Sync + fmt::Debug {
-    /// Pending hand-offs for `resource`.
+    /// Pending hand-offs for `resource`; `node` is the node's current state (which resource
+    /// advertises which device id), for sources that only know device ids.
     ///
     /// # Errors
     /// The source cannot be read.
-    fn pending(&self, resource: &str) -> Result<Vec<Handoff>, PluginError>;
+    fn pending(&self, resource: &str, node: &Snapshot) -> Result<Vec<Handoff>, PluginError>;
 
     /// `Allocate` succeeded for `task`'s hand-off on `resource`: it is used up.
     ///
@@ -75,7 +77,7 @@ pub trait HandoffSource: Send + Sync + fmt::Debug {
 pub struct NoHandoff;
 
 impl HandoffSource for NoHandoff {
-    fn pending(&self, _: &str) -> Result<Vec<Handoff>, PluginError> {
+    fn pending(&self, _: &str, _: &Snapshot) -> Result<Vec<Handoff>, PluginError> {
         Ok(Vec::new())
     }
     fn consume(&self, _: &str, _: &str) -> Result<(), PluginError> {
@@ -162,7 +164,8 @@ pub fn parse_pod_annotation(value: &str) -> Result<Vec<String>, PluginError> {
     Ok(ids)
 }
 
-/// Annotation the Kubernetes source sets once a pod's hand-off was consumed by `Allocate`.
+/// Annotation the Kubernetes source sets as a pod's hand-offs are consumed by `Allocate`: the
+/// comma-separated resources already allocated (`nvidia.com/gpu,nvidia.com/mig-1g.10gb`).
 pub const ALLOCATED_ANNOTATION: &str = "gantry.dev/allocated";
 
 /// What the Kubernetes hand-off source needs of a pod (read by the kube-rs client; kept plain so
@@ -183,9 +186,10 @@ pub struct PodView {
 
 /// The Kubernetes contract: the pending hand-offs of `node` among `pods`.
 ///
-/// A pod counts when it is bound to `node`, `Pending`, carries [`POD_ANNOTATION`] and not
-/// [`ALLOCATED_ANNOTATION`]. Its ids are grouped by the resource that advertises each
-/// (`resource_of`), giving one [`Handoff`] per resource with `task = namespace/name`.
+/// A pod counts when it is bound to `node`, `Pending` and carries [`POD_ANNOTATION`]. Its ids are
+/// grouped by the resource that advertises each (`resource_of`), giving one [`Handoff`] per
+/// resource with `task = namespace/name`, less the resources listed in
+/// [`ALLOCATED_ANNOTATION`].
 ///
 /// # Errors
 /// Per pod (the others are still returned): a malformed annotation, or an id no resource of this
@@ -198,12 +202,14 @@ pub fn handoffs_from_pods(
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for pod in pods {
-        if pod.node_name != node
-            || pod.phase != "Pending"
-            || pod.annotations.contains_key(ALLOCATED_ANNOTATION)
-        {
+        if pod.node_name != node || pod.phase != "Pending" {
             continue;
         }
+        let done: BTreeSet<&str> = pod
+            .annotations
+            .get(ALLOCATED_ANNOTATION)
+            .map(|v| v.split(',').map(str::trim).collect())
+            .unwrap_or_default();
         let Some(value) = pod.annotations.get(POD_ANNOTATION) else {
             continue;
         };
@@ -236,6 +242,7 @@ pub fn handoffs_from_pods(
         out.extend(
             by_resource
                 .into_iter()
+                .filter(|(resource, _)| !done.contains(resource.as_str()))
                 .map(|(resource, device_ids)| Handoff {
                     task: task.clone(),
                     resource,
@@ -367,7 +374,21 @@ impl AssignmentBook {
 }
 
 impl HandoffSource for AssignmentBook {
-    fn pending(&self, resource: &str) -> Result<Vec<Handoff>, PluginError> {
+    fn pending(&self, resource: &str, _: &Snapshot) -> Result<Vec<Handoff>, PluginError> {
+        self.assignments(resource)
+    }
+
+    fn consume(&self, task: &str, resource: &str) -> Result<(), PluginError> {
+        self.update(|all| all.retain(|x| !(x.task == task && x.resource == resource)))
+    }
+}
+
+impl AssignmentBook {
+    /// The recorded assignments for `resource`, oldest first.
+    ///
+    /// # Errors
+    /// The file cannot be read or parsed.
+    pub fn assignments(&self, resource: &str) -> Result<Vec<Handoff>, PluginError> {
         let all = match &self.file {
             Some(path) => {
                 let _g = self.memory.lock().map_err(|_| self.err("lock poisoned"))?;
@@ -380,10 +401,6 @@ impl HandoffSource for AssignmentBook {
                 .clone(),
         };
         Ok(all.into_iter().filter(|h| h.resource == resource).collect())
-    }
-
-    fn consume(&self, task: &str, resource: &str) -> Result<(), PluginError> {
-        self.update(|all| all.retain(|x| !(x.task == task && x.resource == resource)))
     }
 }
 
@@ -458,23 +475,26 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("assignments.json");
         let book = AssignmentBook::with_file(&path);
-        assert!(book.pending("nvidia.com/gpu").expect("empty").is_empty());
+        assert!(book
+            .assignments("nvidia.com/gpu")
+            .expect("empty")
+            .is_empty());
         book.assign(h("a", &["G1"])).expect("assign");
         book.assign(h("b", &["G2", "G3"])).expect("assign");
         // Another reader (the plugin in another process) sees what the agent wrote.
         let other = AssignmentBook::with_file(&path);
-        assert_eq!(other.pending("nvidia.com/gpu").expect("read").len(), 2);
+        assert_eq!(other.assignments("nvidia.com/gpu").expect("read").len(), 2);
         assert!(other
-            .pending("nvidia.com/mig-1g.10gb")
+            .assignments("nvidia.com/mig-1g.10gb")
             .expect("read")
             .is_empty());
         other.consume("a", "nvidia.com/gpu").expect("consume");
         assert_eq!(
-            book.pending("nvidia.com/gpu").expect("read"),
+            book.assignments("nvidia.com/gpu").expect("read"),
             vec![h("b", &["G2", "G3"])]
         );
         std::fs::write(&path, "{\"assignments\": [{\"task\": 1}]}").expect("write");
-        let err = book.pending("nvidia.com/gpu").expect_err("bad file");
+        let err = book.assignments("nvidia.com/gpu").expect_err("bad file");
         assert!(err.to_string().contains("assignments.json"), "{err}");
         assert!(err.to_string().contains("assignments[0].task"), "{err}");
         assert!(book.assign(h("", &["G1"])).is_err());
@@ -534,6 +554,11 @@ mod tests {
                     resource: "nvidia.com/mig-1g.10gb".into(),
                     device_ids: v(&["MIG-2"])
                 },
+                Handoff {
+                    task: "ml/d".into(),
+                    resource: "nvidia.com/gpu".into(),
+                    device_ids: v(&["GPU-6"])
+                },
             ]
         );
         let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
@@ -551,10 +576,10 @@ mod tests {
         book.assign(h("a", &["G1"])).expect("assign");
         book.assign(h("a", &["G2"])).expect("replace");
         assert_eq!(
-            book.pending("nvidia.com/gpu").expect("p"),
+            book.assignments("nvidia.com/gpu").expect("p"),
             vec![h("a", &["G2"])]
         );
         book.remove("a").expect("remove");
-        assert!(book.pending("nvidia.com/gpu").expect("p").is_empty());
+        assert!(book.assignments("nvidia.com/gpu").expect("p").is_empty());
     }
 }

@@ -18,7 +18,8 @@
 //! - [`prefer`]: the NVLink-aware GetPreferredAllocation that honours `must_include`.
 //! - [`handoff`]: the [`HandoffSource`] trait — which devices did the scheduler choose for the
 //!   task being admitted — with the standalone [`handoff::AssignmentBook`] and the Kubernetes
-//!   annotation contract ([`handoff::POD_ANNOTATION`]).
+//!   annotation contract ([`handoff::POD_ANNOTATION`]); with feature `kube`,
+//!   `kube_handoff::KubeHandoff` reads those annotations with kube-rs.
 //! - [`plugin`]: the DevicePlugin gRPC service of one resource (ListAndWatch, Allocate, ...).
 //! - [`kubelet`]: one socket per resource, registration, and re-registration when the kubelet
 //!   restarts.
@@ -33,6 +34,8 @@ pub mod fake;
 pub mod handoff;
 pub mod health;
 pub mod inventory;
+#[cfg(feature = "kube")]
+pub mod kube_handoff;
 pub mod kubelet;
 pub mod labels;
 pub mod nvml;

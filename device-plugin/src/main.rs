@@ -140,6 +140,10 @@ struct RunArgs {
     /// Standalone hand-off: JSON file of the scheduler's assignments (written by the node agent).
     #[arg(long, value_name = "FILE")]
     assignments: Option<PathBuf>,
+    /// Kubernetes hand-off: read the scheduler's choice from the `gantry.dev/devices` annotation of
+    /// this node's pending pods (needs the `kube` feature; in-cluster config or kubeconfig).
+    #[arg(long)]
+    kube_handoff: bool,
     /// What Allocate does when the kubelet's devices differ from a pending hand-off.
     #[arg(long, value_enum, default_value_t = MismatchPolicy::Reject)]
     handoff_mismatch: MismatchPolicy,
@@ -235,6 +239,21 @@ fn print_table(node: &gantry_model::Node, inv: &gantry_device_plugin::NodeInvent
     println!("{t}");
 }
 
+#[cfg(feature = "kube")]
+fn kube_handoff(rt: &tokio::runtime::Runtime, node: String) -> Result<Arc<dyn HandoffSource>> {
+    let client = rt
+        .block_on(kube::Client::try_default())
+        .context("connect to the Kubernetes API for --kube-handoff")?;
+    Ok(Arc::new(
+        gantry_device_plugin::kube_handoff::KubeHandoff::new(client, node, Duration::from_secs(5)),
+    ))
+}
+
+#[cfg(not(feature = "kube"))]
+fn kube_handoff(_: &tokio::runtime::Runtime, _: String) -> Result<Arc<dyn HandoffSource>> {
+    anyhow::bail!("--kube-handoff needs a build with `--features kube`")
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -323,9 +342,17 @@ fn run(cli: Cli) -> Result<()> {
                     mismatch: args.handoff_mismatch,
                 },
             };
-            let handoff: Arc<dyn HandoffSource> = match &args.assignments {
-                Some(p) => Arc::new(AssignmentBook::with_file(p)),
-                None => Arc::new(NoHandoff),
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?;
+            let handoff: Arc<dyn HandoffSource> = match (&args.assignments, args.kube_handoff) {
+                (Some(_), true) => {
+                    anyhow::bail!("--assignments and --kube-handoff exclude each other")
+                }
+                (Some(p), false) => Arc::new(AssignmentBook::with_file(p)),
+                (None, true) => kube_handoff(&rt, node_name(&cli))?,
+                (None, false) => Arc::new(NoHandoff),
             };
             let publisher: Option<Arc<dyn Publisher>> = match args.publish.as_deref() {
                 None => None,
@@ -337,10 +364,6 @@ fn run(cli: Cli) -> Result<()> {
                     format: args.publish_format,
                 })),
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("start the async runtime")?;
             rt.block_on(serve(
                 inventory,
                 settings,

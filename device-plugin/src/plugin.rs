@@ -205,7 +205,7 @@ impl DevicePluginService {
                 format!("this node no longer advertises {}", self.resource),
             ));
         };
-        let pending = self.handoff.pending(&self.resource)?;
+        let pending = self.handoff.pending(&self.resource, &snap)?;
         let mut out = pb::PreferredAllocationResponse::default();
         for (i, c) in req.container_requests.iter().enumerate() {
             let field = format!("container_requests[{i}]");
@@ -242,7 +242,7 @@ impl DevicePluginService {
     /// pending hand-off of the same size.
     pub fn allocate(&self, req: &pb::AllocateRequest) -> Result<pb::AllocateResponse, PluginError> {
         let snap = self.state.borrow().clone();
-        let pending = self.handoff.pending(&self.resource)?;
+        let pending = self.handoff.pending(&self.resource, &snap)?;
         let mut out = pb::AllocateResponse::default();
         let mut consumed = Vec::new();
         for (i, c) in req.container_requests.iter().enumerate() {

@@ -141,6 +141,14 @@ impl Snapshot {
         self.resources.iter().find(|r| r.name == name)
     }
 
+    /// The resource that advertises device `id`.
+    pub fn resource_of(&self, id: &str) -> Option<&str> {
+        self.resources
+            .iter()
+            .find(|r| r.device(id).is_some())
+            .map(|r| r.name.as_str())
+    }
+
     /// How well two advertised devices talk (higher is better).
     pub fn pair_score(&self, a: &AdvertisedDevice, b: &AdvertisedDevice) -> u32 {
         self.scores[a.gpu][b.gpu]

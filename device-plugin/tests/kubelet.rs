@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gantry_api::deviceplugin::v1beta1 as pb;
-use gantry_device_plugin::handoff::{AssignmentBook, Handoff, HandoffSource, NoHandoff};
+use gantry_device_plugin::handoff::{AssignmentBook, Handoff, NoHandoff};
 use gantry_device_plugin::inventory::{EventKind, HealthEvent, Inventory};
 use gantry_device_plugin::plugin::DeviceListStrategy;
 use gantry_device_plugin::MigStrategy;
@@ -501,7 +501,7 @@ async fn preferred_allocation_with_and_without_handoff() {
         r.envs["NVIDIA_VISIBLE_DEVICES"],
         format!("{},{}", ids[5], ids[1])
     );
-    assert!(book.pending("nvidia.com/gpu").expect("p").is_empty());
+    assert!(book.assignments("nvidia.com/gpu").expect("p").is_empty());
     assert_eq!(
         prefer(dir.path(), &ep, &ids, &[], 2).await.expect("pref"),
         pick(&[0, 1])
