@@ -297,6 +297,9 @@ impl Manager {
         // The kubelet.sock identity we last registered against; None = not registered.
         let mut registered: Option<FileId> = None;
         let mut last_error: Option<String> = None;
+        if file_id(&kubelet).is_none() {
+            tracing::info!(socket = %kubelet.display(), "waiting for the kubelet's socket to register");
+        }
         loop {
             let now_id = file_id(&kubelet);
             let resources_changed = {
