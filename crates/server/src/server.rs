@@ -105,7 +105,8 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stop serving and wait for the listener to close.
+    /// Stop serving: stop accepting, give open calls up to 5 s to finish (a `WatchJobs` stream
+    /// never does), then drop the connections.
     ///
     /// # Errors
     /// The transport's error.
@@ -116,7 +117,12 @@ impl Running {
         for b in &self.background {
             b.abort();
         }
-        match (&mut self.join).await {
+        let finished = tokio::time::timeout(Duration::from_secs(5), &mut self.join).await;
+        let Ok(joined) = finished else {
+            self.join.abort();
+            return Ok(());
+        };
+        match joined {
             Ok(r) => r.map_err(|e| ServerError::Store(format!("transport: {e}"))),
             Err(e) => Err(ServerError::Store(format!("server task: {e}"))),
         }
