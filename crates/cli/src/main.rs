@@ -5,6 +5,8 @@
 
 mod output;
 mod plan;
+mod remote;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +32,20 @@ enum Command {
     /// Run one scheduling cycle over a cluster, queues and jobs, and show the plan and why
     /// each waiting job waits.
     Plan(plan::PlanArgs),
+    /// Run the standalone control plane (gRPC API, durable store, scheduling loop).
+    Serve(serve::ServeArgs),
+    /// Submit a job file to a running server.
+    Submit(remote::SubmitArgs),
+    /// List jobs.
+    Jobs(remote::JobsArgs),
+    /// List queues (and create or update them with --apply).
+    Queues(remote::QueuesArgs),
+    /// Why a job waits, where it stands in its queue, and when it should start.
+    Explain(remote::JobArgs),
+    /// Cancel a job.
+    Cancel(remote::JobArgs),
+    /// List nodes.
+    Nodes(remote::NodesArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -49,6 +65,13 @@ fn main() -> std::process::ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Plan(args) => plan::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Submit(args) => remote::submit(args),
+        Command::Jobs(args) => remote::jobs(args),
+        Command::Queues(args) => remote::queues(args),
+        Command::Explain(args) => remote::explain(args),
+        Command::Cancel(args) => remote::cancel(args),
+        Command::Nodes(args) => remote::nodes(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
