@@ -11,9 +11,12 @@
 //!   `Snapshot::restore` so no device is allocated twice.
 //! - [`server`]: the tokio side — the debounced scheduling loop, the lease reaper, and the
 //!   tonic services of `gantry.v1` (queues, jobs, nodes, cluster) over TCP.
+//! - [`agent`]: the node agent — registers an inventory, heartbeats, runs assigned tasks as
+//!   processes with `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES`, reports exits, stops tasks.
 //! - [`error`]: [`ServerError`], whose messages name the refused field and which maps to gRPC
 //!   codes.
 
+pub mod agent;
 pub mod error;
 pub mod record;
 pub mod server;
