@@ -3,6 +3,7 @@
 //! Subcommands are modules of this binary; each parses its flags with clap, calls the library
 //! crates, and renders tables (default), JSON or YAML. Errors are `anyhow` here and only here.
 
+mod agent;
 mod output;
 mod plan;
 mod remote;
@@ -34,6 +35,8 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Run the standalone control plane (gRPC API, durable store, scheduling loop).
     Serve(serve::ServeArgs),
+    /// Run the node agent: register this node's GPUs and run the tasks assigned to it.
+    Agent(agent::AgentArgs),
     /// Submit a job file to a running server.
     Submit(remote::SubmitArgs),
     /// List jobs.
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Plan(args) => plan::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::Submit(args) => remote::submit(args),
         Command::Jobs(args) => remote::jobs(args),
         Command::Queues(args) => remote::queues(args),

@@ -31,6 +31,12 @@ pub struct ServeArgs {
     /// Do not create the `default` queue (no quota) in an empty store.
     #[arg(long)]
     no_default_queue: bool,
+    /// Do not run a node agent in this process (nodes then join with `gantry agent`).
+    #[arg(long)]
+    no_local_agent: bool,
+    /// GPUs of the local agent when NVML finds no driver (or always, when given): `8xH100-80GB`.
+    #[arg(long)]
+    fake_gpus: Option<String>,
 }
 
 /// Run until interrupted.
@@ -48,6 +54,39 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     rt.block_on(async move {
         let running = Server::start(config).await?;
         eprintln!("gantry serve: listening on {}", running.addr);
+        if !args.no_local_agent {
+            let name = crate::agent::host_name();
+            let node = match &args.fake_gpus {
+                Some(spec) => crate::agent::fake_gpus(&name, spec)?,
+                None => match crate::agent::inventory(&name, None, None) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        eprintln!(
+                            "gantry serve: {e:#}; the local agent uses 8 fake H100-80GB GPUs"
+                        );
+                        crate::agent::fake_gpus(&name, "8xH100-80GB")?
+                    }
+                },
+            };
+            let mut addr = running.addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            eprintln!(
+                "gantry serve: local agent {} with {} GPUs",
+                node.name,
+                node.devices.len()
+            );
+            let cfg = gantry_server::agent::AgentConfig {
+                server: format!("http://{addr}"),
+                node,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = gantry_server::agent::run_agent(cfg, std::future::pending()).await {
+                    eprintln!("gantry serve: local agent stopped: {e}");
+                }
+            });
+        }
         tokio::select! {
             r = tokio::signal::ctrl_c() => {
                 r?;

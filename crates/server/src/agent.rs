@@ -156,7 +156,7 @@ pub async fn run_agent(
         tasks.insert(key_of_assignment(a), start(a, exits_tx.clone()));
     }
     tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(lease / 3);
+    let mut tick = tokio::time::interval(beat(lease));
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -186,7 +186,7 @@ pub async fn run_agent(
                         let new_lease = Duration::from_millis(r.lease_ms.max(30));
                         if new_lease != lease {
                             lease = new_lease;
-                            tick = tokio::time::interval(lease / 3);
+                            tick = tokio::time::interval(beat(lease));
                         }
                         for s in &r.stop {
                             if let Some(t) = s.task.as_ref().and_then(|k| tasks.get_mut(&key_of(k))) {
@@ -223,6 +223,12 @@ pub async fn run_agent(
     }
     // Dropping the tasks' watchers kills their processes (kill_on_drop).
     Ok(())
+}
+
+/// Heartbeat period: a third of the lease, and at most 500 ms, because new assignments ride on
+/// heartbeat answers (a task starts within one period of being placed).
+fn beat(lease: Duration) -> Duration {
+    (lease / 3).min(Duration::from_millis(500))
 }
 
 fn key_of_assignment(a: &pb::TaskAssignment) -> TaskKey {
