@@ -16,6 +16,9 @@ pub struct ServeArgs {
     /// Address of the gRPC API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    metrics_listen: SocketAddr,
     /// Milliseconds without a heartbeat after which a node is lost and its jobs requeued.
     #[arg(long, default_value_t = 10_000)]
     lease_ms: u64,
@@ -50,10 +53,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.grace_ms = args.grace_ms;
     config.profile = profile;
     config.default_queue = !args.no_default_queue;
+    config.metrics_listen = Some(args.metrics_listen);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let running = Server::start(config).await?;
         eprintln!("gantry serve: listening on {}", running.addr);
+        if let Some(m) = running.metrics_addr {
+            eprintln!("gantry serve: metrics on http://{m}/metrics");
+        }
         if !args.no_local_agent {
             let name = crate::agent::host_name();
             let node = match &args.fake_gpus {

@@ -42,6 +42,8 @@ pub struct Config {
     pub profile: Profile,
     /// Create a queue `default` without quota (every flavor unlimited) when the store has none.
     pub default_queue: bool,
+    /// Address of `/metrics`, `/healthz` and `/readyz` (plain HTTP); none: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -55,6 +57,7 @@ impl Config {
             grace_ms: 10_000,
             profile: Profile::gantry(),
             default_queue: true,
+            metrics_listen: None,
         }
     }
 }
@@ -76,6 +79,7 @@ struct Shared {
     events: broadcast::Sender<Event>,
     config: Config,
     stats: Arc<WriterStats>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// The server: cheap to clone; every clone serves the same state.
@@ -97,6 +101,8 @@ impl std::fmt::Debug for Server {
 pub struct Running {
     /// Where the gRPC API listens.
     pub addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
+    pub metrics_addr: Option<SocketAddr>,
     /// The server (for in-process inspection).
     pub server: Server,
     shutdown: Option<oneshot::Sender<()>>,
@@ -182,12 +188,39 @@ impl Server {
                 events,
                 config,
                 stats,
+                metrics: crate::metrics::Metrics::new(),
             }),
         };
-        let background = vec![
-            tokio::spawn(server.clone().scheduling_loop()),
-            tokio::spawn(server.clone().reaper()),
-        ];
+        let mut metrics_addr = None;
+        let mut background = Vec::new();
+        if let Some(at) = server.shared.config.metrics_listen {
+            let l = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| ServerError::Store(format!("bind {at}: {e}")))?;
+            metrics_addr = Some(
+                l.local_addr()
+                    .map_err(|e| ServerError::Store(e.to_string()))?,
+            );
+            let app = axum::Router::new()
+                .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+                .route("/readyz", axum::routing::get(|| async { "ready\n" }))
+                .route(
+                    "/metrics",
+                    axum::routing::get(
+                        |axum::extract::State(s): axum::extract::State<Server>| async move {
+                            s.render_metrics()
+                        },
+                    ),
+                )
+                .with_state(server.clone());
+            background.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            }));
+        }
+        background.push(tokio::spawn(server.clone().scheduling_loop()));
+        background.push(tokio::spawn(server.clone().reaper()));
         server.shared.kick.notify_one();
         let (tx, rx) = oneshot::channel::<()>();
         let s = server.clone();
@@ -208,6 +241,7 @@ impl Server {
         tracing::info!(%addr, "serving gantry.v1");
         Ok(Running {
             addr,
+            metrics_addr,
             server,
             shutdown: Some(tx),
             join,
@@ -227,6 +261,17 @@ impl Server {
     /// Commit counters of the store's writer.
     pub fn writer_stats(&self) -> &WriterStats {
         &self.shared.stats
+    }
+
+    /// The prometheus text exposition of the current state.
+    pub fn render_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (c, w) = (
+            self.shared.stats.commits.load(Relaxed),
+            self.shared.stats.writes.load(Relaxed),
+        );
+        let st = self.lock();
+        self.shared.metrics.render(&st, c, w)
     }
 
     /// Apply a change: see the module docs.
@@ -266,7 +311,13 @@ impl Server {
             tokio::time::sleep(debounce).await;
             let span = tracing::debug_span!("cycle");
             let _g = span.enter();
-            if let Err(e) = self.apply(|st| Ok(((), st.cycle(now_ms())))).await {
+            let t0 = std::time::Instant::now();
+            let r = self.apply(|st| Ok(((), st.cycle(now_ms())))).await;
+            self.shared
+                .metrics
+                .cycle
+                .observe(t0.elapsed().as_secs_f64());
+            if let Err(e) = r {
                 tracing::error!(error = %e, "cycle could not be recorded");
             }
         }

@@ -56,6 +56,17 @@ async fn wait_state(jobs: &mut JobsClient<Channel>, name: &str, state: pb::JobSt
     panic!("job {name} never reached {state:?}");
 }
 
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
+
 fn config(dir: &std::path::Path) -> Config {
     let mut c = Config::new(dir);
     c.debounce_ms = 5;
@@ -65,7 +76,10 @@ fn config(dir: &std::path::Path) -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
     let dir = tempfile::tempdir().expect("tmp");
-    let running = Server::start(config(dir.path())).await.expect("start");
+    let mut first = config(dir.path());
+    first.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let running = Server::start(first).await.expect("start");
+    let metrics_addr = running.metrics_addr.expect("metrics served");
     let ch = channel(running.addr).await;
     let (mut queues, mut jobs, mut nodes) = (
         QueuesClient::new(ch.clone()),
@@ -235,6 +249,25 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
     assert_eq!(c.state, pb::JobState::Cancelled as i32);
     let e = watch.message().await.expect("stream").expect("event");
     assert_eq!(e.kind, "cancelled");
+
+    // Health and metrics over plain HTTP.
+    assert!(http_get(metrics_addr, "/healthz")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(http_get(metrics_addr, "/readyz")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let m = http_get(metrics_addr, "/metrics").await;
+    for want in [
+        "gantry_queue_pending_jobs{queue=\"team-a\"} 0",
+        "gantry_queue_running_jobs{queue=\"team-a\"} 1",
+        "gantry_gpus_allocated 16",
+        "gantry_preemptions_total 0",
+        "gantry_schedule_cycle_duration_seconds_bucket",
+        "gantry_store_commits_total",
+    ] {
+        assert!(m.contains(want), "{want} not in\n{m}");
+    }
 
     // Restart on the same data directory: the gang keeps its devices.
     let before = g.tasks.clone();
