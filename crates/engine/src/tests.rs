@@ -658,3 +658,42 @@ fn jobs_allowed_several_models_take_the_first_that_fits() {
     assert_eq!(node("p"), "h-0");
     assert_eq!(node("q"), "a-0");
 }
+
+#[test]
+fn decayed_history_favours_the_queue_that_used_less_lately() {
+    // (history weight, GPUs team-a gets of 8 after it alone used all 8 for an hour)
+    for (weight, want_a) in [(None, 4), (Some(0.5), 2)] {
+        let q = QueueBuilder::new()
+            .queue_with("root", "", 1.0, &[("h100-80gb", 8.0, None, None)])
+            .queue_with("team-a", "root", 1.0, &[("h100-80gb", 0.0, None, None)])
+            .queue_with("team-b", "root", 1.0, &[("h100-80gb", 0.0, None, None)])
+            .build();
+        let mut profile = Profile::gantry();
+        profile.history = weight.map(|w| crate::History {
+            half_life_ms: 3_600_000,
+            weight: w,
+        });
+        let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &q).with_profile(profile);
+        h.submit(job("hog").gpus(8));
+        h.cycle();
+        h.advance(3600);
+        h.cycle();
+        h.complete("hog");
+        for i in 0..8 {
+            h.submit(job(&format!("a{i}")).gpus(1));
+            h.submit(JobBuilder::new(&format!("b{i}")).queue("team-b").gpus(1));
+        }
+        h.cycle();
+        let a = h.snap.queue_by_name("team-a").expect("a");
+        let f = h
+            .snap
+            .flavors()
+            .find(|&f| h.snap.flavor_name(f) == "h100-80gb")
+            .expect("f");
+        assert_eq!(
+            h.snap.queue_usage(a, f),
+            want_a * 1000,
+            "history weight {weight:?}"
+        );
+    }
+}
