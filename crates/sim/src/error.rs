@@ -29,7 +29,7 @@ pub enum SimError {
     },
     /// A YAML document (cluster, queues, scenario) did not parse or validate; the message names
     /// the file, the field path and, for syntax and type errors, the line and column.
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] gantry_model::ModelError),
     /// A scenario is well-formed YAML but asks for something impossible.
     #[error("{file}: {field}: {reason}")]
@@ -42,7 +42,7 @@ pub enum SimError {
         reason: String,
     },
     /// The engine refused an input (duplicate job, unknown queue, MIG profile nobody offers).
-    #[error("engine: {0}")]
+    #[error(transparent)]
     Engine(#[from] gantry_engine::EngineError),
     /// An option given to the simulator does not make sense.
     #[error("{0}")]

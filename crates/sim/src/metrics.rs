@@ -15,7 +15,8 @@
 //!   or a shared GPU's remaining fraction smaller than every waiting shared task asks for.
 //!   Reported as the mean over samples with waiting jobs.
 //! - **share vs entitlement**: a queue's allocated GPUs ÷ capacity, time-weighted, against its
-//!   nominal quota ÷ capacity (1.0 for an unlimited queue). **Deprived time**: the share of time
+//!   nominal quota of whole-GPU flavors ÷ capacity (1.0 for an unlimited queue; MIG quota, written
+//!   in slices, is left out of the entitlement). **Deprived time**: the share of time
 //!   a queue had waiting jobs while holding less than its entitlement.
 //! - **engine time**: wall time of each `schedule` call, measured by the driver.
 
@@ -257,10 +258,12 @@ impl Recorder {
             if !q.is_leaf() {
                 continue;
             }
+            // Whole-GPU flavors only: MIG quota is in slices, not GPUs.
             let nominal: u64 = q
                 .quotas
-                .values()
-                .map(|x| x.nominal)
+                .iter()
+                .filter(|(f, _)| !f.contains('/'))
+                .map(|(_, x)| x.nominal)
                 .fold(0u64, |a, b| a.saturating_add(b));
             let ent = nominal.min(capacity * 1000);
             leaf_of[i] = Some(leaves.len());

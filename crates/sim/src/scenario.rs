@@ -57,9 +57,58 @@ use crate::error::{Result, SimError};
 use crate::rng::Rng;
 use crate::workload::{NodeOp, TraceJob, Workload};
 
-/// A distribution as written.
+/// A distribution as written: a map with exactly one key.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+struct DistSpec {
+    #[serde(default, rename = "const")]
+    constant: Option<Quantity>,
+    #[serde(default)]
+    uniform: Option<[Quantity; 2]>,
+    #[serde(default)]
+    exp: Option<Quantity>,
+    #[serde(default)]
+    lognormal: Option<LogNormal>,
+    #[serde(default)]
+    choice: Option<BTreeMap<String, f64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogNormal {
+    median: Quantity,
+    sigma: f64,
+}
+
+impl TryFrom<DistSpec> for Dist {
+    type Error = String;
+    fn try_from(d: DistSpec) -> std::result::Result<Dist, String> {
+        let mut v = Vec::new();
+        if let Some(c) = d.constant {
+            v.push(Dist::Const(c));
+        }
+        if let Some(u) = d.uniform {
+            v.push(Dist::Uniform(u));
+        }
+        if let Some(e) = d.exp {
+            v.push(Dist::Exp(e));
+        }
+        if let Some(l) = d.lognormal {
+            v.push(Dist::Lognormal { median: l.median, sigma: l.sigma });
+        }
+        if let Some(c) = d.choice {
+            v.push(Dist::Choice(c));
+        }
+        match v.len() {
+            1 => Ok(v.remove(0)),
+            _ => Err("a distribution is one of {const: x}, {uniform: [a, b]}, {exp: mean}, {lognormal: {median: m, sigma: s}}, {choice: {value: weight}}".into()),
+        }
+    }
+}
+
+/// A distribution.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "DistSpec")]
 pub enum Dist {
     /// Always this value.
     Const(Quantity),
@@ -140,9 +189,58 @@ pub struct Churn {
     pub downtime: Quantity,
 }
 
+/// One operation as written: a map with exactly one key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpSpec {
+    #[serde(default)]
+    add_nodes: Option<NodePool>,
+    #[serde(default)]
+    submit: Option<Box<Submit>>,
+    #[serde(default)]
+    advance: Option<Quantity>,
+    #[serde(default)]
+    fail_node: Option<String>,
+    #[serde(default)]
+    recover_node: Option<String>,
+    #[serde(default)]
+    churn: Option<Churn>,
+}
+
+impl TryFrom<OpSpec> for Op {
+    type Error = String;
+    fn try_from(o: OpSpec) -> std::result::Result<Op, String> {
+        let mut ops = Vec::new();
+        if let Some(p) = o.add_nodes {
+            ops.push(Op::AddNodes(p));
+        }
+        if let Some(s) = o.submit {
+            ops.push(Op::Submit(s));
+        }
+        if let Some(a) = o.advance {
+            a.duration_ms().map_err(|r| format!("advance: {r}"))?;
+            ops.push(Op::Advance(a));
+        }
+        if let Some(n) = o.fail_node {
+            ops.push(Op::FailNode(n));
+        }
+        if let Some(n) = o.recover_node {
+            ops.push(Op::RecoverNode(n));
+        }
+        if let Some(c) = o.churn {
+            ops.push(Op::Churn(c));
+        }
+        match ops.len() {
+            1 => Ok(ops.remove(0)),
+            0 => Err("an operation needs one of add_nodes, submit, advance, fail_node, recover_node, churn".into()),
+            _ => Err("one operation per list item: split these keys into separate items".into()),
+        }
+    }
+}
+
 /// One operation.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "OpSpec")]
 pub enum Op {
     /// Add a node pool.
     AddNodes(NodePool),
