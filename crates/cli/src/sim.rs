@@ -101,7 +101,13 @@ fn load(args: &SimArgs) -> anyhow::Result<Workload> {
             .trim_start_matches("openb_pod_list_")
             .to_string();
         return Ok(match args.fill {
-            Some(m) => openb::fill(&format!("openb-{base}-fill{m}"), cluster, &pod_list, m, args.seed)?,
+            Some(m) => openb::fill(
+                &format!("openb-{base}-fill{m}"),
+                cluster,
+                &pod_list,
+                m,
+                args.seed,
+            )?,
             None => openb::replay(&format!("openb-{base}"), cluster, &pod_list)?,
         });
     }
@@ -111,11 +117,15 @@ fn load(args: &SimArgs) -> anyhow::Result<Workload> {
             let cluster = from_file::<ClusterSpec>(c)?
                 .build()
                 .with_context(|| c.display().to_string())?;
-            let text = std::fs::read_to_string(path)
-                .with_context(|| path.display().to_string())?;
+            let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
             let jobs = philly::parse(&path.display().to_string(), &text)?;
             let gpus = cluster.nodes.iter().map(|n| n.devices.len() as u64).sum();
-            w = philly::workload("philly", &jobs, cluster, philly::default_queues(&jobs, gpus));
+            w = philly::workload(
+                "philly",
+                &jobs,
+                cluster,
+                philly::default_queues(&jobs, gpus),
+            );
         }
         return Ok(w);
     }
@@ -133,15 +143,21 @@ fn bar(policy: &str, total: u64) -> ProgressBar {
     };
     let pb = ProgressBar::with_draw_target(Some(total), target);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>9} [{bar:40}] {pos}/{len} jobs arrived, {msg} ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>9} [{bar:40}] {pos}/{len} jobs arrived, {msg} ({elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb.set_prefix(policy.to_string());
     pb
 }
 
-fn run_policies(w: &Workload, profiles: &[Profile], opts: &Options) -> anyhow::Result<Vec<RunResult>> {
+fn run_policies(
+    w: &Workload,
+    profiles: &[Profile],
+    opts: &Options,
+) -> anyhow::Result<Vec<RunResult>> {
     let mut runs = Vec::new();
     for p in profiles {
         let pb = bar(&p.name, w.jobs.len() as u64);
@@ -175,8 +191,16 @@ fn print_tables(w: &Workload, runs: &[RunResult], ratios: &[Ratio], what_if: Opt
     );
     if runs.iter().any(|r| r.fill.is_some()) {
         let mut t = table(&[
-            "policy", "arrived GPUs", "allocated GPUs", "alloc % of capacity",
-            "alloc % of arrived", "unallocated GPUs", "dropped pods", "cycles", "engine µs/cycle (mean/p99)", "wall",
+            "policy",
+            "arrived GPUs",
+            "allocated GPUs",
+            "alloc % of capacity",
+            "alloc % of arrived",
+            "unallocated GPUs",
+            "dropped pods",
+            "cycles",
+            "engine µs/cycle (mean/p99)",
+            "wall",
         ]);
         for r in runs {
             let Some(f) = &r.fill else { continue };
@@ -215,8 +239,21 @@ fn print_tables(w: &Workload, runs: &[RunResult], ratios: &[Ratio], what_if: Opt
         }
     } else {
         let mut t = table(&[
-            "policy", "done/jobs", "wait mean", "wait p50", "wait p95", "JCT mean", "JCT p50", "JCT p95",
-            "util", "unalloc GPUs (saturated)", "frag GPUs", "preempt", "cycles", "engine µs/cycle (mean/p99)", "wall",
+            "policy",
+            "done/jobs",
+            "wait mean",
+            "wait p50",
+            "wait p95",
+            "JCT mean",
+            "JCT p50",
+            "JCT p95",
+            "util",
+            "unalloc GPUs (saturated)",
+            "frag GPUs",
+            "preempt",
+            "cycles",
+            "engine µs/cycle (mean/p99)",
+            "wall",
         ]);
         for r in runs {
             t.add_row(vec![
@@ -280,18 +317,33 @@ fn print_tables(w: &Workload, runs: &[RunResult], ratios: &[Ratio], what_if: Opt
     }
     if let Some(wi) = what_if {
         let mut t = table(&[
-            "queue", "entitlement now → proposed", "wait mean now → proposed", "wait p95 now → proposed", "share now → proposed",
+            "queue",
+            "entitlement now → proposed",
+            "wait mean now → proposed",
+            "wait p95 now → proposed",
+            "share now → proposed",
         ]);
         for q in &wi.queues {
             t.add_row(vec![
                 q.queue.clone(),
-                format!("{:.1}% → {:.1}%", q.entitlement.0 * 100.0, q.entitlement.1 * 100.0),
+                format!(
+                    "{:.1}% → {:.1}%",
+                    q.entitlement.0 * 100.0,
+                    q.entitlement.1 * 100.0
+                ),
                 format!("{} → {}", secs(q.mean_wait.0), secs(q.mean_wait.1)),
                 format!("{} → {}", secs(q.p95_wait.0), secs(q.p95_wait.1)),
-                format!("{:.1}% → {:.1}%", q.mean_share.0 * 100.0, q.mean_share.1 * 100.0),
+                format!(
+                    "{:.1}% → {:.1}%",
+                    q.mean_share.0 * 100.0,
+                    q.mean_share.1 * 100.0
+                ),
             ]);
         }
-        println!("what-if ({}): queue waits under current and proposed quotas", wi.policy);
+        println!(
+            "what-if ({}): queue waits under current and proposed quotas",
+            wi.policy
+        );
         println!("{t}");
     }
 }
@@ -303,7 +355,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     }
     let profiles = compare::profiles(args.compare.as_deref().unwrap_or(&args.policy))?;
     let w = load(&args)?;
-    let opts = Options { samples: args.samples };
+    let opts = Options {
+        samples: args.samples,
+    };
     let runs = run_policies(&w, &profiles, &opts)?;
     let ratios = compare::ratios(&runs);
     let what_if = match &args.queues {
@@ -324,7 +378,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let report_path = match &args.report {
         None => None,
         Some(dir) => {
-            report::write(dir, &w, &runs, what_if.as_ref().map(|x| x.queues.as_slice()))?;
+            report::write(
+                dir,
+                &w,
+                &runs,
+                what_if.as_ref().map(|x| x.queues.as_slice()),
+            )?;
             Some(dir.join("index.html").display().to_string())
         }
     };

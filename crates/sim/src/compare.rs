@@ -58,8 +58,11 @@ pub struct Ratio {
     pub ratio: Option<f64>,
 }
 
+/// Reads one metric from a run.
+pub type Metric = fn(&RunResult) -> f64;
+
 /// The metrics compared, with how to read them from a run.
-pub fn compared_metrics() -> Vec<(&'static str, fn(&RunResult) -> f64)> {
+pub fn compared_metrics() -> Vec<(&'static str, Metric)> {
     vec![
         ("mean JCT", |r| r.jct.mean),
         ("p95 JCT", |r| r.jct.p95),

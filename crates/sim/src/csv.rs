@@ -30,7 +30,8 @@ impl<'a> Csv<'a> {
         let header = text.lines().next().unwrap_or("");
         let header = header.strip_prefix('\u{feff}').unwrap_or(header);
         let names: Vec<&str> = header.split(',').map(|s| s.trim()).collect();
-        let columns: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let columns: HashMap<&str, usize> =
+            names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         for r in required {
             if !columns.contains_key(r) {
                 return Err(SimError::Row {
@@ -158,10 +159,17 @@ mod tests {
     #[test]
     fn wrong_field_count_and_missing_header() {
         let csv = Csv::new("t.csv", "a,b\n1,2,3\n", &["a"]).expect("header");
-        let err = csv.rows().next().expect("row").expect_err("count").to_string();
+        let err = csv
+            .rows()
+            .next()
+            .expect("row")
+            .expect_err("count")
+            .to_string();
         assert!(err.starts_with("t.csv:2:"), "{err}");
         assert!(err.contains("expected 2 fields"), "{err}");
-        let err = Csv::new("t.csv", "a,b\n", &["c"]).expect_err("missing").to_string();
+        let err = Csv::new("t.csv", "a,b\n", &["c"])
+            .expect_err("missing")
+            .to_string();
         assert!(err.contains("missing column \"c\""), "{err}");
     }
 }

@@ -17,7 +17,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::time::Instant;
 
-use gantry_engine::{schedule, GpuAlloc, JobId, NodeId, PreemptCause, Profile, Snapshot, TaskAlloc};
+use gantry_engine::{
+    schedule, GpuAlloc, JobId, NodeId, PreemptCause, Profile, Snapshot, TaskAlloc,
+};
 use gantry_model::GpuDemand;
 
 use crate::error::{Result, SimError};
@@ -113,7 +115,8 @@ impl Devices {
         };
         let mut ix: HashMap<&str, u16> = HashMap::new();
         for (ni, n) in w.cluster.nodes.iter().enumerate() {
-            d.node_devs.push((d.model.len() as u32, n.devices.len() as u32));
+            d.node_devs
+                .push((d.model.len() as u32, n.devices.len() as u32));
             d.node_ready.push(true);
             for dev in &n.devices {
                 let m = *ix.entry(dev.model.as_str()).or_insert_with(|| {
@@ -140,7 +143,10 @@ impl Devices {
     }
 
     pub fn model_index(&self, name: &str) -> Option<u16> {
-        self.model_names.iter().position(|m| m == name).map(|i| i as u16)
+        self.model_names
+            .iter()
+            .position(|m| m == name)
+            .map(|i| i as u16)
     }
 }
 
@@ -150,7 +156,9 @@ fn task_usage(snap: &Snapshot, t: &TaskAlloc, mut f: impl FnMut(u32, u16)) {
         GpuAlloc::None => {}
         GpuAlloc::Whole(ds) => ds.iter().for_each(|d| f(d.0, 1000)),
         GpuAlloc::Shared { device, milli } => f(device.0, *milli),
-        GpuAlloc::Mig { device, profile, .. } => {
+        GpuAlloc::Mig {
+            device, profile, ..
+        } => {
             // Count a slice as its compute share of the device: `3g.40gb` is 3/7.
             let name = snap.mig_profile_name(*device, *profile);
             let g: u16 = name
@@ -210,7 +218,11 @@ impl<'w> Sim<'w> {
             events.push(Reverse((op.at_ms, Ev::Node(node_of(&op.node)?, op.ready))));
         }
         let start = w.jobs.first().map_or(0, |j| j.arrival_ms);
-        let span = w.jobs.last().map_or(0, |j| j.arrival_ms).saturating_sub(start);
+        let span = w
+            .jobs
+            .last()
+            .map_or(0, |j| j.arrival_ms)
+            .saturating_sub(start);
         let rec = Recorder::new(w, &snap, &devices, start, span, opts.samples);
         Ok(Sim {
             w,
@@ -252,7 +264,8 @@ impl<'w> Sim<'w> {
         let total = self.w.jobs.len() as u64;
         let mut step = 0u64;
         while let Some(&Reverse((t, _))) = self.events.peek() {
-            self.rec.advance(t, &self.snap, &self.devices, &self.jobs, &self.pending);
+            self.rec
+                .advance(t, &self.snap, &self.devices, &self.jobs, &self.pending);
             self.now = t;
             let mut changed = false;
             while let Some(&Reverse((t2, ev))) = self.events.peek() {
@@ -284,9 +297,12 @@ impl<'w> Sim<'w> {
             now: self.now,
         });
         let end = self.now;
-        self.rec.advance(end, &self.snap, &self.devices, &self.jobs, &self.pending);
+        self.rec
+            .advance(end, &self.snap, &self.devices, &self.jobs, &self.pending);
         let wall_ms = wall.elapsed().as_secs_f64() * 1000.0;
-        Ok(self.rec.finish(self.w, &self.profile, &self.jobs, &self.devices, wall_ms))
+        Ok(self
+            .rec
+            .finish(self.w, &self.profile, &self.jobs, &self.devices, wall_ms))
     }
 
     /// Apply one event; returns whether the engine has something new to look at.
@@ -311,7 +327,9 @@ impl<'w> Sim<'w> {
                 if r.generation != generation || r.state != State::Running {
                     return Ok(false); // preempted or lost since: a stale completion
                 }
-                let id = r.id.ok_or_else(|| SimError::Config("completion of a job never submitted".into()))?;
+                let id = r.id.ok_or_else(|| {
+                    SimError::Config("completion of a job never submitted".into())
+                })?;
                 self.snap.complete(id)?;
                 self.release(i);
                 let r = &mut self.jobs[i as usize];
@@ -343,7 +361,9 @@ impl<'w> Sim<'w> {
         let tasks = std::mem::take(&mut self.jobs[i as usize].tasks);
         for t in &tasks {
             let used = &mut self.devices.used;
-            task_usage(&self.snap, t, |d, m| used[d as usize] = used[d as usize].saturating_sub(m));
+            task_usage(&self.snap, t, |d, m| {
+                used[d as usize] = used[d as usize].saturating_sub(m)
+            });
         }
         let r = &mut self.jobs[i as usize];
         self.rec.alloc_delta(r.queue, -(r.alloc_milli as i64));
@@ -379,11 +399,16 @@ impl<'w> Sim<'w> {
             if let Some(&i) = self.by_id.get(&p.victim.0) {
                 self.back_to_pending(i);
                 self.jobs[i as usize].preempted += 1;
-                self.rec.preempted(self.jobs[i as usize].queue, p.cause == PreemptCause::Reclaim);
+                self.rec.preempted(
+                    self.jobs[i as usize].queue,
+                    p.cause == PreemptCause::Reclaim,
+                );
             }
         }
         for b in plan.binds {
-            let Some(&i) = self.by_id.get(&b.job.0) else { continue };
+            let Some(&i) = self.by_id.get(&b.job.0) else {
+                continue;
+            };
             let mut milli = 0u64;
             for t in &b.tasks {
                 let used = &mut self.devices.used;
@@ -403,7 +428,8 @@ impl<'w> Sim<'w> {
                 let generation = r.generation;
                 self.set_pending(i, false);
                 if let Some(rt) = self.w.jobs[i as usize].runtime_ms {
-                    self.events.push(Reverse((now + rt, Ev::Complete(i, generation))));
+                    self.events
+                        .push(Reverse((now + rt, Ev::Complete(i, generation))));
                 }
             }
             self.rec.alloc_delta(q, milli as i64);

@@ -372,7 +372,8 @@ impl Recorder {
     }
 
     pub fn fill_point(&mut self, arrived_demand: u64) {
-        self.fill_points.push((arrived_demand, self.alloc.max(0) as u64));
+        self.fill_points
+            .push((arrived_demand, self.alloc.max(0) as u64));
     }
 
     /// The state held from the last event until `t`: integrate it and take due samples.
@@ -449,7 +450,9 @@ impl Recorder {
             if jobs[i as usize].state != State::Pending {
                 continue;
             }
-            let Some((c, m, mask)) = self.asks[i as usize] else { continue };
+            let Some((c, m, mask)) = self.asks[i as usize] else {
+                continue;
+            };
             any = true;
             for (k, (w, s)) in min_whole.iter_mut().zip(min_shared.iter_mut()).enumerate() {
                 if mask & (1u64 << k) == 0 {
@@ -522,7 +525,9 @@ impl Recorder {
             match r.state {
                 State::Done => {
                     completed += 1;
-                    let (Some(s), Some(e)) = (r.first_start, r.end) else { continue };
+                    let (Some(s), Some(e)) = (r.first_start, r.end) else {
+                        continue;
+                    };
                     let wait = s - tj.arrival_ms;
                     let jct = e - tj.arrival_ms;
                     waits.push(wait);
@@ -550,7 +555,11 @@ impl Recorder {
                 } else {
                     0.0
                 },
-                deprived_time: if span > 0.0 { self.deprived[k] / span } else { 0.0 },
+                deprived_time: if span > 0.0 {
+                    self.deprived[k] / span
+                } else {
+                    0.0
+                },
                 jobs: q_jobs[k],
                 wait: Stats::of_ms(&mut q_waits[k]),
                 jct: Stats::of_ms(&mut q_jcts[k]),
@@ -599,7 +608,11 @@ impl Recorder {
         let engine = EngineTime {
             cycles: ns.len() as u64,
             total_ms: total_ns as f64 / 1e6,
-            mean_us: if ns.is_empty() { 0.0 } else { total_ns as f64 / ns.len() as f64 / 1000.0 },
+            mean_us: if ns.is_empty() {
+                0.0
+            } else {
+                total_ns as f64 / ns.len() as f64 / 1000.0
+            },
             p50_us: pick(0.5),
             p99_us: pick(0.99),
             max_us: pick(1.0),
@@ -628,8 +641,16 @@ impl Recorder {
                 None => 0.0,
             },
             unallocated_gpus_at_saturation: unalloc,
-            fragmented_gpus: if self.frag_n > 0 { self.frag_sum / self.frag_n as f64 } else { 0.0 },
-            saturated_time: if span > 0.0 { self.sat_time / span } else { 0.0 },
+            fragmented_gpus: if self.frag_n > 0 {
+                self.frag_sum / self.frag_n as f64
+            } else {
+                0.0
+            },
+            saturated_time: if span > 0.0 {
+                self.sat_time / span
+            } else {
+                0.0
+            },
             capacity_gpus: self.capacity0,
             preemptions_priority: self.preempt_priority,
             preemptions_reclaim: self.preempt_reclaim,

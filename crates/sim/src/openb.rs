@@ -53,9 +53,19 @@ fn read(path: &Path) -> Result<String> {
 /// # Errors
 /// Malformed rows (`file:line:column: reason`) or an invalid cluster (duplicate names).
 pub fn parse_nodes(file: &str, text: &str) -> Result<Cluster> {
-    let csv = Csv::new(file, text, &["sn", "cpu_milli", "memory_mib", "gpu", "model"])?;
+    let csv = Csv::new(
+        file,
+        text,
+        &["sn", "cpu_milli", "memory_mib", "gpu", "model"],
+    )?;
     let c = |n: &str| csv.col(n).unwrap_or_default();
-    let (sn, cpu, mem, gpu, model) = (c("sn"), c("cpu_milli"), c("memory_mib"), c("gpu"), c("model"));
+    let (sn, cpu, mem, gpu, model) = (
+        c("sn"),
+        c("cpu_milli"),
+        c("memory_mib"),
+        c("gpu"),
+        c("model"),
+    );
     let mut nodes = Vec::new();
     for row in csv.rows() {
         let row = row?;
@@ -68,7 +78,10 @@ pub fn parse_nodes(file: &str, text: &str) -> Result<Cluster> {
         let memory_mib = row.u64(mem)?;
         let gpus = row.u64(gpu)?;
         if gpus > 64 {
-            return Err(row.err(gpu, format!("{gpus} GPUs on one node; at most 64 are supported")));
+            return Err(row.err(
+                gpu,
+                format!("{gpus} GPUs on one node; at most 64 are supported"),
+            ));
         }
         let m = gantry_model::normalize_model(row.raw(model));
         if gpus > 0 && m.is_empty() {
@@ -98,14 +111,18 @@ pub fn parse_nodes(file: &str, text: &str) -> Result<Cluster> {
         nodes,
         ..ClusterSpec::default()
     };
-    spec.build().map_err(|e| match e {
-        gantry_model::ModelError::Invalid { field, reason } => gantry_model::ModelError::Parse {
-            origin: file.to_string(),
-            message: format!("{field}: {reason}"),
-        },
-        other => other,
-    }
-    .into())
+    spec.build().map_err(|e| {
+        match e {
+            gantry_model::ModelError::Invalid { field, reason } => {
+                gantry_model::ModelError::Parse {
+                    origin: file.to_string(),
+                    message: format!("{field}: {reason}"),
+                }
+            }
+            other => other,
+        }
+        .into()
+    })
 }
 
 /// One row of a pod list.
@@ -293,7 +310,10 @@ pub fn queues(cluster: &Cluster) -> QueueTree {
     models.sort();
     models.dedup();
     let mut t = QueueTree::unlimited("openb", models);
-    t.priority_classes = qos_classes().into_iter().map(|c| (c.name.clone(), c)).collect();
+    t.priority_classes = qos_classes()
+        .into_iter()
+        .map(|c| (c.name.clone(), c))
+        .collect();
     t
 }
 
@@ -344,13 +364,24 @@ pub fn replay(name: &str, cluster: Cluster, pods: &[Pod]) -> Result<Workload> {
 ///
 /// # Errors
 /// A multiple that is not positive, or a pod list with no GPU demand.
-pub fn fill(name: &str, cluster: Cluster, pods: &[Pod], multiple: f64, seed: u64) -> Result<Workload> {
+pub fn fill(
+    name: &str,
+    cluster: Cluster,
+    pods: &[Pod],
+    multiple: f64,
+    seed: u64,
+) -> Result<Workload> {
     if !(multiple.is_finite() && multiple > 0.0) {
         return Err(SimError::Config(format!(
             "fill multiple must be a positive number, got {multiple}"
         )));
     }
-    let capacity: u64 = cluster.nodes.iter().map(|n| n.devices.len() as u64).sum::<u64>() * 1000;
+    let capacity: u64 = cluster
+        .nodes
+        .iter()
+        .map(|n| n.devices.len() as u64)
+        .sum::<u64>()
+        * 1000;
     let target = (capacity as f64 * multiple).ceil() as u64;
     let mut rng = Rng::new(seed);
     let mut order: Vec<usize> = (0..pods.len()).collect();
@@ -416,7 +447,10 @@ p2,1000,1024,0,0,,Burstable,Running,7,7,7\n";
         let j0 = pods[0].to_job("p0".into(), true);
         assert_eq!(
             j0.groups[0].demand.gpu,
-            GpuDemand::Shared { milli: 460, models: vec![] }
+            GpuDemand::Shared {
+                milli: 460,
+                models: vec![]
+            }
         );
         assert_eq!(j0.priority.name, "ls");
         assert!(!j0.priority.preemptible);
@@ -424,7 +458,10 @@ p2,1000,1024,0,0,,Burstable,Running,7,7,7\n";
         let j1 = pods[1].to_job("p1".into(), true);
         assert_eq!(
             j1.groups[0].demand.gpu,
-            GpuDemand::Whole { count: 2, models: vec!["g2".into(), "t4".into()] }
+            GpuDemand::Whole {
+                count: 2,
+                models: vec!["g2".into(), "t4".into()]
+            }
         );
         assert_eq!(j1.priority.value, 100);
         let w = replay("t", c, &pods).expect("replay");
@@ -436,11 +473,26 @@ p2,1000,1024,0,0,,Burstable,Running,7,7,7\n";
     #[test]
     fn malformed_rows_name_line_column_and_reason() {
         let cases = [
-            ("p0,1000,1024,1,1460,,LS,Running,0,100,0", "p.csv:2:16: column gpu_milli: 1460 is more than one GPU (1000)"),
-            ("p0,1000,1024,x,1000,,LS,Running,0,100,0", "p.csv:2:14: column num_gpu: \"x\" is not a non-negative integer"),
-            ("p0,1000,1024,1,1000,,XX,Running,0,100,0", "p.csv:2:22: column qos: unknown qos \"XX\""),
-            ("p0,1000,1024,1,1000,,LS,Running,50,10,0", "p.csv:2:36: column deletion_time: deletion_time 10 is before creation_time 50"),
-            ("p0,1000,1024,2,500,,LS,Running,0,10,0", "p.csv:2:16: column gpu_milli: 2 GPUs with a fraction"),
+            (
+                "p0,1000,1024,1,1460,,LS,Running,0,100,0",
+                "p.csv:2:16: column gpu_milli: 1460 is more than one GPU (1000)",
+            ),
+            (
+                "p0,1000,1024,x,1000,,LS,Running,0,100,0",
+                "p.csv:2:14: column num_gpu: \"x\" is not a non-negative integer",
+            ),
+            (
+                "p0,1000,1024,1,1000,,XX,Running,0,100,0",
+                "p.csv:2:22: column qos: unknown qos \"XX\"",
+            ),
+            (
+                "p0,1000,1024,1,1000,,LS,Running,50,10,0",
+                "p.csv:2:36: column deletion_time: deletion_time 10 is before creation_time 50",
+            ),
+            (
+                "p0,1000,1024,2,500,,LS,Running,0,10,0",
+                "p.csv:2:16: column gpu_milli: 2 GPUs with a fraction",
+            ),
             ("p0,1000,1024,1,1000,,LS,Running,0", "p.csv:2:"),
         ];
         let header = PODS.lines().next().expect("header");

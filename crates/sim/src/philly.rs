@@ -74,7 +74,11 @@ fn parse_timestamp(s: &str) -> Option<i64> {
 /// # Errors
 /// Malformed rows, named by file, line, column and reason.
 pub fn parse(file: &str, text: &str) -> Result<Vec<PhillyJob>> {
-    let csv = Csv::new(file, text, &["timestamp", "duration", "num_gpus", "cluster"])?;
+    let csv = Csv::new(
+        file,
+        text,
+        &["timestamp", "duration", "num_gpus", "cluster"],
+    )?;
     let c = |n: &str| csv.col(n).unwrap_or_default();
     let (ts, dur, gpus, vc) = (c("timestamp"), c("duration"), c("num_gpus"), c("cluster"));
     let mut out = Vec::new();
@@ -197,7 +201,11 @@ pub fn default_queues(jobs: &[PhillyJob], gpus: u64) -> QueueTree {
 /// A Philly row as a job named `name`.
 pub fn to_job(j: &PhillyJob, name: String) -> Job {
     let task = |count: u32, gpus: u32| TaskGroup {
-        name: if gpus == 8 { "worker".into() } else { format!("worker-{gpus}gpu") },
+        name: if gpus == 8 {
+            "worker".into()
+        } else {
+            format!("worker-{gpus}gpu")
+        },
         count,
         demand: Demand {
             cpu_milli: 0,
@@ -214,7 +222,7 @@ pub fn to_job(j: &PhillyJob, name: String) -> Job {
         groups.push(task(1, j.gpus));
     } else {
         groups.push(task(j.gpus / 8, 8));
-        if j.gpus % 8 > 0 {
+        if !j.gpus.is_multiple_of(8) {
             groups.push(task(1, j.gpus % 8));
         }
     }
@@ -310,12 +318,20 @@ mod tests {
         let err = parse("p.csv", &format!("{h}2017-10-09 07:01:55,-3,1,1,aa\n"))
             .expect_err("neg")
             .to_string();
-        assert_eq!(err, "p.csv:2:21: column duration: \"-3\" is not a finite non-negative number");
-        let err = parse("p.csv", &format!("{h}2017-10-09,3,1,1,aa\n")).expect_err("ts").to_string();
+        assert_eq!(
+            err,
+            "p.csv:2:21: column duration: \"-3\" is not a finite non-negative number"
+        );
+        let err = parse("p.csv", &format!("{h}2017-10-09,3,1,1,aa\n"))
+            .expect_err("ts")
+            .to_string();
         assert!(err.starts_with("p.csv:2:1: column timestamp:"), "{err}");
         let err = parse("p.csv", &format!("{h}2017-10-09 07:01:55,3,0,1,aa\n"))
             .expect_err("gpus")
             .to_string();
-        assert!(err.starts_with("p.csv:2:23: column num_gpus: 0 GPUs"), "{err}");
+        assert!(
+            err.starts_with("p.csv:2:23: column num_gpus: 0 GPUs"),
+            "{err}"
+        );
     }
 }

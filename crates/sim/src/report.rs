@@ -80,7 +80,9 @@ fn utilization(path: &Path, runs: &[RunResult]) -> Result<()> {
                     c.stroke_width(2),
                 ))?
                 .label(format!("{} (mean {:.1}%)", r.policy, r.utilization * 100.0))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -129,7 +131,9 @@ fn jct_cdf(path: &Path, runs: &[RunResult]) -> Result<()> {
             chart
                 .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
                 .label(format!("{} (mean {:.0}s)", r.policy, r.jct.mean))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -149,7 +153,10 @@ fn queue_shares(path: &Path, r: &RunResult) -> Result<()> {
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("Queue shares over time — {}", r.policy), ("sans-serif", 20))
+            .caption(
+                format!("Queue shares over time — {}", r.policy),
+                ("sans-serif", 20),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
@@ -163,13 +170,20 @@ fn queue_shares(path: &Path, r: &RunResult) -> Result<()> {
         let n = r.series.hours.len();
         let mut cum = vec![vec![0f64; n]; r.queues.len() + 1];
         for (k, s) in r.series.queue_share.iter().enumerate() {
-            for t in 0..n {
-                cum[k + 1][t] = cum[k][t] + s.get(t).copied().unwrap_or(0.0) * 100.0;
+            let below = cum[k].clone();
+            for (t, c) in cum[k + 1].iter_mut().enumerate() {
+                *c = below[t] + s.get(t).copied().unwrap_or(0.0) * 100.0;
             }
         }
         for k in (0..r.queues.len()).rev() {
             let c = color(k);
-            let pts: Vec<(f64, f64)> = r.series.hours.iter().copied().zip(cum[k + 1].iter().copied()).collect();
+            let pts: Vec<(f64, f64)> = r
+                .series
+                .hours
+                .iter()
+                .copied()
+                .zip(cum[k + 1].iter().copied())
+                .collect();
             chart
                 .draw_series(AreaSeries::new(pts, 0.0, c.mix(0.85)).border_style(c))?
                 .label(format!(
@@ -202,7 +216,10 @@ fn fill_plot(path: &Path, runs: &[RunResult]) -> Result<()> {
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Fill experiment: allocation as demand arrives", ("sans-serif", 20))
+            .caption(
+                "Fill experiment: allocation as demand arrives",
+                ("sans-serif", 20),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
@@ -212,7 +229,10 @@ fn fill_plot(path: &Path, runs: &[RunResult]) -> Result<()> {
             .x_desc("arrived GPU demand, % of capacity")
             .y_desc("allocated % of GPUs")
             .draw()?;
-        chart.draw_series(LineSeries::new(vec![(0.0, 0.0), (100.0, 100.0)], BLACK.mix(0.3)))?;
+        chart.draw_series(LineSeries::new(
+            vec![(0.0, 0.0), (100.0, 100.0)],
+            BLACK.mix(0.3),
+        ))?;
         for (i, r) in runs.iter().enumerate() {
             let Some(f) = &r.fill else { continue };
             let c = color(i);
@@ -221,8 +241,13 @@ fn fill_plot(path: &Path, runs: &[RunResult]) -> Result<()> {
                     std::iter::once((0.0, 0.0)).chain(f.curve.iter().copied()),
                     c.stroke_width(2),
                 ))?
-                .label(format!("{} ({:.2}% at {:.1}×)", r.policy, f.allocated_pct_of_capacity, f.multiple))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                .label(format!(
+                    "{} ({:.2}% at {:.1}×)",
+                    r.policy, f.allocated_pct_of_capacity, f.multiple
+                ))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()
@@ -237,20 +262,30 @@ fn fill_plot(path: &Path, runs: &[RunResult]) -> Result<()> {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Write the report folder.
 ///
 /// # Errors
 /// The folder or a file cannot be written.
-pub fn write(dir: &Path, w: &Workload, runs: &[RunResult], what_if: Option<&[WhatIfQueue]>) -> Result<()> {
+pub fn write(
+    dir: &Path,
+    w: &Workload,
+    runs: &[RunResult],
+    what_if: Option<&[WhatIfQueue]>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| SimError::io(dir, e))?;
     let mut images: Vec<(String, String)> = Vec::new();
     let is_fill = runs.iter().any(|r| r.fill.is_some());
     if is_fill {
         fill_plot(&dir.join("fill.svg"), runs)?;
-        images.push(("fill.svg".into(), "Allocation as demand arrives (fill experiment)".into()));
+        images.push((
+            "fill.svg".into(),
+            "Allocation as demand arrives (fill experiment)".into(),
+        ));
     } else {
         utilization(&dir.join("utilization.svg"), runs)?;
         images.push(("utilization.svg".into(), "GPU allocation over time".into()));
@@ -262,8 +297,10 @@ pub fn write(dir: &Path, w: &Workload, runs: &[RunResult], what_if: Option<&[Wha
             images.push((f, format!("Queue shares over time — {}", r.policy)));
         }
     }
-    let json = serde_json::to_string_pretty(runs).map_err(|e| SimError::io(dir, std::io::Error::other(e)))?;
-    std::fs::write(dir.join("summary.json"), json).map_err(|e| SimError::io(dir.join("summary.json"), e))?;
+    let json = serde_json::to_string_pretty(runs)
+        .map_err(|e| SimError::io(dir, std::io::Error::other(e)))?;
+    std::fs::write(dir.join("summary.json"), json)
+        .map_err(|e| SimError::io(dir.join("summary.json"), e))?;
 
     let mut h = String::new();
     let _ = write!(
@@ -302,14 +339,29 @@ pub fn write(dir: &Path, w: &Workload, runs: &[RunResult], what_if: Option<&[Wha
     if !is_fill && runs.first().is_some_and(|r| r.queues.len() > 1) {
         h.push_str("<h2>Queues: share versus entitlement</h2><table><tr><th>queue</th><th>entitlement</th>");
         for r in runs {
-            let _ = write!(h, "<th>{p} share</th><th>{p} mean wait (s)</th><th>{p} deprived time</th>", p = esc(&r.policy));
+            let _ = write!(
+                h,
+                "<th>{p} share</th><th>{p} mean wait (s)</th><th>{p} deprived time</th>",
+                p = esc(&r.policy)
+            );
         }
         h.push_str("</tr>\n");
         for (k, q) in runs[0].queues.iter().enumerate() {
-            let _ = write!(h, "<tr><td>{}</td><td>{:.1}%</td>", esc(&q.name), q.entitlement * 100.0);
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{:.1}%</td>",
+                esc(&q.name),
+                q.entitlement * 100.0
+            );
             for r in runs {
                 let q = &r.queues[k];
-                let _ = write!(h, "<td>{:.1}%</td><td>{:.0}</td><td>{:.0}%</td>", q.mean_share * 100.0, q.wait.mean, q.deprived_time * 100.0);
+                let _ = write!(
+                    h,
+                    "<td>{:.1}%</td><td>{:.0}</td><td>{:.0}%</td>",
+                    q.mean_share * 100.0,
+                    q.wait.mean,
+                    q.deprived_time * 100.0
+                );
             }
             h.push_str("</tr>\n");
         }
@@ -327,7 +379,13 @@ pub fn write(dir: &Path, w: &Workload, runs: &[RunResult], what_if: Option<&[Wha
         h.push_str("</table>\n");
     }
     for (f, title) in &images {
-        let _ = writeln!(h, "<h2>{}</h2><img src=\"{}\" alt=\"{}\">", esc(title), esc(f), esc(title));
+        let _ = writeln!(
+            h,
+            "<h2>{}</h2><img src=\"{}\" alt=\"{}\">",
+            esc(title),
+            esc(f),
+            esc(title)
+        );
     }
     h.push_str("<p>All figures: <a href=\"summary.json\">summary.json</a>.</p></body></html>\n");
     let index = dir.join("index.html");

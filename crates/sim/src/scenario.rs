@@ -94,7 +94,10 @@ impl TryFrom<DistSpec> for Dist {
             v.push(Dist::Exp(e));
         }
         if let Some(l) = d.lognormal {
-            v.push(Dist::Lognormal { median: l.median, sigma: l.sigma });
+            v.push(Dist::Lognormal {
+                median: l.median,
+                sigma: l.sigma,
+            });
         }
         if let Some(c) = d.choice {
             v.push(Dist::Choice(c));
@@ -299,6 +302,49 @@ fn locate(text: &str, needle: &str, from: usize) -> (usize, usize) {
     (1, 1)
 }
 
+/// 1-based line of the `i`-th item of the top-level `ops:` list (1 when not found).
+fn op_line(text: &str, i: usize) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines.iter().position(|l| l.starts_with("ops:")) else {
+        return 1;
+    };
+    let mut indent = None;
+    let mut k = 0;
+    for (n, l) in lines.iter().enumerate().skip(start + 1) {
+        let trimmed = l.trim_start();
+        if !trimmed.starts_with("- ") {
+            continue;
+        }
+        let ind = l.len() - trimmed.len();
+        if *indent.get_or_insert(ind) != ind {
+            continue;
+        }
+        if k == i {
+            return n + 1;
+        }
+        k += 1;
+    }
+    1
+}
+
+/// An error about op `i` (or the document when `i` is `None`), positioned at `needle`.
+fn at_op(
+    file: &str,
+    text: &str,
+    i: usize,
+    needle: &str,
+    field: String,
+    reason: impl Into<String>,
+) -> SimError {
+    let from = op_line(text, i);
+    let (line, column) = locate(text, needle, from);
+    SimError::Scenario {
+        file: format!("{file}:{line}:{column}"),
+        field,
+        reason: reason.into(),
+    }
+}
+
 fn at(file: &str, text: &str, needle: &str, field: String, reason: impl Into<String>) -> SimError {
     let (line, column) = locate(text, needle, 1);
     SimError::Scenario {
@@ -309,7 +355,12 @@ fn at(file: &str, text: &str, needle: &str, field: String, reason: impl Into<Str
 }
 
 /// Replace `$var` with the variant's values; unknown variables are errors with their position.
-fn substitute(file: &str, text: &str, vars: &BTreeMap<String, serde_yaml::Value>, variant: &str) -> Result<String> {
+fn substitute(
+    file: &str,
+    text: &str,
+    vars: &BTreeMap<String, serde_yaml::Value>,
+    variant: &str,
+) -> Result<String> {
     let mut out = String::with_capacity(text.len());
     for (li, line) in text.lines().enumerate() {
         // Comments are left alone.
@@ -333,13 +384,20 @@ fn substitute(file: &str, text: &str, vars: &BTreeMap<String, serde_yaml::Value>
                     field: format!("${name}"),
                     reason: format!(
                         "unknown variable; variant {variant:?} defines: {}",
-                        if known.is_empty() { "nothing".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 });
             };
             let s = match v {
                 serde_yaml::Value::String(s) => s.clone(),
-                other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+                other => serde_yaml::to_string(other)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
             };
             out.push_str(&s);
             rest = &after[end..];
@@ -358,13 +416,19 @@ fn dur(q: &Quantity) -> std::result::Result<f64, String> {
 fn num(q: &Quantity) -> std::result::Result<f64, String> {
     match q {
         Quantity::Number(v) => Ok(*v),
-        Quantity::Text(s) => s.trim().parse::<f64>().map_err(|_| format!("{s:?} is not a number")),
+        Quantity::Text(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{s:?} is not a number")),
     }
 }
 
 impl Dist {
     /// Check a distribution of numbers read by `conv` (durations or plain numbers).
-    fn check(&self, conv: fn(&Quantity) -> std::result::Result<f64, String>) -> std::result::Result<(), String> {
+    fn check(
+        &self,
+        conv: fn(&Quantity) -> std::result::Result<f64, String>,
+    ) -> std::result::Result<(), String> {
         match self {
             Dist::Const(q) | Dist::Exp(q) => conv(q).map(|_| ()),
             Dist::Uniform([a, b]) => {
@@ -377,12 +441,17 @@ impl Dist {
             Dist::Lognormal { median, sigma } => {
                 conv(median)?;
                 if !(sigma.is_finite() && *sigma >= 0.0) {
-                    return Err(format!("lognormal: sigma must be a non-negative number, got {sigma}"));
+                    return Err(format!(
+                        "lognormal: sigma must be a non-negative number, got {sigma}"
+                    ));
                 }
                 Ok(())
             }
             Dist::Choice(m) => {
-                if m.is_empty() || m.values().any(|w| !(w.is_finite() && *w >= 0.0)) || m.values().sum::<f64>() <= 0.0 {
+                if m.is_empty()
+                    || m.values().any(|w| !(w.is_finite() && *w >= 0.0))
+                    || m.values().sum::<f64>() <= 0.0
+                {
                     return Err("choice: give at least one value with a positive weight, and no negative weight".into());
                 }
                 for k in m.keys() {
@@ -401,7 +470,11 @@ impl Dist {
         }
     }
 
-    fn sample(&self, rng: &mut Rng, conv: fn(&Quantity) -> std::result::Result<f64, String>) -> f64 {
+    fn sample(
+        &self,
+        rng: &mut Rng,
+        conv: fn(&Quantity) -> std::result::Result<f64, String>,
+    ) -> f64 {
         let c = |q: &Quantity| conv(q).unwrap_or(0.0);
         match self {
             Dist::Const(q) => c(q),
@@ -474,7 +547,9 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
     let mut rng = Rng::new(spec.seed);
     let mut cluster_spec = spec.cluster.clone().unwrap_or_default();
     let queues: QueueTree = match spec.queues.clone() {
-        Some(q) => q.build().map_err(|e| at(file, text, "queues", "queues".into(), e.to_string()))?,
+        Some(q) => q
+            .build()
+            .map_err(|e| at(file, text, "queues", "queues".into(), e.to_string()))?,
         None => QueueTree::unlimited("default", Vec::<String>::new()),
     };
     let mut now = 0u64;
@@ -490,15 +565,19 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
                 let _ = i;
             }
             Op::Advance(q) => {
-                now += q.duration_ms().map_err(|r| {
-                    at(file, text, "advance", format!("ops[{i}].advance"), r)
-                })?;
+                now += q
+                    .duration_ms()
+                    .map_err(|r| at_op(file, text, i, "advance", format!("ops[{i}].advance"), r))?;
             }
             _ => {}
         }
     }
     let explicit = cluster_spec.nodes.len();
-    let pool_counts: Vec<(String, u32)> = cluster_spec.pools.iter().map(|p| (p.name.clone(), p.count)).collect();
+    let pool_counts: Vec<(String, u32)> = cluster_spec
+        .pools
+        .iter()
+        .map(|p| (p.name.clone(), p.count))
+        .collect();
     let cluster = cluster_spec
         .build()
         .map_err(|e| at(file, text, "add_nodes", "add_nodes".into(), e.to_string()))?;
@@ -512,7 +591,11 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
             if let Some(&(_, t)) = late_pools.iter().find(|(p, _)| *p == pi) {
                 for n in &cluster.nodes[range.clone()] {
                     initially_down.push(n.name.clone());
-                    node_ops.push(NodeOp { at_ms: t, node: n.name.clone(), ready: true });
+                    node_ops.push(NodeOp {
+                        at_ms: t,
+                        node: n.name.clone(),
+                        ready: true,
+                    });
                 }
             }
             start = range.end;
@@ -532,21 +615,48 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
                 let ready = matches!(op, Op::RecoverNode(_));
                 let key = if ready { "recover_node" } else { "fail_node" };
                 if !names.contains(n.as_str()) {
-                    return Err(at(file, text, n, field(key), format!("no node named {n:?}")));
+                    return Err(at_op(
+                        file,
+                        text,
+                        i,
+                        n,
+                        field(key),
+                        format!("no node named {n:?}"),
+                    ));
                 }
                 if ready {
                     down.remove(n);
                 } else {
                     down.insert(n.clone());
                 }
-                node_ops.push(NodeOp { at_ms: now, node: n.clone(), ready });
+                node_ops.push(NodeOp {
+                    at_ms: now,
+                    node: n.clone(),
+                    ready,
+                });
             }
             Op::Churn(c) => {
-                let every = c.every.duration_ms().map_err(|r| at(file, text, "every", field("churn.every"), r))?;
-                let span = c.duration.duration_ms().map_err(|r| at(file, text, "churn", field("churn.for"), r))?;
-                let downtime = c.downtime.duration_ms().map_err(|r| at(file, text, "downtime", field("churn.downtime"), r))?;
+                let every = c
+                    .every
+                    .duration_ms()
+                    .map_err(|r| at_op(file, text, i, "every", field("churn.every"), r))?;
+                let span = c
+                    .duration
+                    .duration_ms()
+                    .map_err(|r| at_op(file, text, i, "churn", field("churn.for"), r))?;
+                let downtime = c
+                    .downtime
+                    .duration_ms()
+                    .map_err(|r| at_op(file, text, i, "downtime", field("churn.downtime"), r))?;
                 if every == 0 {
-                    return Err(at(file, text, "every", field("churn.every"), "must be more than 0"));
+                    return Err(at_op(
+                        file,
+                        text,
+                        i,
+                        "every",
+                        field("churn.every"),
+                        "must be more than 0",
+                    ));
                 }
                 let all: Vec<&str> = names.iter().copied().collect();
                 let mut t = now;
@@ -561,8 +671,16 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
                         .collect();
                     if !up.is_empty() {
                         let n = up[rng.below(up.len() as u64) as usize].to_string();
-                        node_ops.push(NodeOp { at_ms: t, node: n.clone(), ready: false });
-                        node_ops.push(NodeOp { at_ms: t + downtime, node: n.clone(), ready: true });
+                        node_ops.push(NodeOp {
+                            at_ms: t,
+                            node: n.clone(),
+                            ready: false,
+                        });
+                        node_ops.push(NodeOp {
+                            at_ms: t + downtime,
+                            node: n.clone(),
+                            ready: true,
+                        });
                         churned.push((t + downtime, n));
                     }
                     t += every;
@@ -570,25 +688,55 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
             }
             Op::Submit(s) => {
                 let f = field("submit");
-                let chk = |d: &Option<Dist>, k: &str, conv: fn(&Quantity) -> std::result::Result<f64, String>| -> Result<()> {
+                let chk = |d: &Option<Dist>,
+                           k: &str,
+                           conv: fn(&Quantity) -> std::result::Result<f64, String>|
+                 -> Result<()> {
                     if let Some(d) = d {
-                        d.check(conv).map_err(|r| at(file, text, k, format!("{f}.{k}"), r))?;
+                        d.check(conv).map_err(|r| {
+                            at_op(
+                                file,
+                                text,
+                                i,
+                                k,
+                                format!("{f}.{}", k.trim_end_matches(':')),
+                                r,
+                            )
+                        })?;
                     }
                     Ok(())
                 };
-                chk(&s.interarrival, "interarrival", dur)?;
-                chk(&s.tasks, "tasks", num)?;
-                chk(&s.gpus, "gpus", num)?;
-                chk(&s.fraction, "fraction", num)?;
-                s.runtime.check(dur).map_err(|r| at(file, text, "runtime", format!("{f}.runtime"), r))?;
-                for (k, d) in [("queue", &s.queue), ("mig", &s.mig)] {
+                chk(&s.interarrival, "interarrival:", dur)?;
+                chk(&s.tasks, "tasks:", num)?;
+                chk(&s.gpus, "gpus:", num)?;
+                chk(&s.fraction, "fraction:", num)?;
+                s.runtime
+                    .check(dur)
+                    .map_err(|r| at_op(file, text, i, "runtime", format!("{f}.runtime"), r))?;
+                for (k, d) in [("queue:", &s.queue), ("mig:", &s.mig)] {
                     if let Some(d) = d {
-                        d.check_names().map_err(|r| at(file, text, k, format!("{f}.{k}"), r))?;
+                        d.check_names().map_err(|r| {
+                            at_op(
+                                file,
+                                text,
+                                i,
+                                k,
+                                format!("{f}.{}", k.trim_end_matches(':')),
+                                r,
+                            )
+                        })?;
                     }
                 }
                 let asks = [s.gpus.is_some(), s.fraction.is_some(), s.mig.is_some()];
                 if asks.iter().filter(|a| **a).count() > 1 {
-                    return Err(at(file, text, "submit", f, "ask for one of gpus, fraction or mig"));
+                    return Err(at_op(
+                        file,
+                        text,
+                        i,
+                        "submit",
+                        f,
+                        "ask for one of gpus, fraction or mig",
+                    ));
                 }
                 let mut t = now;
                 for k in 0..s.count {
@@ -597,9 +745,20 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
                             t += d.sample(&mut rng, dur).max(0.0).round() as u64;
                         }
                     }
-                    let queue = s.queue.as_ref().map_or("default".to_string(), |d| d.sample_name(&mut rng));
-                    let tasks = s.tasks.as_ref().map_or(1.0, |d| d.sample(&mut rng, num)).round().max(1.0) as u32;
-                    let gpus = s.gpus.as_ref().map(|d| d.sample(&mut rng, num).round().max(0.0) as u32);
+                    let queue = s
+                        .queue
+                        .as_ref()
+                        .map_or("default".to_string(), |d| d.sample_name(&mut rng));
+                    let tasks = s
+                        .tasks
+                        .as_ref()
+                        .map_or(1.0, |d| d.sample(&mut rng, num))
+                        .round()
+                        .max(1.0) as u32;
+                    let gpus = s
+                        .gpus
+                        .as_ref()
+                        .map(|d| d.sample(&mut rng, num).round().max(0.0) as u32);
                     let fraction = s.fraction.as_ref().map(|d| d.sample(&mut rng, num));
                     let mig = s.mig.as_ref().map(|d| d.sample_name(&mut rng));
                     let runtime = s.runtime.sample(&mut rng, dur).max(0.0).round() as u64;
@@ -626,9 +785,19 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
                         spread: None,
                     };
                     let job = js.validate(&queues, Some(&catalog)).map_err(|e| {
-                        at(file, text, "submit", format!("{f} (job {k} of {})", s.count), e.to_string())
+                        at(
+                            file,
+                            text,
+                            "submit",
+                            format!("{f} (job {k} of {})", s.count),
+                            e.to_string(),
+                        )
                     })?;
-                    jobs.push(TraceJob { job, arrival_ms: t, runtime_ms: Some(runtime) });
+                    jobs.push(TraceJob {
+                        job,
+                        arrival_ms: t,
+                        runtime_ms: Some(runtime),
+                    });
                 }
             }
         }
