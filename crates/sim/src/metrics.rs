@@ -129,6 +129,10 @@ pub struct FillResult {
     pub allocated_pct_of_arrived: f64,
     /// Capacity − allocated, GPUs.
     pub unallocated_gpus: f64,
+    /// Of the unallocated GPUs: devices with nothing on them (on ready nodes).
+    pub unallocated_whole_gpus: f64,
+    /// Of the unallocated GPUs: the remaining fractions of partly shared devices.
+    pub unallocated_in_shared_gpus: f64,
     /// Pods that did not fit when they arrived (dropped).
     pub dropped_pods: u64,
     /// Why the dropped pods did not fit (the engine's reason labels).
@@ -505,7 +509,7 @@ impl Recorder {
         w: &Workload,
         profile: &Profile,
         jobs: &[JobRec],
-        _devices: &Devices,
+        devices: &Devices,
         wall_ms: f64,
     ) -> RunResult {
         let mut waits = Vec::new();
@@ -566,6 +570,17 @@ impl Recorder {
                 preempted: self.queue_preempted[*q as usize],
             })
             .collect();
+        let (mut whole_free, mut shared_left) = (0u64, 0u64);
+        for (d, &used) in devices.used.iter().enumerate() {
+            if devices.mig[d] || !devices.node_ready[devices.node[d] as usize] {
+                continue;
+            }
+            match used {
+                0 => whole_free += 1,
+                u if u < 1000 => shared_left += 1000 - u as u64,
+                _ => {}
+            }
+        }
         let fill = w.fill.map(|f| {
             let capm = cap0 * 1000.0;
             let (arrived, alloc) = self.fill_points.last().copied().unwrap_or((0, 0));
@@ -590,6 +605,8 @@ impl Recorder {
                     0.0
                 },
                 unallocated_gpus: cap0 - alloc as f64 / 1000.0,
+                unallocated_whole_gpus: whole_free as f64,
+                unallocated_in_shared_gpus: shared_left as f64 / 1000.0,
                 dropped_pods: dropped,
                 dropped_reasons: std::mem::take(&mut self.drop_reasons),
                 curve,
