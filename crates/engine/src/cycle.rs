@@ -55,6 +55,9 @@ pub(crate) struct Cycle<'a> {
     memo: HashMap<(u32, u32), (Time, i32, Reason)>,
     reserved_queues: HashSet<u32>,
     pub preempt_attempts: u32,
+    /// Lowest priority among preemptible running jobs at the start of the cycle: a job at or
+    /// below it can only preempt by reclaiming quota, which rules most searches out in O(1).
+    pub lowest_victim_priority: Option<i32>,
 }
 
 impl<'a> Cycle<'a> {
@@ -71,6 +74,7 @@ impl<'a> Cycle<'a> {
             memo: HashMap::new(),
             reserved_queues: HashSet::new(),
             preempt_attempts: 0,
+            lowest_victim_priority: None,
         }
     }
 
@@ -160,6 +164,17 @@ impl<'a> Cycle<'a> {
             self.reservations = std::mem::take(&mut self.s.reservations);
         }
         self.s.blocked_head = None;
+        if self.p.preemption {
+            self.lowest_victim_priority = self
+                .s
+                .queues
+                .iter()
+                .flat_map(|q| q.running.iter())
+                .map(|&j| &self.s.jobs[j as usize])
+                .filter(|j| j.preemptible)
+                .map(|j| j.priority)
+                .min();
+        }
         let nq = self.s.quota.len();
         let mut sources: Vec<Source> = Vec::with_capacity(nq);
         if incremental {
@@ -186,17 +201,34 @@ impl<'a> Cycle<'a> {
         }
         let mut complete = true;
         'outer: while let Some((q, _)) = heap.pop() {
+            if let Some(reason) = self.queue_exhausted(q) {
+                // Nothing any of its jobs could use is left: skip them all at once.
+                self.s.queues[q as usize].skipped = Some(reason);
+                self.plan.stats.queues_skipped += 1;
+                continue;
+            }
+            self.s.queues[q as usize].skipped = None;
+            if self.skip_by_shapes(q) {
+                self.plan.stats.queues_skipped += 1;
+                continue;
+            }
+            self.s.queues[q as usize].shape_skip.clear();
             while let Some(key) = self.peek(q, &sources[q as usize]) {
                 Self::advance(&mut sources[q as usize], key);
                 let job = key.2;
                 if !self.s.jobs[job as usize].has_unplaced() {
                     continue;
                 }
+                let memo_before = self.memo.len();
                 let admitted = self.consider(job);
                 if !admitted && self.p.head_of_line_blocking {
                     self.s.blocked_head = Some(job);
                     complete = false;
                     break 'outer;
+                }
+                // A new failure memo may have closed the last open shape of this queue.
+                if !admitted && self.memo.len() > memo_before && self.skip_by_shapes(q) {
+                    break;
                 }
                 if admitted || self.p.ordering == Ordering::Submit {
                     if let Some(k) = self.heap_key(q, &sources[q as usize]) {
@@ -211,6 +243,95 @@ impl<'a> Cycle<'a> {
         let mut res: Vec<_> = self.s.reservations.by_job().into_iter().collect();
         res.sort_by_key(|r| r.job);
         self.plan.reservations = res;
+    }
+
+    /// A reason when no pending job of queue `q` can start this cycle, checked without looking
+    /// at the jobs: for every flavor they may use, the queue has no quota left (and cannot
+    /// reclaim any), or — for whole GPUs — no node has a free GPU of that model; and none of its
+    /// jobs outranks a preemptible running job.
+    fn queue_exhausted(&self, q: u32) -> Option<Reason> {
+        if self.p.head_of_line_blocking {
+            return None;
+        }
+        let qs = &self.s.queues[q as usize];
+        if qs.unmaskable || (qs.whole_flavors | qs.other_flavors) == 0 {
+            return None;
+        }
+        let top = qs.pending.first()?.0 .0;
+        if self.p.preemption && self.lowest_victim_priority.is_some_and(|low| top > low) {
+            return None;
+        }
+        let mut reason = None;
+        let mut bits = qs.whole_flavors | qs.other_flavors;
+        while bits != 0 {
+            let f = bits.trailing_zeros();
+            bits &= bits - 1;
+            let quota = &self.s.quota;
+            if self.p.preemption
+                && quota.is_managed(q, f)
+                && quota.usage(q, f) < quota.nominal(q, f)
+            {
+                return None; // it may reclaim
+            }
+            if quota.available(q, f) == 0 {
+                reason.get_or_insert(Reason::Quota {
+                    queue: q,
+                    flavor: f,
+                    used: quota.usage(q, f),
+                    nominal: quota.nominal(q, f),
+                    requested: 0,
+                    available: 0,
+                    cohort: quota.cohort_available(q, f),
+                });
+                continue;
+            }
+            let whole_only = qs.other_flavors & (1 << f) == 0;
+            let by_count = &self.s.models[f as usize].nodes.by_count;
+            if whole_only && by_count.iter().skip(1).all(Vec::is_empty) {
+                reason.get_or_insert(Reason::Capacity {
+                    flavor: f,
+                    per_task: 1,
+                    missing: 1,
+                    largest_free: 0,
+                });
+                continue;
+            }
+            return None;
+        }
+        reason
+    }
+
+    /// The memo entry that rules out every waiting job of `shape` in queue `q`, if one does.
+    fn shape_blocked(&self, q: u32, shape: u32, st: &crate::snapshot::ShapeStat) -> Option<Reason> {
+        let end = self.now.saturating_add(st.min_runtime);
+        [(NONE, shape), (q, shape)].iter().find_map(|k| {
+            let &(failed_end, tried, reason) = self.memo.get(k)?;
+            let preempt = self.p.preemption && st.max_priority > tried;
+            (end >= failed_end && !preempt).then_some(reason)
+        })
+    }
+
+    /// Skip queue `q` when a job of every shape it holds has already failed this cycle (and
+    /// none of its jobs is partly placed). Records each shape's reason for explanations.
+    fn skip_by_shapes(&mut self, q: u32) -> bool {
+        if self.memo.is_empty() || self.p.head_of_line_blocking {
+            return false;
+        }
+        let qs = &self.s.queues[q as usize];
+        if qs.partial > 0 || qs.shapes.is_empty() {
+            return false;
+        }
+        let mut reasons = std::collections::HashMap::with_capacity(qs.shapes.len());
+        for (&shape, st) in &qs.shapes {
+            match self.shape_blocked(q, shape, st) {
+                Some(r) => {
+                    reasons.insert(shape, r);
+                }
+                None => return false,
+            }
+        }
+        self.s.queues[q as usize].shape_skip = reasons;
+        true
     }
 
     /// Look at one job: memo, placement, then preemption or a reservation. Returns whether it
@@ -325,12 +446,9 @@ impl<'a> Cycle<'a> {
             j.reason = None;
             j.eta = None;
         }
-        let j = &self.s.jobs[job as usize];
-        let (q, key, done) = (j.queue as usize, j.order_key(job), !j.has_unplaced());
+        let q = self.s.jobs[job as usize].queue as usize;
         self.s.queues[q].running.insert(job);
-        if done && self.s.queues[q].pending.remove(&key) {
-            self.s.pending_jobs -= 1;
-        }
+        self.s.sync_pending(job);
         self.plan.stats.admitted += 1;
         self.plan.stats.tasks_placed += tasks.len() as u64;
         self.plan.binds.push(Bind {

@@ -193,14 +193,17 @@ impl Snapshot {
                     Some(b) => format!(" (may borrow up to {})", gpus(b)),
                     None => String::new(),
                 };
+                let need = if requested > 0 {
+                    format!("needs {} but only {} is available", gpus(requested), gpus(available))
+                } else {
+                    format!("{} is available", gpus(available))
+                };
                 format!(
-                    "queue {}: quota {} {}/{} used{limit}, needs {} but only {} is available; cohort has {} to lend",
+                    "queue {}: quota {} {}/{} used{limit}, {need}; cohort has {} to lend",
                     self.quota.name(queue),
                     flavor(f),
                     gpus(used),
                     gpus(nominal),
-                    gpus(requested),
-                    gpus(available),
                     gpus(cohort)
                 )
             }
@@ -294,6 +297,10 @@ impl Snapshot {
         let j = self.jobs.get(id.idx())?;
         if !j.has_unplaced() {
             return None;
+        }
+        let qs = &self.queues[j.queue as usize];
+        if let Some(r) = qs.skipped.or_else(|| qs.shape_skip.get(&j.shape).copied()) {
+            return Some(r);
         }
         if let (None, Some(head)) = (j.reason, self.blocked_head) {
             let h = &self.jobs[head as usize];

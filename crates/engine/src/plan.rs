@@ -53,6 +53,9 @@ pub struct CycleStats {
     pub examined: u64,
     /// Jobs skipped because a job of the same shape already failed this cycle.
     pub memo_skips: u64,
+    /// Queues skipped whole: no quota or capacity left for anything they hold, or a job of
+    /// every shape they hold already failed this cycle.
+    pub queues_skipped: u64,
     /// Jobs that started (or grew).
     pub admitted: u64,
     /// Tasks placed.

@@ -90,9 +90,15 @@ impl Cycle<'_> {
             let j = &self.s.jobs[job as usize];
             (j.queue, j.priority)
         };
+        let Some(lowest) = self.lowest_victim_priority else {
+            return false;
+        };
         let wanted = self.wanted_flavors(job);
-        let relevant = |f: FlavorId| wanted.is_empty() || wanted.iter().any(|&(w, _)| w == f);
         let reclaim = self.within_nominal(q, &wanted);
+        if !reclaim && prio <= lowest {
+            return false;
+        }
+        let relevant = |f: FlavorId| wanted.is_empty() || wanted.iter().any(|&(w, _)| w == f);
         let mut candidates: Vec<(i32, std::cmp::Reverse<u64>, std::cmp::Reverse<u32>, u32)> =
             Vec::new();
         for vq in 0..self.s.queues.len() as u32 {

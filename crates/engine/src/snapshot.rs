@@ -339,6 +339,10 @@ pub(crate) struct JobSlot {
     pub eta: Option<Time>,
     /// Memo key for "a job of this shape failed this cycle".
     pub shape: u32,
+    /// Whether the job is in its queue's pending set (kept by `sync_pending`).
+    pub in_pending: bool,
+    /// Whether it is counted as partly placed (some tasks run, some wait).
+    pub partial: bool,
 }
 
 impl JobSlot {
@@ -368,6 +372,32 @@ pub(crate) struct QueueSlot {
     pub running: BTreeSet<u32>,
     /// Decayed usage per flavor (same unit as usage).
     pub history: Vec<f64>,
+    /// Flavors (bit per flavor id) that pending whole-GPU jobs of the queue may use. A
+    /// superset: bits are added on submit and never cleared while jobs wait.
+    pub whole_flavors: u64,
+    /// The same for shared-GPU and MIG jobs.
+    pub other_flavors: u64,
+    /// Some pending job needs no GPU, or a flavor id is beyond the mask: never skip the queue.
+    pub unmaskable: bool,
+    /// Why the last full look at this queue skipped it whole (nothing of what it needs is left).
+    pub skipped: Option<Reason>,
+    /// Pending jobs per shape, so a queue whose every shape already failed this cycle is
+    /// skipped without touching its jobs.
+    pub shapes: HashMap<u32, ShapeStat>,
+    /// Pending jobs that already run some tasks (never skipped by shape).
+    pub partial: u32,
+    /// When the last look skipped the queue because every shape had failed: each shape's reason.
+    pub shape_skip: HashMap<u32, Reason>,
+}
+
+/// What the pending jobs of one shape in one queue look like, conservatively.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShapeStat {
+    pub count: u32,
+    /// Shortest expected runtime among them (`u64::MAX` when none has one).
+    pub min_runtime: u64,
+    /// Highest priority among them.
+    pub max_priority: i32,
 }
 
 /// Everything the engine knows. See the module docs.
@@ -604,6 +634,13 @@ impl Snapshot {
                 pending: BTreeSet::new(),
                 running: BTreeSet::new(),
                 history: vec![0.0; s.flavors.len()],
+                whole_flavors: 0,
+                other_flavors: 0,
+                unmaskable: false,
+                skipped: None,
+                shapes: HashMap::new(),
+                partial: 0,
+                shape_skip: HashMap::new(),
             })
             .collect();
         Ok(s)
@@ -828,14 +865,7 @@ impl Snapshot {
             Spread::Node => SpreadC::Node,
             Spread::Label(k) => SpreadC::Label(self.label_key(k)),
         };
-        let shape_key: ShapeKey = (
-            groups.iter().map(|g| (g.demand, g.count)).collect(),
-            job.min_available,
-            placement,
-            spread,
-        );
-        let next_shape = self.shapes.len() as u32;
-        let shape = *self.shapes.entry(shape_key).or_insert(next_shape);
+        let shape = self.intern_shape(&groups, job.min_available, placement, spread);
         let id = self.jobs.len() as u32;
         let slot = JobSlot {
             name: job.name.as_str().into(),
@@ -855,15 +885,116 @@ impl Snapshot {
             reason: None,
             eta: None,
             shape,
+            in_pending: false,
+            partial: false,
         };
-        self.queues[queue as usize]
-            .pending
-            .insert(slot.order_key(id));
         self.job_names.insert(job.name.as_str().into(), id);
         self.jobs.push(slot);
         self.fresh.push(id);
-        self.pending_jobs += 1;
+        self.sync_pending(id);
         Ok(JobId(id))
+    }
+
+    fn intern_shape(
+        &mut self,
+        groups: &[GroupSlot],
+        min_available: u32,
+        placement: PlacementC,
+        spread: SpreadC,
+    ) -> u32 {
+        let key: ShapeKey = (
+            groups.iter().map(|g| (g.demand, g.count)).collect(),
+            min_available,
+            placement,
+            spread,
+        );
+        let next = self.shapes.len() as u32;
+        *self.shapes.entry(key).or_insert(next)
+    }
+
+    /// Make the job's membership in its queue's pending set (and the queue's per-shape and
+    /// partial counts) agree with whether it has unplaced tasks. Every change of a job's
+    /// placement or task counts ends with this call.
+    pub(crate) fn sync_pending(&mut self, id: u32) {
+        let j = &self.jobs[id as usize];
+        let want = j.has_unplaced();
+        let partial = want && j.running_tasks() > 0;
+        let (was, was_partial) = (j.in_pending, j.partial);
+        let (key, q, shape, runtime, prio) = (
+            j.order_key(id),
+            j.queue as usize,
+            j.shape,
+            j.runtime,
+            j.priority,
+        );
+        if want != was {
+            let qs = &mut self.queues[q];
+            if want {
+                qs.pending.insert(key);
+                let st = qs.shapes.entry(shape).or_insert(ShapeStat {
+                    count: 0,
+                    min_runtime: u64::MAX,
+                    max_priority: i32::MIN,
+                });
+                st.count += 1;
+                st.min_runtime = st.min_runtime.min(runtime.unwrap_or(u64::MAX));
+                st.max_priority = st.max_priority.max(prio);
+                self.pending_jobs += 1;
+            } else {
+                qs.pending.remove(&key);
+                if let Some(st) = qs.shapes.get_mut(&shape) {
+                    st.count -= 1;
+                    if st.count == 0 {
+                        qs.shapes.remove(&shape);
+                    }
+                }
+                self.pending_jobs -= 1;
+            }
+        }
+        if partial != was_partial {
+            let qs = &mut self.queues[q];
+            if partial {
+                qs.partial += 1;
+            } else {
+                qs.partial -= 1;
+            }
+        }
+        let j = &mut self.jobs[id as usize];
+        j.in_pending = want;
+        j.partial = partial;
+        if want && !was {
+            self.note_pending_flavors(id);
+        }
+    }
+
+    /// Add a waiting job's flavors to its queue's masks.
+    fn note_pending_flavors(&mut self, id: u32) {
+        let j = &self.jobs[id as usize];
+        let q = j.queue as usize;
+        let (mut whole, mut other, mut unmaskable) = (0u64, 0u64, false);
+        for g in j.groups.iter() {
+            let (flavors, into): (Vec<FlavorId>, &mut u64) =
+                match &self.demands[g.demand as usize].gpu {
+                    GpuNeed::None => {
+                        unmaskable = true;
+                        continue;
+                    }
+                    GpuNeed::Whole { models, .. } => (models.to_vec(), &mut whole),
+                    GpuNeed::Shared { models, .. } => (models.to_vec(), &mut other),
+                    GpuNeed::Mig { options } => (options.iter().map(|o| o.0).collect(), &mut other),
+                };
+            for f in flavors {
+                if f.0 < 64 {
+                    *into |= 1 << f.0;
+                } else {
+                    unmaskable = true;
+                }
+            }
+        }
+        let qs = &mut self.queues[q];
+        qs.whole_flavors |= whole;
+        qs.other_flavors |= other;
+        qs.unmaskable |= unmaskable;
     }
 
     fn job_mut(&mut self, id: JobId) -> Result<&mut JobSlot, EngineError> {
@@ -893,14 +1024,10 @@ impl Snapshot {
         self.job_mut(id)?;
         self.release_job(id.0);
         let j = &mut self.jobs[id.idx()];
-        let key = j.order_key(id.0);
-        let q = j.queue as usize;
         j.phase = JobPhase::Done;
         j.reason = None;
         j.eta = None;
-        if self.queues[q].pending.remove(&key) {
-            self.pending_jobs -= 1;
-        }
+        self.sync_pending(id.0);
         self.job_names.remove(&self.jobs[id.idx()].name);
         Ok(())
     }
@@ -916,11 +1043,7 @@ impl Snapshot {
         let j = &mut self.jobs[id.idx()];
         j.phase = JobPhase::Pending;
         j.start = None;
-        let key = j.order_key(id.0);
-        let q = j.queue as usize;
-        if self.queues[q].pending.insert(key) {
-            self.pending_jobs += 1;
-        }
+        self.sync_pending(id.0);
         self.fresh.push(id.0);
         Ok(())
     }
@@ -1038,20 +1161,27 @@ impl Snapshot {
             stopped.push(j.tasks.swap_remove(pos));
             j.groups[0].running -= 1;
         }
-        let key = j.order_key(id.0);
-        let q = j.queue as usize;
-        let unplaced = j.has_unplaced();
         for t in &stopped {
             self.release_task(id.0, t);
         }
-        let pending = &mut self.queues[q].pending;
-        if unplaced {
-            if pending.insert(key) {
-                self.pending_jobs += 1;
-                self.fresh.push(id.0);
-            }
-        } else if pending.remove(&key) {
-            self.pending_jobs -= 1;
+        if !stopped.is_empty() {
+            self.freed = true;
+        }
+        // The task count is part of the shape: leave the set under the old one, rejoin under the new.
+        let j = &mut self.jobs[id.idx()];
+        let keep = j.has_unplaced();
+        j.groups[0].count = j.groups[0].count.max(j.groups[0].running);
+        let count = j.groups[0].count;
+        j.groups[0].count = j.groups[0].running; // temporarily: nothing unplaced
+        self.sync_pending(id.0);
+        let j = &mut self.jobs[id.idx()];
+        j.groups[0].count = count;
+        let (groups, min, placement, spread) =
+            (j.groups.clone(), j.min_available, j.placement, j.spread);
+        self.jobs[id.idx()].shape = self.intern_shape(&groups, min, placement, spread);
+        self.sync_pending(id.0);
+        if keep {
+            self.fresh.push(id.0);
         }
         Ok(stopped.len() as u32)
     }

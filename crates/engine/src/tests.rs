@@ -513,7 +513,19 @@ fn cycles_are_incremental_when_nothing_was_freed() {
     }
     let p = h.cycle();
     assert!(!p.stats.incremental);
-    assert_eq!(p.stats.memo_skips, 49, "one placement attempt per shape");
+    assert_eq!(
+        p.stats.examined, 2,
+        "after one 2-GPU job fails, its 48 twins are not looked at"
+    );
+    let x = h
+        .snap
+        .explain(h.snap.job_by_name("wait30").expect("w"))
+        .expect("x");
+    assert_eq!(
+        x.reason_label.as_deref(),
+        Some("capacity"),
+        "skipped jobs still get their shape's reason"
+    );
     h.submit(job("new").gpus(1));
     let p = h.cycle();
     assert!(p.stats.incremental);
