@@ -224,6 +224,9 @@ fn print_tables(w: &Workload, runs: &[RunResult], ratios: &[Ratio], what_if: Opt
             header.extend(runs.iter().map(|r| format!("{} alloc %", r.policy)));
             t.set_header(header);
             for (k, (x, _)) in r.curve.iter().enumerate() {
+                if (x.round() as i64) % 10 != 0 {
+                    continue;
+                }
                 let mut row = vec![format!("{x:.0}%")];
                 for run in runs {
                     row.push(

@@ -62,7 +62,9 @@ fn the_readme_command_runs_the_bundled_sample_and_writes_the_report() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("openb_pod_list_default.csv:2:10: column gpu_milli: 2000 is more than one GPU"),
+        err.contains(
+            "openb_pod_list_default.csv:2:10: column gpu_milli: 2000 is more than one GPU"
+        ),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).ok();

@@ -137,7 +137,7 @@ pub struct FillResult {
     pub dropped_pods: u64,
     /// Why the dropped pods did not fit (the engine's reason labels).
     pub dropped_reasons: std::collections::BTreeMap<String, u64>,
-    /// Allocated % of capacity at arrived demand = 10%, 20%, … of capacity (up to the multiple).
+    /// Allocated % of capacity at arrived demand = 2%, 4%, … of capacity (up to the multiple).
     pub curve: Vec<(f64, f64)>,
 }
 
@@ -587,8 +587,8 @@ impl Recorder {
             let mut curve = Vec::new();
             let mut step = 1u64;
             for &(a, al) in &self.fill_points {
-                while a as f64 >= step as f64 * 0.1 * capm {
-                    curve.push((step as f64 * 10.0, al as f64 / capm * 100.0));
+                while a as f64 >= step as f64 * 0.02 * capm {
+                    curve.push((step as f64 * 2.0, al as f64 / capm * 100.0));
                     step += 1;
                 }
             }

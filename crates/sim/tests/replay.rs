@@ -233,5 +233,12 @@ fn the_fill_experiment_never_over_allocates_and_drops_what_does_not_fit() {
             "every pod either runs (never leaves) or was dropped"
         );
         assert!(f.dropped_pods > 0);
+        // The curve: allocation once every further 2% of capacity has arrived, never
+        // decreasing (pods never leave), never above the capacity.
+        assert_eq!(f.curve.first().map(|c| c.0), Some(2.0));
+        assert!(f.curve.last().is_some_and(|c| c.0 >= 130.0));
+        for w in f.curve.windows(2) {
+            assert!(w[1].1 >= w[0].1 && w[1].1 <= 100.0 + 1e-9, "{w:?}");
+        }
     }
 }
