@@ -119,13 +119,8 @@ fn load(args: &SimArgs) -> anyhow::Result<Workload> {
                 .with_context(|| c.display().to_string())?;
             let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
             let jobs = philly::parse(&path.display().to_string(), &text)?;
-            let gpus = cluster.nodes.iter().map(|n| n.devices.len() as u64).sum();
-            w = philly::workload(
-                "philly",
-                &jobs,
-                cluster,
-                philly::default_queues(&jobs, gpus),
-            );
+            let queues = philly::queues_for_cluster(&jobs, &cluster);
+            w = philly::workload("philly", &jobs, cluster, queues);
         }
         return Ok(w);
     }

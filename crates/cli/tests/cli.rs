@@ -8,7 +8,10 @@ fn examples() -> PathBuf {
 }
 
 fn gantry(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gantry")).args(args).output().expect("run gantry")
+    Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .output()
+        .expect("run gantry")
 }
 
 fn plan_args(jobs: &str, output: &str) -> Vec<String> {
@@ -31,18 +34,37 @@ fn plan_on_the_examples_prints_binds_and_reasons() {
     let jobs = examples().join("jobs.yaml").display().to_string();
     let args = plan_args(&jobs, "json");
     let out = gantry(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let started: Vec<&str> = v["started"].as_array().expect("started").iter().map(|t| t["job"].as_str().unwrap_or("")).collect();
+    let started: Vec<&str> = v["started"]
+        .as_array()
+        .expect("started")
+        .iter()
+        .map(|t| t["job"].as_str().unwrap_or(""))
+        .collect();
     assert!(started.contains(&"llm-pretrain"), "{started:?}");
-    assert_eq!(started.iter().filter(|j| **j == "chat-svc").count(), 3, "three inference replicas on MIG slices");
+    assert_eq!(
+        started.iter().filter(|j| **j == "chat-svc").count(),
+        3,
+        "three inference replicas on MIG slices"
+    );
     let pending = v["pending"].as_array().expect("pending");
-    assert!(pending.iter().any(|p| p["reason_label"] == "quota"), "{pending:?}");
+    assert!(
+        pending.iter().any(|p| p["reason_label"] == "quota"),
+        "{pending:?}"
+    );
 
     let args = plan_args(&jobs, "table");
     let out = gantry(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("why it waits") && text.contains("llm-pretrain"), "{text}");
+    assert!(
+        text.contains("why it waits") && text.contains("llm-pretrain"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -50,16 +72,30 @@ fn a_bad_job_file_names_the_field_and_fails() {
     let dir = std::env::temp_dir().join(format!("gantry-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let bad = dir.join("bad.yaml");
-    std::fs::write(&bad, "jobs:\n  - name: x\n    queue: team-a\n    tasks: [{gpus: 1}, {gpus: 9}]\n").expect("write");
+    std::fs::write(
+        &bad,
+        "jobs:\n  - name: x\n    queue: team-a\n    tasks: [{gpus: 1}, {gpus: 9}]\n",
+    )
+    .expect("write");
     let args = plan_args(&bad.display().to_string(), "table");
     let out = gantry(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("jobs[0].tasks[1].gpus: 9 requested but no flavor offers more than 8 per node"),
+        err.contains(
+            "jobs[0].tasks[1].gpus: 9 requested but no flavor offers more than 8 per node"
+        ),
         "{err}"
     );
-    let unknown = gantry(&["plan", "--cluster", "/nonexistent.yaml", "--queues", "q", "--jobs", "j"]);
+    let unknown = gantry(&[
+        "plan",
+        "--cluster",
+        "/nonexistent.yaml",
+        "--queues",
+        "q",
+        "--jobs",
+        "j",
+    ]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("/nonexistent.yaml: cannot read"));
 }

@@ -12,7 +12,8 @@
 //! say which), one NVLink domain per node, 8 nodes per rack. The default queues
 //! ([`default_queues`]): one leaf per virtual cluster in one cohort `philly`, with a nominal quota
 //! proportional to the VC's share of total GPU-time, in thousandths of a GPU, summing exactly to
-//! the cluster's GPUs (largest remainder); borrowing is unlimited inside the cohort.
+//! the cluster's GPUs (largest remainder); borrowing is unlimited inside the cohort. On another
+//! cluster ([`queues_for_cluster`]) the same split is made for each GPU model.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -139,54 +140,85 @@ pub fn queue_name(vc: &str) -> String {
 }
 
 /// One cohort `philly`, one leaf per VC with nominal quota proportional to its GPU-time; the
-/// quotas (thousandths) add up to exactly `gpus × 1000`.
+/// quotas (thousandths) add up to exactly `gpus × 1000`, in flavor [`MODEL`].
 pub fn default_queues(jobs: &[PhillyJob], gpus: u64) -> QueueTree {
+    queues_for(jobs, &[(MODEL.to_string(), gpus)])
+}
+
+/// [`default_queues`] for any cluster: each VC's quota is split over the cluster's GPU models
+/// (non-MIG devices), per model in proportion to its GPU-time, so every model's quotas add up to
+/// exactly that model's GPUs.
+pub fn queues_for_cluster(jobs: &[PhillyJob], cluster: &Cluster) -> QueueTree {
+    let mut models: BTreeMap<String, u64> = BTreeMap::new();
+    for d in cluster.nodes.iter().flat_map(|n| &n.devices) {
+        if d.mig.is_none() {
+            *models.entry(d.model.clone()).or_default() += 1;
+        }
+    }
+    let models: Vec<(String, u64)> = models.into_iter().collect();
+    queues_for(jobs, &models)
+}
+
+fn queues_for(jobs: &[PhillyJob], models: &[(String, u64)]) -> QueueTree {
     let mut gpu_time: BTreeMap<&str, f64> = BTreeMap::new();
     for j in jobs {
         *gpu_time.entry(&j.vc).or_default() += j.duration_ms as f64 * j.gpus as f64;
     }
     let total: f64 = gpu_time.values().sum::<f64>().max(1.0);
-    let capacity = gpus * 1000;
-    let exact: Vec<(&str, f64)> = gpu_time
-        .iter()
-        .map(|(vc, t)| (*vc, t / total * capacity as f64))
-        .collect();
-    let mut nominal: Vec<u64> = exact.iter().map(|(_, e)| e.floor() as u64).collect();
-    let mut left = capacity.saturating_sub(nominal.iter().sum());
-    let mut by_remainder: Vec<usize> = (0..exact.len()).collect();
-    by_remainder.sort_by(|&a, &b| {
-        let ra = exact[a].1 - exact[a].1.floor();
-        let rb = exact[b].1 - exact[b].1.floor();
-        rb.total_cmp(&ra).then(a.cmp(&b))
-    });
-    for &i in by_remainder.iter().cycle().take(exact.len() * 2) {
-        if left == 0 {
-            break;
+    let vcs: Vec<&str> = gpu_time.keys().copied().collect();
+    // Per model: largest-remainder split of its capacity (thousandths) over the VCs.
+    let mut nominal: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); vcs.len()];
+    for (model, gpus) in models {
+        let capacity = gpus * 1000;
+        let exact: Vec<f64> = vcs
+            .iter()
+            .map(|vc| gpu_time[vc] / total * capacity as f64)
+            .collect();
+        let mut share: Vec<u64> = exact.iter().map(|e| e.floor() as u64).collect();
+        let mut left = capacity.saturating_sub(share.iter().sum());
+        let mut by_remainder: Vec<usize> = (0..exact.len()).collect();
+        by_remainder.sort_by(|&a, &b| {
+            let ra = exact[a] - exact[a].floor();
+            let rb = exact[b] - exact[b].floor();
+            rb.total_cmp(&ra).then(a.cmp(&b))
+        });
+        for &i in by_remainder.iter().cycle().take(exact.len() * 2) {
+            if left == 0 {
+                break;
+            }
+            share[i] += 1;
+            left -= 1;
         }
-        nominal[i] += 1;
-        left -= 1;
+        for (i, v) in share.into_iter().enumerate() {
+            nominal[i].insert(model.clone(), v);
+        }
     }
     let mut queues = vec![QueueDef {
         name: "philly".into(),
         parent: None,
-        children: (1..=exact.len()).collect(),
+        children: (1..=vcs.len()).collect(),
         weight: 1.0,
         quotas: BTreeMap::new(),
     }];
-    for (i, (vc, _)) in exact.iter().enumerate() {
+    for (i, vc) in vcs.iter().enumerate() {
         queues.push(QueueDef {
             name: queue_name(vc),
             parent: Some(0),
             children: Vec::new(),
             weight: 1.0,
-            quotas: BTreeMap::from([(
-                MODEL.to_string(),
-                Quota {
-                    nominal: nominal[i],
-                    borrowing_limit: None,
-                    lending_limit: None,
-                },
-            )]),
+            quotas: nominal[i]
+                .iter()
+                .map(|(m, &n)| {
+                    (
+                        m.clone(),
+                        Quota {
+                            nominal: n,
+                            borrowing_limit: None,
+                            lending_limit: None,
+                        },
+                    )
+                })
+                .collect(),
         });
     }
     QueueTree {
@@ -310,6 +342,21 @@ mod tests {
         let b = q.queues[q.find("vc-bb").expect("bb")].quotas[MODEL].nominal;
         assert_eq!(a + b, 16_000);
         assert_eq!(a, (16_000.0f64 * 120.0 / 246.0).round() as u64);
+        // Another cluster: the split is per model, each summing to that model's GPUs.
+        let spec: ClusterSpec = gantry_model::doc::from_yaml(
+            "pools: [{name: x, count: 1, gpu_model: h100-80gb, gpus_per_node: 8, cpu: 8, memory: 8Gi}, {name: y, count: 2, gpu_model: t4, gpus_per_node: 2, cpu: 8, memory: 8Gi}]",
+            "c.yaml",
+        )
+        .expect("spec");
+        let q = queues_for_cluster(&jobs, &spec.build().expect("cluster"));
+        let sum = |m: &str| -> u64 {
+            q.queues
+                .iter()
+                .filter_map(|d| d.quotas.get(m))
+                .map(|x| x.nominal)
+                .sum()
+        };
+        assert_eq!((sum("h100-80gb"), sum("t4")), (8_000, 4_000));
     }
 
     #[test]
