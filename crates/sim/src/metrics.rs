@@ -204,6 +204,30 @@ pub struct RunResult {
     /// JCT of every completed job, seconds (for CDF plots; not serialised).
     #[serde(skip)]
     pub jct_samples: Vec<f64>,
+    /// Every job's outcome, in arrival order (written as CSV in reports; not serialised).
+    #[serde(skip)]
+    pub outcomes: Vec<JobOutcome>,
+}
+
+/// What happened to one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobOutcome {
+    /// Job name.
+    pub name: String,
+    /// Leaf queue.
+    pub queue: String,
+    /// GPU demand, thousandths.
+    pub gpu_milli: u64,
+    /// Arrival, ms.
+    pub arrival_ms: u64,
+    /// First start, ms.
+    pub start_ms: Option<u64>,
+    /// Completion, ms.
+    pub end_ms: Option<u64>,
+    /// Times evicted by preemption.
+    pub preempted: u32,
+    /// `done`, `waiting`, `running`, `dropped` or `not-arrived` when the replay ended.
+    pub state: &'static str,
 }
 
 /// Accumulates measurements during a replay.
@@ -644,6 +668,27 @@ impl Recorder {
             None => 0.0,
         };
         let jct_samples = jcts.iter().map(|&x| x as f64 / 1000.0).collect();
+        let outcomes = w
+            .jobs
+            .iter()
+            .zip(jobs)
+            .map(|(tj, r)| JobOutcome {
+                name: tj.job.name.clone(),
+                queue: tj.job.queue.clone(),
+                gpu_milli: crate::workload::job_gpu_demand_milli(&tj.job),
+                arrival_ms: tj.arrival_ms,
+                start_ms: r.first_start,
+                end_ms: r.end,
+                preempted: r.preempted,
+                state: match r.state {
+                    State::Done => "done",
+                    State::Pending => "waiting",
+                    State::Running => "running",
+                    State::Dropped => "dropped",
+                    State::NotArrived => "not-arrived",
+                },
+            })
+            .collect();
         RunResult {
             workload: w.name.clone(),
             policy: profile.name.clone(),
@@ -679,6 +724,7 @@ impl Recorder {
             fill,
             series: self.series,
             jct_samples,
+            outcomes,
         }
     }
 }

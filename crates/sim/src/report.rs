@@ -4,7 +4,8 @@
 //! Files: `utilization.svg` (allocated share of capacity over time, per policy), `jct_cdf.svg`
 //! (JCT CDF per policy, log time axis), `queue_shares-<policy>.svg` (stacked queue shares over
 //! time, with the entitlements in the page's table), `fill.svg` (fill experiment: allocation as
-//! demand arrives), `summary.json` (every figure), `index.html`.
+//! demand arrives), `jobs-<policy>.csv` (every job's arrival, start, end, wait, JCT,
+//! preemptions), `summary.json` (every figure), `index.html`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -297,6 +298,30 @@ pub fn write(
             images.push((f, format!("Queue shares over time — {}", r.policy)));
         }
     }
+    for r in runs {
+        let mut csv =
+            String::from("name,queue,gpus,arrival_s,start_s,end_s,wait_s,jct_s,preempted,state\n");
+        let secs =
+            |v: Option<u64>| v.map_or(String::new(), |x| format!("{:.3}", x as f64 / 1000.0));
+        for o in &r.outcomes {
+            let _ = writeln!(
+                csv,
+                "{},{},{:.3},{:.3},{},{},{},{},{},{}",
+                o.name,
+                o.queue,
+                o.gpu_milli as f64 / 1000.0,
+                o.arrival_ms as f64 / 1000.0,
+                secs(o.start_ms),
+                secs(o.end_ms),
+                secs(o.start_ms.map(|s| s - o.arrival_ms)),
+                secs(o.end_ms.map(|e| e - o.arrival_ms)),
+                o.preempted,
+                o.state
+            );
+        }
+        let f = dir.join(format!("jobs-{}.csv", r.policy));
+        std::fs::write(&f, csv).map_err(|e| SimError::io(&f, e))?;
+    }
     let json = serde_json::to_string_pretty(runs)
         .map_err(|e| SimError::io(dir, std::io::Error::other(e)))?;
     std::fs::write(dir.join("summary.json"), json)
@@ -387,7 +412,15 @@ pub fn write(
             esc(title)
         );
     }
-    h.push_str("<p>All figures: <a href=\"summary.json\">summary.json</a>.</p></body></html>\n");
+    h.push_str("<p>All figures: <a href=\"summary.json\">summary.json</a>. Every job:");
+    for r in runs {
+        let _ = write!(
+            h,
+            " <a href=\"jobs-{p}.csv\">jobs-{p}.csv</a>",
+            p = esc(&r.policy)
+        );
+    }
+    h.push_str(".</p></body></html>\n");
     let index = dir.join("index.html");
     std::fs::write(&index, h).map_err(|e| SimError::io(index, e))?;
     Ok(())

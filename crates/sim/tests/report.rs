@@ -55,5 +55,19 @@ fn report_folder_has_plots_and_index() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("json"))
             .expect("valid json");
     assert_eq!(summary.as_array().map(Vec::len), Some(2));
+    // Every job, one row each, with wait = start − arrival.
+    let csv = std::fs::read_to_string(out.join("jobs-gantry.csv")).expect("jobs csv");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows[0],
+        "name,queue,gpus,arrival_s,start_s,end_s,wait_s,jct_s,preempted,state"
+    );
+    assert_eq!(rows.len(), 1 + 383);
+    for row in &rows[1..] {
+        let f: Vec<&str> = row.split(',').collect();
+        let num = |i: usize| f[i].parse::<f64>().expect("number");
+        assert_eq!(f[9], "done", "{row}");
+        assert!((num(4) - num(3) - num(6)).abs() < 1e-6, "{row}");
+    }
     std::fs::remove_dir_all(&out).ok();
 }
