@@ -150,10 +150,13 @@ fn jct_cdf(path: &Path, runs: &[RunResult]) -> Result<()> {
 
 fn queue_shares(path: &Path, r: &RunResult) -> Result<()> {
     let xmax = r.series.hours.last().copied().unwrap_or(0.0).max(1e-9);
-    let root = SVGBackend::new(path, (W, H + 80)).into_drawing_area();
+    let width = W + 300;
+    let root = SVGBackend::new(path, (width, H + 40)).into_drawing_area();
     let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+        // The chart on the left, the legend (with entitlements) beside it, never over the data.
+        let (left, right) = root.split_horizontally(W);
+        let mut chart = ChartBuilder::on(&left)
             .caption(
                 format!("Queue shares over time — {}", r.policy),
                 ("sans-serif", 20),
@@ -185,23 +188,29 @@ fn queue_shares(path: &Path, r: &RunResult) -> Result<()> {
                 .copied()
                 .zip(cum[k + 1].iter().copied())
                 .collect();
-            chart
-                .draw_series(AreaSeries::new(pts, 0.0, c.mix(0.85)).border_style(c))?
-                .label(format!(
-                    "{} (entitled {:.1}%, got {:.1}%)",
+            chart.draw_series(AreaSeries::new(pts, 0.0, c.mix(0.85)).border_style(c))?;
+        }
+        right.draw(&Text::new(
+            "queue: entitled / got (mean)",
+            (8, 40),
+            ("sans-serif", 13).into_font(),
+        ))?;
+        // Top of the stack first, as it is drawn.
+        for (row, k) in (0..r.queues.len()).rev().enumerate() {
+            let y = 62 + row as i32 * 20;
+            let c = color(k);
+            right.draw(&Rectangle::new([(8, y - 6), (22, y + 6)], c.filled()))?;
+            right.draw(&Text::new(
+                format!(
+                    "{}: {:.1}% / {:.1}%",
                     r.queues[k].name,
                     r.queues[k].entitlement * 100.0,
                     r.queues[k].mean_share * 100.0
-                ))
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
+                ),
+                (28, y - 6),
+                ("sans-serif", 12).into_font(),
+            ))?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 11))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()?;
         root.present()?;
         Ok(())
     };
