@@ -218,10 +218,13 @@ impl<'w> Sim<'w> {
             events.push(Reverse((op.at_ms, Ev::Node(node_of(&op.node)?, op.ready))));
         }
         let start = w.jobs.first().map_or(0, |j| j.arrival_ms);
+        // The time the replay would take if nothing waited: the sampling interval's base.
         let span = w
             .jobs
-            .last()
-            .map_or(0, |j| j.arrival_ms)
+            .iter()
+            .map(|j| j.arrival_ms.saturating_add(j.runtime_ms.unwrap_or(0)))
+            .max()
+            .unwrap_or(0)
             .saturating_sub(start);
         let rec = Recorder::new(w, &snap, &devices, start, span, opts.samples);
         Ok(Sim {

@@ -13,7 +13,7 @@
 //!   the waiting jobs could use by GPU count alone — a node's free whole GPUs fewer than every
 //!   waiting whole-GPU task of that model asks for (and no waiting shared task could take them),
 //!   or a shared GPU's remaining fraction smaller than every waiting shared task asks for.
-//!   Reported as the mean over samples with waiting jobs.
+//!   Reported as the time-weighted mean over samples with waiting jobs.
 //! - **share vs entitlement**: a queue's allocated GPUs ÷ capacity, time-weighted, against its
 //!   nominal quota of whole-GPU flavors ÷ capacity (1.0 for an unlimited queue; MIG quota, written
 //!   in slices, is left out of the entitlement). **Deprived time**: the share of time
@@ -230,6 +230,15 @@ pub struct JobOutcome {
     pub state: &'static str,
 }
 
+/// Keep the even-indexed points.
+fn thin<T: Copy>(v: &mut Vec<T>) {
+    let mut i = 0;
+    v.retain(|_| {
+        i += 1;
+        i % 2 == 1
+    });
+}
+
 /// Accumulates measurements during a replay.
 #[derive(Debug)]
 pub(crate) struct Recorder {
@@ -254,6 +263,7 @@ pub(crate) struct Recorder {
     unalloc_sat_int: f64,
     frag_sum: f64,
     frag_n: u64,
+    max_samples: usize,
     cycle_ns: Vec<u64>,
     examined: u64,
     memo_skips: u64,
@@ -337,6 +347,7 @@ impl Recorder {
             unalloc_sat_int: 0.0,
             frag_sum: 0.0,
             frag_n: 0,
+            max_samples: samples.max(2),
             cycle_ns: Vec::new(),
             examined: 0,
             memo_skips: 0,
@@ -457,10 +468,22 @@ impl Recorder {
         }
         let frag = self.fragmented(devices, jobs, pending);
         if let Some(f) = frag {
-            self.frag_sum += f;
-            self.frag_n += 1;
+            // Weighted by the interval, which doubles when the series is thinned.
+            self.frag_sum += f * self.interval as f64;
+            self.frag_n += self.interval;
         }
         self.series.fragmented_gpus.push(frag.unwrap_or(0.0));
+        // Waiting can make a replay run far past its no-wait length: keep the series bounded
+        // by dropping every other point and sampling half as often.
+        if self.series.hours.len() >= 2 * self.max_samples {
+            let s = &mut self.series;
+            thin(&mut s.hours);
+            thin(&mut s.allocation);
+            thin(&mut s.pending);
+            thin(&mut s.fragmented_gpus);
+            s.queue_share.iter_mut().for_each(thin);
+            self.interval *= 2;
+        }
     }
 
     /// Free GPUs no waiting job could use (see the module docs); `None` when no GPU job waits.

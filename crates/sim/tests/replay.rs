@@ -242,3 +242,20 @@ fn the_fill_experiment_never_over_allocates_and_drops_what_does_not_fit() {
         }
     }
 }
+
+#[test]
+fn time_series_stay_bounded_when_waiting_stretches_the_replay() {
+    // Three jobs of 1 000 s on one 8-GPU node, each taking the whole node: the replay lasts
+    // 3 000 s although the no-wait estimate is 1 000 s. With 4 points asked for, the series is
+    // thinned (never 8 points or more) and stays in time order, covering the whole replay.
+    let rows = "2017-10-09 07:00:00,1000,8,8000,a\n".repeat(3);
+    let w = tiny(&rows, 1, 8);
+    let r = replay(&w, &Profile::fifo(), &Options { samples: 4 }, &mut |_| {}).expect("replay");
+    let h = &r.series.hours;
+    assert!(h.len() < 8 && h.len() >= 3, "{h:?}");
+    assert!(h.windows(2).all(|p| p[0] < p[1]), "{h:?}");
+    assert!(h.last().is_some_and(|&x| x * 3600.0 >= 2000.0), "{h:?}");
+    assert_eq!(r.series.allocation.len(), h.len());
+    assert_eq!(r.series.queue_share[0].len(), h.len());
+    assert_eq!(r.jct.max, 3000.0);
+}
