@@ -259,3 +259,44 @@ fn time_series_stay_bounded_when_waiting_stretches_the_replay() {
     assert_eq!(r.series.queue_share[0].len(), h.len());
     assert_eq!(r.jct.max, 3000.0);
 }
+
+#[test]
+fn nodes_added_later_join_at_their_time_and_churn_requeues() {
+    let text = r#"
+name: late
+seed: 3
+ops:
+  - add_nodes: {name: a, count: 1, gpu_model: h100-80gb, gpus_per_node: 8, cpu: 64, memory: 512Gi}
+  - submit: {count: 2, gpus: {const: 8}, runtime: {const: 100s}}
+  - advance: 30s
+  - add_nodes: {name: b, count: 1, gpu_model: h100-80gb, gpus_per_node: 8, cpu: 64, memory: 512Gi}
+"#;
+    let w = scenario::parse("late.yaml", text, None).expect("scenario");
+    assert_eq!(w.initially_down, vec!["b-0".to_string()]);
+    let r = run(&w, "best-fit");
+    // One job runs on a at 0; the other waits for b, which joins at 30 s.
+    assert_eq!(r.completed, 2);
+    assert_eq!((r.wait.mean, r.wait.max), (15.0, 30.0));
+    assert_eq!(r.jct.max, 130.0);
+
+    let churn = r#"
+name: churn
+seed: 11
+ops:
+  - add_nodes: {name: n, count: 4, gpu_model: h100-80gb, gpus_per_node: 8, cpu: 64, memory: 512Gi}
+  - submit: {count: 40, interarrival: {const: 1m}, gpus: {const: 8}, runtime: {const: 30m}}
+  - churn: {every: 10m, for: 1h, downtime: 5m}
+"#;
+    let w = scenario::parse("churn.yaml", churn, None).expect("scenario");
+    // Six failures (every 10 minutes for an hour), each followed by a recovery.
+    assert_eq!(w.node_ops.iter().filter(|o| !o.ready).count(), 6);
+    assert_eq!(w.node_ops.iter().filter(|o| o.ready).count(), 6);
+    let r = run(&w, "gantry");
+    assert_eq!(r.completed, 40);
+    assert!(
+        r.node_requeues > 0,
+        "busy nodes failed, their jobs were requeued"
+    );
+    let again = run(&w, "gantry");
+    assert_eq!(strip(r), strip(again));
+}
