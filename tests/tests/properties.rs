@@ -21,10 +21,26 @@ struct PoolGen {
 }
 
 fn pool() -> impl Strategy<Value = PoolGen> {
-    (1u32..4, 1u32..=8, prop::sample::select(vec!["h100-80gb", "a100-80gb"]), 1u32..=2, prop::bool::weighted(0.25))
+    (
+        1u32..4,
+        1u32..=8,
+        prop::sample::select(vec!["h100-80gb", "a100-80gb"]),
+        1u32..=2,
+        prop::bool::weighted(0.25),
+    )
         .prop_map(|(count, gpus, model, domains, mig)| {
-            let gpus = if domains == 2 && gpus % 2 == 1 { gpus + 1 } else { gpus };
-            PoolGen { count, gpus: gpus.min(8), model, domains, mig: mig && model == "a100-80gb" }
+            let gpus = if domains == 2 && gpus % 2 == 1 {
+                gpus + 1
+            } else {
+                gpus
+            };
+            PoolGen {
+                count,
+                gpus: gpus.min(8),
+                model,
+                domains,
+                mig: mig && model == "a100-80gb",
+            }
         })
 }
 
@@ -62,22 +78,28 @@ fn job() -> impl Strategy<Value = JobGen> {
         prop::option::of(1u32..=4),
         gpu,
         any::<bool>(),
-        prop::option::of(prop::sample::select(vec!["node", "nvlink-domain", "label:rack"])),
+        prop::option::of(prop::sample::select(vec![
+            "node",
+            "nvlink-domain",
+            "label:rack",
+        ])),
         prop::sample::select(vec!["batch", "training", "inference"]),
         prop::option::of(1u32..200),
         0u32..80,
     )
-        .prop_map(|(queue, tasks, min, gpu, nvlink, placement, class, runtime, cpu)| JobGen {
-            queue,
-            tasks,
-            min: min.map(|m| m.min(tasks)),
-            gpu,
-            nvlink,
-            placement,
-            class,
-            runtime,
-            cpu,
-        })
+        .prop_map(
+            |(queue, tasks, min, gpu, nvlink, placement, class, runtime, cpu)| JobGen {
+                queue,
+                tasks,
+                min: min.map(|m| m.min(tasks)),
+                gpu,
+                nvlink,
+                placement,
+                class,
+                runtime,
+                cpu,
+            },
+        )
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +181,12 @@ fn build_job(name: &str, g: &JobGen, q: &QueueTree) -> gantry_model::Job {
     b.build(q)
 }
 
-fn run(pools: Vec<PoolGen>, quotas: [QuotaRow; 3], ops: Vec<Op>, profile: Profile) -> Result<(), TestCaseError> {
+fn run(
+    pools: Vec<PoolGen>,
+    quotas: [QuotaRow; 3],
+    ops: Vec<Op>,
+    profile: Profile,
+) -> Result<(), TestCaseError> {
     let mut spec = ClusterSpec::default();
     for (i, p) in pools.iter().enumerate() {
         spec.pools.push(NodePool {
@@ -168,7 +195,11 @@ fn run(pools: Vec<PoolGen>, quotas: [QuotaRow; 3], ops: Vec<Op>, profile: Profil
             gpu_model: Some(p.model.into()),
             gpus_per_node: p.gpus,
             gpu_memory: None,
-            nvlink_domains_per_node: if p.gpus % p.domains == 0 { p.domains } else { 1 },
+            nvlink_domains_per_node: if p.gpus % p.domains == 0 {
+                p.domains
+            } else {
+                1
+            },
             nodes_per_rack: 2,
             cpu: 64_000,
             memory: 512 * 1024,
@@ -193,21 +224,36 @@ fn run(pools: Vec<PoolGen>, quotas: [QuotaRow; 3], ops: Vec<Op>, profile: Profil
             }
             Op::Cycle => {
                 let mut copy = s.clone();
-                let before: Vec<(JobId, u32)> = submitted.iter().map(|&j| (j, s.job_task_counts(j).1)).collect();
+                let before: Vec<(JobId, u32)> = submitted
+                    .iter()
+                    .map(|&j| (j, s.job_task_counts(j).1))
+                    .collect();
                 let plan = schedule(&mut s, &profile, now);
                 let again = schedule(&mut copy, &profile, now);
                 prop_assert_eq!(&plan, &again, "same input, same plan");
                 for b in &plan.binds {
-                    let (_, running_before) = before.iter().find(|(j, _)| *j == b.job).copied().unwrap_or((b.job, 0));
+                    let (_, running_before) = before
+                        .iter()
+                        .find(|(j, _)| *j == b.job)
+                        .copied()
+                        .unwrap_or((b.job, 0));
                     let (total, running) = s.job_task_counts(b.job);
                     prop_assert!(running <= total);
                     if running_before == 0 {
                         // A gang starts whole: at least min_available tasks in this one plan.
-                        prop_assert!(b.tasks.len() as u32 == running, "bind {:?} vs running {running}", b.tasks.len());
+                        prop_assert!(
+                            b.tasks.len() as u32 == running,
+                            "bind {:?} vs running {running}",
+                            b.tasks.len()
+                        );
                     }
                 }
                 for p in &plan.preemptions {
-                    prop_assert_eq!(s.job_task_counts(p.victim).1 == 0 || s.job_phase(p.victim) == JobPhase::Running, true);
+                    prop_assert_eq!(
+                        s.job_task_counts(p.victim).1 == 0
+                            || s.job_phase(p.victim) == JobPhase::Running,
+                        true
+                    );
                 }
             }
             Op::Complete(k) | Op::Cancel(k) => {
@@ -238,7 +284,14 @@ fn run(pools: Vec<PoolGen>, quotas: [QuotaRow; 3], ops: Vec<Op>, profile: Profil
             Op::DeviceHealth(d, healthy) => {
                 if devices > 0 {
                     let dev = gantry_engine::DeviceId((d % devices) as u32);
-                    s.set_device_health(dev, if *healthy { Health::Healthy } else { Health::Unhealthy });
+                    s.set_device_health(
+                        dev,
+                        if *healthy {
+                            Health::Healthy
+                        } else {
+                            Health::Unhealthy
+                        },
+                    );
                     if !healthy {
                         for j in s.jobs_on_device(dev) {
                             s.requeue(j).expect("requeue");
@@ -256,7 +309,11 @@ fn run(pools: Vec<PoolGen>, quotas: [QuotaRow; 3], ops: Vec<Op>, profile: Profil
 }
 
 fn profile() -> impl Strategy<Value = Profile> {
-    prop::sample::select(vec![Profile::gantry(), Profile::best_fit(), Profile::fifo()])
+    prop::sample::select(vec![
+        Profile::gantry(),
+        Profile::best_fit(),
+        Profile::fifo(),
+    ])
 }
 
 proptest! {
