@@ -5,6 +5,7 @@
 
 mod output;
 mod plan;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,9 @@ enum Command {
     /// Run one scheduling cycle over a cluster, queues and jobs, and show the plan and why
     /// each waiting job waits.
     Plan(plan::PlanArgs),
+    /// Replay a trace (openb, Philly) or a scenario through the engine under one or more
+    /// policies; print a summary and write a report with plots.
+    Sim(sim::SimArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -49,6 +53,7 @@ fn main() -> std::process::ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Plan(args) => plan::run(args),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
