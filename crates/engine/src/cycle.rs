@@ -377,22 +377,44 @@ impl<'a> Cycle<'a> {
                 true
             }
             Err(reason) => {
-                if self.p.preemption
-                    && self.preempt_attempts < self.p.max_preemption_attempts
-                    && self.try_preempt(job, &reason)
-                {
-                    return true;
-                }
-                let mut eta = None;
                 let capacity_miss = !matches!(
                     reason,
                     Reason::Quota { .. } | Reason::Reservation { .. } | Reason::NoFlavor
                 );
-                if self.p.backfill
-                    && capacity_miss
+                let reservation_free = self.p.backfill
                     && !self.reserved_queues.contains(&queue)
-                    && (self.reserved_queues.len() as u32) < self.p.max_reservations
-                {
+                    && (self.reserved_queues.len() as u32) < self.p.max_reservations;
+                let can_reserve = reservation_free && capacity_miss;
+                let mut eta = None;
+                let mut reserved = false;
+                if self.p.preemption && self.preempt_attempts < self.p.max_preemption_attempts {
+                    // Reclaim patience: if the job starts soon anyway, wait rather than evict.
+                    // A reclaim is usually blocked by quota (others borrowed the pool), so
+                    // quota misses count here too: ending jobs free quota as well as GPUs.
+                    let patient = self.p.reclaim_patience_ms > 0
+                        && reservation_free
+                        && (capacity_miss || matches!(reason, Reason::Quota { .. }))
+                        && self.reclaims(job);
+                    if patient {
+                        self.reserved_queues.insert(queue);
+                        eta = self.reserve(job);
+                        reserved = true;
+                    }
+                    let horizon = self.now.saturating_add(self.p.reclaim_patience_ms);
+                    let wait = patient && eta.is_some_and(|t| t <= horizon);
+                    if patient && !wait && !capacity_miss {
+                        // Not soon: a quota-blocked job holds no reservation (as without patience).
+                        self.reservations.remove_job(self.s, job);
+                        self.reserved_queues.remove(&queue);
+                        eta = None;
+                        reserved = false;
+                    }
+                    if !wait && self.try_preempt(job, &reason) {
+                        self.reservations.remove_job(self.s, job);
+                        return true;
+                    }
+                }
+                if can_reserve && !reserved {
                     self.reserved_queues.insert(queue);
                     eta = self.reserve(job);
                 }

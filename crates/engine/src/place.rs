@@ -107,6 +107,16 @@ impl Reservations {
         self.devices.is_empty()
     }
 
+    /// Drop a job's reservation (it started after all).
+    pub fn remove_job(&mut self, s: &Snapshot, job: u32) {
+        self.devices.retain(|_, &mut (_, holder)| holder != job);
+        self.nodes.clear();
+        for &dev in self.devices.keys() {
+            let d = &s.devices[dev as usize];
+            *self.nodes.entry(d.node).or_default() |= 1 << d.local;
+        }
+    }
+
     /// The reservations grouped per job, for the plan.
     pub fn by_job(&self) -> Vec<crate::plan::Reservation> {
         let mut per: HashMap<u32, (Time, Vec<DeviceId>)> = HashMap::new();

@@ -9,8 +9,14 @@
 //!   `V` below its nominal quota (a queue is never pushed below nominal so another can borrow).
 //!
 //! The search is greedy then minimal: candidates in order (lowest priority, then most recently
-//! started, so the least work is lost) are evicted in a statement until `J` fits; then each chosen
-//! victim, most important first, is given a reprieve if `J` still fits without evicting it.
+//! started, so the least work is lost) are
+//! evicted in a statement until `J` fits; then each chosen victim, most important first, is given
+//! a reprieve if `J` still fits without evicting it.
+//!
+//! Reclaim patience (`Profile::reclaim_patience_ms`): before a reclaim, the cycle computes when
+//! the job would start anyway from expected runtimes; if that is soon enough it gets a
+//! reservation and waits. Without this, a queue that keeps a large borrowing job running sees it
+//! evicted again and again for small jobs that would have started minutes later.
 
 use crate::cycle::Cycle;
 use crate::explain::Reason;
@@ -47,6 +53,13 @@ impl Cycle<'_> {
             }
         }
         out
+    }
+
+    /// Whether admitting `job` would be reclaim (its queue stays within nominal quota).
+    pub(crate) fn reclaims(&self, job: u32) -> bool {
+        let q = self.s.jobs[job as usize].queue;
+        let wanted = self.wanted_flavors(job);
+        !wanted.is_empty() && self.within_nominal(q, &wanted)
     }
 
     /// Whether queue `q` stays within nominal quota for every wanted flavor after admitting.
@@ -99,8 +112,7 @@ impl Cycle<'_> {
             return false;
         }
         let relevant = |f: FlavorId| wanted.is_empty() || wanted.iter().any(|&(w, _)| w == f);
-        let mut candidates: Vec<(i32, std::cmp::Reverse<u64>, std::cmp::Reverse<u32>, u32)> =
-            Vec::new();
+        let mut candidates: Vec<(i32, std::cmp::Reverse<u64>, std::cmp::Reverse<u32>)> = Vec::new();
         for vq in 0..self.s.queues.len() as u32 {
             for &v in &self.s.queues[vq as usize].running {
                 if v == job {
@@ -127,11 +139,13 @@ impl Cycle<'_> {
                     borrowing && (reclaim || vj.priority < prio)
                 };
                 if ok {
+                    // Lowest priority first, then the most recently started (the least work
+                    // lost: on the Philly trace, preferring small victims instead restarted
+                    // long-running jobs and made mean JCT ten times worse).
                     candidates.push((
                         vj.priority,
                         std::cmp::Reverse(vj.start.unwrap_or(0)),
                         std::cmp::Reverse(v),
-                        v,
                     ));
                 }
             }
@@ -148,7 +162,7 @@ impl Cycle<'_> {
         let mut tx = Tx::default();
         let mut chosen: Vec<u32> = Vec::new();
         let mut fits = false;
-        for &(_, _, _, v) in &candidates {
+        for &(_, _, std::cmp::Reverse(v)) in &candidates {
             let vq = self.s.jobs[v as usize].queue;
             let mark = tx.mark();
             for t in self.s.jobs[v as usize].tasks.clone() {

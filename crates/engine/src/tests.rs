@@ -697,3 +697,52 @@ fn decayed_history_favours_the_queue_that_used_less_lately() {
         );
     }
 }
+
+#[test]
+fn reclaim_waits_when_the_job_would_start_soon_anyway() {
+    // x (nominal 4) borrows 4 for an 8-GPU, 10-hour job; y (nominal 12) fills the rest with
+    // 30-minute one-GPU jobs and then needs one more GPU.
+    for (patience_s, evicts) in [(0u64, true), (1800, false)] {
+        let q = QueueBuilder::new()
+            .cohort("c")
+            .queue("x", "c", "h100-80gb", 4)
+            .queue("y", "c", "h100-80gb", 12)
+            .build();
+        let mut profile = Profile::gantry();
+        profile.reclaim_patience_ms = patience_s * 1000;
+        let mut h = Harness::new(&cluster(2, 8, "h100-80gb"), &q).with_profile(profile);
+        h.submit(
+            JobBuilder::new("big")
+                .queue("x")
+                .gpus(8)
+                .runtime_s(36_000.0),
+        );
+        h.cycle();
+        for i in 0..8 {
+            h.submit(
+                JobBuilder::new(&format!("y{i}"))
+                    .queue("y")
+                    .gpus(1)
+                    .runtime_s(1800.0),
+            );
+        }
+        h.cycle();
+        h.advance(60);
+        h.submit(JobBuilder::new("y8").queue("y").gpus(1).runtime_s(1800.0));
+        let plan = h.cycle();
+        assert_eq!(
+            !plan.preemptions.is_empty(),
+            evicts,
+            "patience {patience_s}s"
+        );
+        assert_eq!(h.running("big"), !evicts);
+        if !evicts {
+            let y8 = h.snap.job_by_name("y8").expect("y8");
+            assert_eq!(
+                h.snap.explain(y8).expect("x").estimated_start,
+                Some(1_800_000)
+            );
+        }
+        h.snap.audit().expect("audit");
+    }
+}
