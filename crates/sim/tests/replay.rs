@@ -104,11 +104,12 @@ fn best_fit_and_gantry_by_hand() {
 
 #[test]
 fn reclaim_restarts_the_victim_and_its_old_completion_is_dropped() {
-    // a1 borrows team b's half of the node; b1 (within b's quota) reclaims it at 10. a1 is
-    // requeued, restarts at 20 when b1 ends, and completes at 120 — not at 100, when its first
-    // run would have ended (that completion event is stale).
+    // a1 (3 h) borrows team b's half of the node; b1 (within b's quota) would otherwise wait
+    // longer than the profile's 30-minute reclaim patience, so it reclaims at 10. a1 is
+    // requeued, restarts at 20 when b1 ends, and completes at 10,820 — not at 10,800, when its
+    // first run would have ended (that completion event is stale).
     let w = tiny(
-        "2017-10-09 07:00:00,100,8,800,a\n2017-10-09 07:00:10,10,4,40,b\n",
+        "2017-10-09 07:00:00,10800,8,86400,a\n2017-10-09 07:00:10,10,4,40,b\n",
         1,
         8,
     );
@@ -126,13 +127,13 @@ fn reclaim_restarts_the_victim_and_its_old_completion_is_dropped() {
     let a = r.queues.iter().find(|q| q.name == "vc-a").expect("a");
     let b = r.queues.iter().find(|q| q.name == "vc-b").expect("b");
     assert_eq!(a.preempted, 1);
-    assert_eq!((a.wait.mean, a.jct.mean), (0.0, 120.0));
+    assert_eq!((a.wait.mean, a.jct.mean), (0.0, 10_820.0));
     assert_eq!((b.wait.mean, b.jct.mean), (0.0, 10.0));
-    assert!(close(r.makespan_hours * 3600.0, 120.0));
+    assert!(close(r.makespan_hours * 3600.0, 10_820.0));
     // FIFO never preempts: b1 waits for a1.
     let f = run(&w, "fifo");
     assert_eq!(f.preemptions_reclaim + f.preemptions_priority, 0);
-    assert_eq!(f.jct.max, 100.0);
+    assert_eq!(f.jct.max, 10_800.0);
 }
 
 #[test]
