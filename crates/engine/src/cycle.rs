@@ -165,15 +165,7 @@ impl<'a> Cycle<'a> {
         }
         self.s.blocked_head = None;
         if self.p.preemption {
-            self.lowest_victim_priority = self
-                .s
-                .queues
-                .iter()
-                .flat_map(|q| q.running.iter())
-                .map(|&j| &self.s.jobs[j as usize])
-                .filter(|j| j.preemptible)
-                .map(|j| j.priority)
-                .min();
+            self.lowest_victim_priority = self.s.victim_priorities.keys().next().copied();
         }
         let nq = self.s.quota.len();
         let mut sources: Vec<Source> = Vec::with_capacity(nq);
@@ -468,8 +460,7 @@ impl<'a> Cycle<'a> {
             j.reason = None;
             j.eta = None;
         }
-        let q = self.s.jobs[job as usize].queue as usize;
-        self.s.queues[q].running.insert(job);
+        self.s.mark_running(job, true);
         self.s.sync_pending(job);
         self.plan.stats.admitted += 1;
         self.plan.stats.tasks_placed += tasks.len() as u64;

@@ -25,7 +25,7 @@ use crate::plan::{PreemptCause, Preemption};
 use crate::snapshot::{FlavorId, GpuNeed, JobId, NONE};
 
 /// Most candidates a victim search looks at.
-const MAX_CANDIDATES: usize = 256;
+const MAX_CANDIDATES: usize = 64;
 
 impl Cycle<'_> {
     /// Flavors job `j` can be charged to, and its per-flavor amount if it ran whole.
@@ -94,6 +94,47 @@ impl Cycle<'_> {
         ok
     }
 
+    /// A necessary condition, checked in O(nodes + candidates) before the costly greedy search:
+    /// some node, with everything the candidates hold there freed, has the cpu, memory and
+    /// whole GPUs of the job's largest task.
+    fn some_node_could_fit(
+        &self,
+        job: u32,
+        candidates: &[(i32, std::cmp::Reverse<u64>, std::cmp::Reverse<u32>)],
+    ) -> bool {
+        let j = &self.s.jobs[job as usize];
+        let (mut cpu, mut mem, mut gpus) = (0u32, 0u64, 0u32);
+        for g in j.groups.iter().filter(|g| g.running < g.count) {
+            let d = &self.s.demands[g.demand as usize];
+            cpu = cpu.max(d.cpu);
+            mem = mem.max(d.mem);
+            if let GpuNeed::Whole { count, .. } = d.gpu {
+                gpus = gpus.max(count);
+            }
+        }
+        let mut freed: std::collections::HashMap<u32, (u64, u64, u32)> =
+            std::collections::HashMap::new();
+        for &(_, _, std::cmp::Reverse(v)) in candidates {
+            for t in &self.s.jobs[v as usize].tasks {
+                let e = freed.entry(t.node.0).or_default();
+                e.0 += t.cpu_milli as u64;
+                e.1 += t.memory_mib;
+                if let crate::snapshot::GpuAlloc::Whole(ds) = &t.gpu {
+                    e.2 += ds.len() as u32;
+                }
+            }
+        }
+        self.s.nodes.iter().enumerate().any(|(n, node)| {
+            if !node.ready {
+                return false;
+            }
+            let (fc, fm, fg) = freed.get(&(n as u32)).copied().unwrap_or_default();
+            node.cpu_free() as u64 + fc >= cpu as u64
+                && node.mem_free() + fm >= mem
+                && node.free_mask.count_ones() + fg >= gpus
+        })
+    }
+
     /// Try to admit `job` by evicting others. Returns whether it was admitted.
     pub(crate) fn try_preempt(&mut self, job: u32, reason: &Reason) -> bool {
         if matches!(reason, Reason::NoFlavor | Reason::Spread { .. }) {
@@ -157,6 +198,9 @@ impl Cycle<'_> {
         self.plan.stats.preemption_attempts += 1;
         candidates.sort_unstable();
         candidates.truncate(MAX_CANDIDATES);
+        if !self.some_node_could_fit(job, &candidates) {
+            return false;
+        }
 
         // Greedy: evict in order until the job fits.
         let mut tx = Tx::default();

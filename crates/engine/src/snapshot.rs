@@ -433,6 +433,8 @@ pub struct Snapshot {
     pub(crate) reservations: crate::place::Reservations,
     /// Strict FIFO: the job that stopped the last cycle.
     pub(crate) blocked_head: Option<u32>,
+    /// Preemptible running jobs per priority, so the lowest victim priority is O(log n).
+    pub(crate) victim_priorities: BTreeMap<i32, u32>,
 }
 
 fn popcount(m: u64) -> u32 {
@@ -470,6 +472,7 @@ impl Snapshot {
             pending_jobs: 0,
             reservations: Default::default(),
             blocked_head: None,
+            victim_priorities: BTreeMap::new(),
         };
         // Geometries and flavors: every model, and every MIG profile of a model with MIG devices.
         for g in cluster.geometries.values() {
@@ -967,6 +970,27 @@ impl Snapshot {
         }
     }
 
+    /// Add or remove a job from its queue's running set, keeping the victim-priority counts.
+    pub(crate) fn mark_running(&mut self, id: u32, running: bool) {
+        let j = &self.jobs[id as usize];
+        let (q, prio, preemptible) = (j.queue as usize, j.priority, j.preemptible);
+        let changed = if running {
+            self.queues[q].running.insert(id)
+        } else {
+            self.queues[q].running.remove(&id)
+        };
+        if changed && preemptible {
+            if running {
+                *self.victim_priorities.entry(prio).or_default() += 1;
+            } else if let Some(c) = self.victim_priorities.get_mut(&prio) {
+                *c -= 1;
+                if *c == 0 {
+                    self.victim_priorities.remove(&prio);
+                }
+            }
+        }
+    }
+
     /// Add a waiting job's flavors to its queue's masks.
     fn note_pending_flavors(&mut self, id: u32) {
         let j = &self.jobs[id as usize];
@@ -1058,8 +1082,7 @@ impl Snapshot {
         for g in j.groups.iter_mut() {
             g.running = 0;
         }
-        let q = j.queue as usize;
-        self.queues[q].running.remove(&id);
+        self.mark_running(id, false);
         if !tasks.is_empty() {
             self.freed = true;
         }
