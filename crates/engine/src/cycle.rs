@@ -55,6 +55,15 @@ pub(crate) struct Cycle<'a> {
     memo: HashMap<(u32, u32), (Time, i32, Reason)>,
     reserved_queues: HashSet<u32>,
     pub preempt_attempts: u32,
+    /// Jobs this cycle admitted (or grew): never victims in the same cycle — a plan must not
+    /// start a job and evict it at once.
+    pub admitted: HashSet<u32>,
+    /// A victim search was cut short (same-cycle admissions, or the attempt budget): the next
+    /// cycle must look at every pending job, not only new arrivals.
+    pub retry_next: bool,
+    /// Jobs that failed this cycle, one per (queue, priority), for the end-of-cycle check
+    /// whether one of them could preempt a job admitted in this cycle.
+    failed: HashMap<(u32, i32), u32>,
     /// Lowest priority among preemptible running jobs at the start of the cycle: a job at or
     /// below it can only preempt by reclaiming quota, which rules most searches out in O(1).
     pub lowest_victim_priority: Option<i32>,
@@ -74,6 +83,9 @@ impl<'a> Cycle<'a> {
             memo: HashMap::new(),
             reserved_queues: HashSet::new(),
             preempt_attempts: 0,
+            admitted: HashSet::new(),
+            retry_next: false,
+            failed: HashMap::new(),
             lowest_victim_priority: None,
         }
     }
@@ -231,6 +243,9 @@ impl<'a> Cycle<'a> {
             }
         }
         self.s.last_cycle_complete = complete;
+        if self.retry_next || (self.p.preemption && self.failed_could_preempt_admitted()) {
+            self.s.freed = true;
+        }
         self.s.reservations = std::mem::take(&mut self.reservations);
         let mut res: Vec<_> = self.s.reservations.by_job().into_iter().collect();
         res.sort_by_key(|r| r.job);
@@ -379,6 +394,15 @@ impl<'a> Cycle<'a> {
                 let can_reserve = reservation_free && capacity_miss;
                 let mut eta = None;
                 let mut reserved = false;
+                if self.p.preemption {
+                    self.failed.entry((queue, priority)).or_insert(job);
+                }
+                if self.p.preemption
+                    && self.preempt_attempts >= self.p.max_preemption_attempts
+                    && self.lowest_victim_priority.is_some()
+                {
+                    self.retry_next = true;
+                }
                 if self.p.preemption && self.preempt_attempts < self.p.max_preemption_attempts {
                     // Reclaim patience: if the job starts soon anyway, wait rather than evict.
                     // A reclaim is usually blocked by quota (others borrowed the pool), so
@@ -426,6 +450,37 @@ impl<'a> Cycle<'a> {
         }
     }
 
+    /// Jobs admitted this cycle were not victims in it. If a job that failed could preempt one
+    /// of them (same queue and lower priority, or a borrowing queue it may reclaim from or
+    /// outranks), the next cycle must look at every pending job again.
+    fn failed_could_preempt_admitted(&self) -> bool {
+        let mut admitted: HashMap<u32, i32> = HashMap::new();
+        for &j in &self.admitted {
+            let job = &self.s.jobs[j as usize];
+            if job.preemptible && !job.tasks.is_empty() {
+                let e = admitted.entry(job.queue).or_insert(job.priority);
+                *e = (*e).min(job.priority);
+            }
+        }
+        if admitted.is_empty() || self.failed.is_empty() {
+            return false;
+        }
+        if admitted.len() * self.failed.len() > 100_000 {
+            return true; // too many to check cheaply: be safe
+        }
+        self.failed.iter().any(|(&(qj, pj), &j)| {
+            admitted.iter().any(|(&qv, &pv)| {
+                if qv == qj {
+                    pv < pj
+                } else {
+                    let borrowing = (0..self.s.quota.flavors() as u32)
+                        .any(|f| self.s.quota.is_borrowing(qv, f));
+                    borrowing && (pv < pj || self.reclaims(j))
+                }
+            })
+        })
+    }
+
     fn set_reason(&mut self, job: u32, reason: Option<Reason>, eta: Option<Time>) {
         let j = &mut self.s.jobs[job as usize];
         j.eta = eta;
@@ -462,6 +517,7 @@ impl<'a> Cycle<'a> {
         }
         self.s.mark_running(job, true);
         self.s.sync_pending(job);
+        self.admitted.insert(job);
         self.plan.stats.admitted += 1;
         self.plan.stats.tasks_placed += tasks.len() as u64;
         self.plan.binds.push(Bind {

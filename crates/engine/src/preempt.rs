@@ -159,6 +159,11 @@ impl Cycle<'_> {
                 if v == job {
                     continue;
                 }
+                if self.admitted.contains(&v) {
+                    // Not now: look again next cycle, when it is an ordinary candidate.
+                    self.retry_next = true;
+                    continue;
+                }
                 let vj = &self.s.jobs[v as usize];
                 if !vj.preemptible || vj.tasks.is_empty() {
                     continue;

@@ -746,3 +746,32 @@ fn reclaim_waits_when_the_job_would_start_soon_anyway() {
         h.snap.audit().expect("audit");
     }
 }
+
+#[test]
+fn a_job_started_in_a_cycle_is_not_evicted_in_the_same_cycle() {
+    // team-a (no quota) borrows the whole node first (equal shares, lower id); team-b's job is
+    // within its nominal quota and could reclaim — but not from a job this very plan starts.
+    let q = QueueBuilder::new()
+        .cohort("root")
+        .queue("team-a", "root", "h100-80gb", 0)
+        .queue("team-b", "root", "h100-80gb", 8)
+        .build();
+    let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &q);
+    h.submit(job("borrower").gpus(8));
+    h.submit(JobBuilder::new("owner").queue("team-b").gpus(8));
+    let first = h.cycle();
+    let started: Vec<&str> = first.binds.iter().map(|b| h.snap.job_name(b.job)).collect();
+    assert!(
+        first.preemptions.is_empty(),
+        "started {started:?}, evicted {:?}",
+        first.preemptions
+    );
+    if started == ["borrower"] {
+        // The next cycle reclaims (no expected runtimes, so no reason to wait).
+        h.advance(1);
+        let second = h.cycle();
+        assert_eq!(second.preemptions.len(), 1);
+        assert!(h.running("owner"));
+    }
+    h.snap.audit().expect("audit");
+}
