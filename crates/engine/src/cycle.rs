@@ -59,7 +59,7 @@ pub(crate) struct Cycle<'a> {
     /// start a job and evict it at once.
     pub admitted: HashSet<u32>,
     /// A victim search was cut short (same-cycle admissions, or the attempt budget): the next
-    /// cycle must look at every pending job, not only new arrivals.
+    /// cycle must look at the jobs that failed again, even if it is incremental.
     pub retry_next: bool,
     /// Jobs that failed this cycle, one per (queue, priority), for the end-of-cycle check
     /// whether one of them could preempt a job admitted in this cycle.
@@ -169,11 +169,27 @@ impl<'a> Cycle<'a> {
         self.update_history();
         let freed = std::mem::take(&mut self.s.freed);
         let fresh = std::mem::take(&mut self.s.fresh);
-        let incremental = !freed && self.s.last_cycle_complete && !self.p.head_of_line_blocking;
+        // A reservation whose start has passed (its blockers overran their expected runtime)
+        // would hold its devices against everyone: recompute everything instead.
+        let stale_reservation = self
+            .s
+            .reservations
+            .devices
+            .values()
+            .any(|&(start, _)| start <= self.now);
+        let incremental = !freed
+            && !stale_reservation
+            && self.s.last_cycle_complete
+            && !self.p.head_of_line_blocking;
         self.plan.stats.incremental = incremental;
         if incremental {
-            // Reservations stay as they were: nothing they depend on has been freed.
+            // Reservations stay as they were: nothing they depend on has been freed. Their
+            // queues keep their one reservation each, so an incremental cycle cannot pile more on.
             self.reservations = std::mem::take(&mut self.s.reservations);
+            for &(_, holder) in self.reservations.devices.values() {
+                self.reserved_queues
+                    .insert(self.s.jobs[holder as usize].queue);
+            }
         }
         self.s.blocked_head = None;
         if self.p.preemption {
@@ -244,7 +260,12 @@ impl<'a> Cycle<'a> {
         }
         self.s.last_cycle_complete = complete;
         if self.retry_next || (self.p.preemption && self.failed_could_preempt_admitted()) {
-            self.s.freed = true;
+            // Hand the first failed job of each (queue, priority) to the next cycle as if it
+            // had just arrived: an incremental cycle then retries the victim search for them
+            // without re-examining every pending job.
+            let mut again: Vec<u32> = self.failed.values().copied().collect();
+            again.sort_unstable();
+            self.s.fresh.extend(again);
         }
         self.s.reservations = std::mem::take(&mut self.reservations);
         let mut res: Vec<_> = self.s.reservations.by_job().into_iter().collect();
@@ -452,7 +473,7 @@ impl<'a> Cycle<'a> {
 
     /// Jobs admitted this cycle were not victims in it. If a job that failed could preempt one
     /// of them (same queue and lower priority, or a borrowing queue it may reclaim from or
-    /// outranks), the next cycle must look at every pending job again.
+    /// outranks), the next cycle must look at the failed jobs again.
     fn failed_could_preempt_admitted(&self) -> bool {
         let mut admitted: HashMap<u32, i32> = HashMap::new();
         for &j in &self.admitted {
