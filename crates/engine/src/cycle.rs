@@ -19,7 +19,7 @@ use std::ops::Bound;
 use priority_queue::PriorityQueue;
 
 use crate::explain::Reason;
-use crate::place::{Placer, Reservations, Tx};
+use crate::place::{Reservations, Tx};
 use crate::plan::{Bind, Plan};
 use crate::profile::{Ordering, Profile};
 use crate::snapshot::{JobId, JobPhase, PendingKey, Snapshot, Time, NONE};
@@ -389,16 +389,7 @@ impl<'a> Cycle<'a> {
             }
         }
         let mut tx = Tx::default();
-        let result = {
-            let mut placer = Placer {
-                s: self.s,
-                packing: self.p.packing,
-                reservations: &self.reservations,
-                now: self.now,
-                end_override: None,
-            };
-            placer.place_job(job, &mut tx)
-        };
+        let result = self.place(job, &mut tx);
         match result {
             Ok(_) => {
                 self.commit(job, tx);

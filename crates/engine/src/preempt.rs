@@ -70,7 +70,8 @@ impl Cycle<'_> {
         })
     }
 
-    fn place(&mut self, job: u32, tx: &mut Tx) -> Result<u32, Reason> {
+    /// Stage `job`'s placement in `tx` with this cycle's reservations.
+    pub(crate) fn place(&mut self, job: u32, tx: &mut Tx) -> Result<u32, Reason> {
         let mut placer = Placer {
             s: self.s,
             packing: self.p.packing,

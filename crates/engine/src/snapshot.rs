@@ -742,22 +742,34 @@ impl Snapshot {
         }
     }
 
+    /// Model flavors, by name, that have whole-capable devices (`mig == false`) or MIG-enabled
+    /// devices (`mig == true`): what "any model" means in a job.
+    fn models_with(&self, mig: bool) -> Vec<FlavorId> {
+        let mut all: Vec<(&str, FlavorId)> = self
+            .flavors
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| {
+                let m = &self.models[*i];
+                f.kind == FlavorKind::Model
+                    && if mig {
+                        !m.mig_devices.is_empty()
+                    } else {
+                        !m.holders.is_empty()
+                    }
+            })
+            .map(|(i, f)| (&*f.name, FlavorId(i as u32)))
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, f)| f).collect()
+    }
+
     /// Intern a job's demand.
     fn compile_demand(&mut self, d: &Demand) -> Result<u32, EngineError> {
-        let models = |s: &mut Snapshot, names: &[String]| -> Box<[FlavorId]> {
+        // Allowed models as flavors; none listed means any model that has devices of the kind.
+        let models = |s: &mut Snapshot, names: &[String], mig: bool| -> Box<[FlavorId]> {
             if names.is_empty() {
-                // Any model: every model flavor that has whole-capable devices, by name.
-                let mut all: Vec<(Box<str>, FlavorId)> = s
-                    .flavors
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, f)| {
-                        f.kind == FlavorKind::Model && !s.models[*i].holders.is_empty()
-                    })
-                    .map(|(i, f)| (f.name.clone(), FlavorId(i as u32)))
-                    .collect();
-                all.sort();
-                all.into_iter().map(|(_, f)| f).collect()
+                s.models_with(mig).into()
             } else {
                 names.iter().map(|n| s.intern_model(n)).collect()
             }
@@ -766,28 +778,14 @@ impl Snapshot {
             GpuDemand::None => GpuNeed::None,
             GpuDemand::Whole { count, models: m } => GpuNeed::Whole {
                 count: *count,
-                models: models(self, m),
+                models: models(self, m, false),
             },
             GpuDemand::Shared { milli, models: m } => GpuNeed::Shared {
                 milli: (*milli).min(999) as u16,
-                models: models(self, m),
+                models: models(self, m, false),
             },
             GpuDemand::Mig { profile, models: m } => {
-                let candidates: Vec<FlavorId> = if m.is_empty() {
-                    let mut v: Vec<(Box<str>, FlavorId)> = self
-                        .flavors
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, f)| {
-                            f.kind == FlavorKind::Model && !self.models[*i].mig_devices.is_empty()
-                        })
-                        .map(|(i, f)| (f.name.clone(), FlavorId(i as u32)))
-                        .collect();
-                    v.sort();
-                    v.into_iter().map(|(_, f)| f).collect()
-                } else {
-                    m.iter().map(|n| self.intern_model(n)).collect()
-                };
+                let candidates = models(self, m, true);
                 let mut options = Vec::new();
                 for model in candidates {
                     let name = gantry_model::mig_flavor(&self.flavors[model.idx()].name, profile);
