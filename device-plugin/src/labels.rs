@@ -1,5 +1,6 @@
 //! Node labels in the spirit of NVIDIA's GPU feature discovery, as a pure function of the
-//! inventory and the MIG strategy. Applying them to a Kubernetes Node comes with Kubernetes mode.
+//! inventory and the MIG strategy. `--publish kube` applies them to the node's Kubernetes Node
+//! (see `kube_publish`).
 //!
 //! | label | value |
 //! |---|---|

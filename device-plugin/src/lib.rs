@@ -36,6 +36,8 @@ pub mod health;
 pub mod inventory;
 #[cfg(feature = "kube")]
 pub mod kube_handoff;
+#[cfg(feature = "kube")]
+pub mod kube_publish;
 pub mod kubelet;
 pub mod labels;
 pub mod nvml;

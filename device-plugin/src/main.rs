@@ -147,8 +147,9 @@ struct RunArgs {
     /// What Allocate does when the kubelet's devices differ from a pending hand-off.
     #[arg(long, value_enum, default_value_t = MismatchPolicy::Reject)]
     handoff_mismatch: MismatchPolicy,
-    /// Publish the inventory on every change: `stdout` or a file path.
-    #[arg(long, value_name = "stdout|FILE")]
+    /// Publish the inventory on every change: `stdout`, `kube` (annotation `gantry.dev/inventory`
+    /// and GPU labels on this node's Kubernetes Node; needs the `kube` feature) or a file path.
+    #[arg(long, value_name = "stdout|kube|FILE")]
     publish: Option<String>,
     /// Format of published inventories.
     #[arg(long, value_enum, default_value_t = Format::Json)]
@@ -247,6 +248,34 @@ fn kube_handoff(rt: &tokio::runtime::Runtime, node: String) -> Result<Arc<dyn Ha
     Ok(Arc::new(
         gantry_device_plugin::kube_handoff::KubeHandoff::new(client, node, Duration::from_secs(5)),
     ))
+}
+
+#[cfg(feature = "kube")]
+fn kube_publisher(
+    rt: &tokio::runtime::Runtime,
+    node: String,
+    strategy: MigStrategy,
+) -> Result<Arc<dyn Publisher>> {
+    let client = rt
+        .block_on(kube::Client::try_default())
+        .context("connect to the Kubernetes API for --publish kube")?;
+    Ok(Arc::new(
+        gantry_device_plugin::kube_publish::KubeNodePublisher::new(
+            client,
+            node,
+            strategy,
+            Duration::from_secs(5),
+        ),
+    ))
+}
+
+#[cfg(not(feature = "kube"))]
+fn kube_publisher(
+    _: &tokio::runtime::Runtime,
+    _: String,
+    _: MigStrategy,
+) -> Result<Arc<dyn Publisher>> {
+    anyhow::bail!("--publish kube needs a build with `--features kube`")
 }
 
 #[cfg(not(feature = "kube"))]
@@ -359,6 +388,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some("stdout") | Some("-") => Some(Arc::new(StdoutPublisher {
                     format: args.publish_format,
                 })),
+                Some("kube") => Some(kube_publisher(&rt, node_name(&cli), args.mig_strategy)?),
                 Some(path) => Some(Arc::new(FilePublisher {
                     path: PathBuf::from(path),
                     format: args.publish_format,

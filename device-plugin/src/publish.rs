@@ -1,9 +1,11 @@
 //! Publishing the node's exact inventory for the scheduler.
 //!
 //! A [`Publisher`] receives the node as a [`gantry_model::Node`] whenever it changes (devices,
-//! health, MIG layout). The standalone node agent (gantry gRPC API) and Kubernetes mode (a
-//! node-scoped resource or annotation) implement it in their issues; here are the trait and the
-//! stdout and file publishers. [`run_publisher`] drives one from the node state.
+//! health, MIG layout). Here are the trait and the stdout and file publishers; with feature
+//! `kube`, `kube_publish::KubeNodePublisher` writes the inventory to the Kubernetes Node (an
+//! annotation the scheduler reads, plus GPU-feature-discovery labels). The standalone node agent
+//! (gantry gRPC API) implements the trait in its own crate. [`run_publisher`] drives one from the
+//! node state.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use gantry_model::Node;
 use tokio::sync::watch;
 
+use crate::inventory::NodeInventory;
 use crate::resources::Snapshot;
 use crate::PluginError;
 
@@ -47,6 +50,16 @@ pub trait Publisher: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`PluginError::Publish`]; the caller logs it and publishes again on the next change.
     fn publish(&self, node: &Node) -> Result<(), PluginError>;
+
+    /// Publish with the raw inventory at hand too (for publishers that derive more from it,
+    /// such as node labels). Defaults to [`Publisher::publish`].
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    fn publish_inventory(&self, inventory: &NodeInventory, node: &Node) -> Result<(), PluginError> {
+        let _ = inventory;
+        self.publish(node)
+    }
 }
 
 /// Writes each inventory to standard output.
@@ -106,11 +119,12 @@ pub async fn run_publisher(
 ) {
     let mut last: Option<Node> = None;
     loop {
-        let node = state.borrow_and_update().inventory.to_model_node();
+        let inventory = state.borrow_and_update().inventory.clone();
+        let node = inventory.to_model_node();
         if last.as_ref() != Some(&node) {
             let p = publisher.clone();
             let n = node.clone();
-            match tokio::task::spawn_blocking(move || p.publish(&n)).await {
+            match tokio::task::spawn_blocking(move || p.publish_inventory(&inventory, &n)).await {
                 Ok(Ok(())) => last = Some(node),
                 Ok(Err(e)) => tracing::warn!(error = %e, "publish failed"),
                 Err(e) => tracing::error!(error = %e, "publisher panicked"),

@@ -8,6 +8,7 @@ mod output;
 mod plan;
 mod remote;
 mod serve;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +50,9 @@ enum Command {
     Cancel(remote::JobArgs),
     /// List nodes.
     Nodes(remote::NodesArgs),
+    /// Replay a trace (openb, Philly) or a scenario through the engine under one or more
+    /// policies; print a summary and write a report with plots.
+    Sim(sim::SimArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -76,6 +80,7 @@ fn main() -> std::process::ExitCode {
         Command::Explain(args) => remote::explain(args),
         Command::Cancel(args) => remote::cancel(args),
         Command::Nodes(args) => remote::nodes(args),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

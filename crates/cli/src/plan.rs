@@ -132,13 +132,17 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         if x.position.is_none() {
             continue;
         }
+        // The backfill reservation's start, else the engine replayed forward on a copy.
+        let estimate = x
+            .estimated_start
+            .or_else(|| snap.estimate_start(id, &profile, now, 1_000));
         pending.push(PendingOut {
             job: x.job,
             queue: x.queue,
             position: x.position,
             reason_label: x.reason_label,
             reason: x.reason,
-            estimated_start: x.estimated_start.map(fmt_time),
+            estimated_start: estimate.map(fmt_time),
         });
     }
     let totals = snap.gpu_totals();

@@ -18,6 +18,8 @@ const MAX_RELEASES: usize = 4096;
 impl Cycle<'_> {
     /// Compute and record a reservation for `job`; returns its expected start.
     pub(crate) fn reserve(&mut self, job: u32) -> Option<Time> {
+        // A job holds at most one reservation: recompute, never add a second.
+        self.reservations.remove_job(self.s, job);
         // Flavors the job could use (models for whole/shared; the model of MIG options).
         let mut models: Vec<u32> = Vec::new();
         let mut whole_needed: u64 = 0;

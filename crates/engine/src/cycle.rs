@@ -19,7 +19,7 @@ use std::ops::Bound;
 use priority_queue::PriorityQueue;
 
 use crate::explain::Reason;
-use crate::place::{Placer, Reservations, Tx};
+use crate::place::{Reservations, Tx};
 use crate::plan::{Bind, Plan};
 use crate::profile::{Ordering, Profile};
 use crate::snapshot::{JobId, JobPhase, PendingKey, Snapshot, Time, NONE};
@@ -55,6 +55,15 @@ pub(crate) struct Cycle<'a> {
     memo: HashMap<(u32, u32), (Time, i32, Reason)>,
     reserved_queues: HashSet<u32>,
     pub preempt_attempts: u32,
+    /// Jobs this cycle admitted (or grew): never victims in the same cycle — a plan must not
+    /// start a job and evict it at once.
+    pub admitted: HashSet<u32>,
+    /// A victim search was cut short (same-cycle admissions, or the attempt budget): the next
+    /// cycle must look at the jobs that failed again, even if it is incremental.
+    pub retry_next: bool,
+    /// Jobs that failed this cycle, one per (queue, priority), for the end-of-cycle check
+    /// whether one of them could preempt a job admitted in this cycle.
+    failed: HashMap<(u32, i32), u32>,
     /// Lowest priority among preemptible running jobs at the start of the cycle: a job at or
     /// below it can only preempt by reclaiming quota, which rules most searches out in O(1).
     pub lowest_victim_priority: Option<i32>,
@@ -74,6 +83,9 @@ impl<'a> Cycle<'a> {
             memo: HashMap::new(),
             reserved_queues: HashSet::new(),
             preempt_attempts: 0,
+            admitted: HashSet::new(),
+            retry_next: false,
+            failed: HashMap::new(),
             lowest_victim_priority: None,
         }
     }
@@ -157,23 +169,31 @@ impl<'a> Cycle<'a> {
         self.update_history();
         let freed = std::mem::take(&mut self.s.freed);
         let fresh = std::mem::take(&mut self.s.fresh);
-        let incremental = !freed && self.s.last_cycle_complete && !self.p.head_of_line_blocking;
+        // A reservation whose start has passed (its blockers overran their expected runtime)
+        // would hold its devices against everyone: recompute everything instead.
+        let stale_reservation = self
+            .s
+            .reservations
+            .devices
+            .values()
+            .any(|&(start, _)| start <= self.now);
+        let incremental = !freed
+            && !stale_reservation
+            && self.s.last_cycle_complete
+            && !self.p.head_of_line_blocking;
         self.plan.stats.incremental = incremental;
         if incremental {
-            // Reservations stay as they were: nothing they depend on has been freed.
+            // Reservations stay as they were: nothing they depend on has been freed. Their
+            // queues keep their one reservation each, so an incremental cycle cannot pile more on.
             self.reservations = std::mem::take(&mut self.s.reservations);
+            for &(_, holder) in self.reservations.devices.values() {
+                self.reserved_queues
+                    .insert(self.s.jobs[holder as usize].queue);
+            }
         }
         self.s.blocked_head = None;
         if self.p.preemption {
-            self.lowest_victim_priority = self
-                .s
-                .queues
-                .iter()
-                .flat_map(|q| q.running.iter())
-                .map(|&j| &self.s.jobs[j as usize])
-                .filter(|j| j.preemptible)
-                .map(|j| j.priority)
-                .min();
+            self.lowest_victim_priority = self.s.victim_priorities.keys().next().copied();
         }
         let nq = self.s.quota.len();
         let mut sources: Vec<Source> = Vec::with_capacity(nq);
@@ -239,6 +259,14 @@ impl<'a> Cycle<'a> {
             }
         }
         self.s.last_cycle_complete = complete;
+        if self.retry_next || (self.p.preemption && self.failed_could_preempt_admitted()) {
+            // Hand the first failed job of each (queue, priority) to the next cycle as if it
+            // had just arrived: an incremental cycle then retries the victim search for them
+            // without re-examining every pending job.
+            let mut again: Vec<u32> = self.failed.values().copied().collect();
+            again.sort_unstable();
+            self.s.fresh.extend(again);
+        }
         self.s.reservations = std::mem::take(&mut self.reservations);
         let mut res: Vec<_> = self.s.reservations.by_job().into_iter().collect();
         res.sort_by_key(|r| r.job);
@@ -361,38 +389,60 @@ impl<'a> Cycle<'a> {
             }
         }
         let mut tx = Tx::default();
-        let result = {
-            let mut placer = Placer {
-                s: self.s,
-                packing: self.p.packing,
-                reservations: &self.reservations,
-                now: self.now,
-                end_override: None,
-            };
-            placer.place_job(job, &mut tx)
-        };
+        let result = self.place(job, &mut tx);
         match result {
             Ok(_) => {
                 self.commit(job, tx);
                 true
             }
             Err(reason) => {
-                if self.p.preemption
-                    && self.preempt_attempts < self.p.max_preemption_attempts
-                    && self.try_preempt(job, &reason)
-                {
-                    return true;
-                }
-                let mut eta = None;
                 let capacity_miss = !matches!(
                     reason,
                     Reason::Quota { .. } | Reason::Reservation { .. } | Reason::NoFlavor
                 );
-                if self.p.backfill
-                    && capacity_miss
+                let reservation_free = self.p.backfill
                     && !self.reserved_queues.contains(&queue)
-                    && (self.reserved_queues.len() as u32) < self.p.max_reservations
+                    && (self.reserved_queues.len() as u32) < self.p.max_reservations;
+                let can_reserve = reservation_free && capacity_miss;
+                let mut eta = None;
+                let mut reserved = false;
+                if self.p.preemption {
+                    self.failed.entry((queue, priority)).or_insert(job);
+                }
+                if self.p.preemption
+                    && self.preempt_attempts >= self.p.max_preemption_attempts
+                    && self.lowest_victim_priority.is_some()
                 {
+                    self.retry_next = true;
+                }
+                if self.p.preemption && self.preempt_attempts < self.p.max_preemption_attempts {
+                    // Reclaim patience: if the job starts soon anyway, wait rather than evict.
+                    // A reclaim is usually blocked by quota (others borrowed the pool), so
+                    // quota misses count here too: ending jobs free quota as well as GPUs.
+                    let patient = self.p.reclaim_patience_ms > 0
+                        && reservation_free
+                        && (capacity_miss || matches!(reason, Reason::Quota { .. }))
+                        && self.reclaims(job);
+                    if patient {
+                        self.reserved_queues.insert(queue);
+                        eta = self.reserve(job);
+                        reserved = true;
+                    }
+                    let horizon = self.now.saturating_add(self.p.reclaim_patience_ms);
+                    let wait = patient && eta.is_some_and(|t| t <= horizon);
+                    if patient && !wait && !capacity_miss {
+                        // Not soon: a quota-blocked job holds no reservation (as without patience).
+                        self.reservations.remove_job(self.s, job);
+                        self.reserved_queues.remove(&queue);
+                        eta = None;
+                        reserved = false;
+                    }
+                    if !wait && self.try_preempt(job, &reason) {
+                        self.reservations.remove_job(self.s, job);
+                        return true;
+                    }
+                }
+                if can_reserve && !reserved {
                     self.reserved_queues.insert(queue);
                     eta = self.reserve(job);
                 }
@@ -410,6 +460,37 @@ impl<'a> Cycle<'a> {
                 false
             }
         }
+    }
+
+    /// Jobs admitted this cycle were not victims in it. If a job that failed could preempt one
+    /// of them (same queue and lower priority, or a borrowing queue it may reclaim from or
+    /// outranks), the next cycle must look at the failed jobs again.
+    fn failed_could_preempt_admitted(&self) -> bool {
+        let mut admitted: HashMap<u32, i32> = HashMap::new();
+        for &j in &self.admitted {
+            let job = &self.s.jobs[j as usize];
+            if job.preemptible && !job.tasks.is_empty() {
+                let e = admitted.entry(job.queue).or_insert(job.priority);
+                *e = (*e).min(job.priority);
+            }
+        }
+        if admitted.is_empty() || self.failed.is_empty() {
+            return false;
+        }
+        if admitted.len() * self.failed.len() > 100_000 {
+            return true; // too many to check cheaply: be safe
+        }
+        self.failed.iter().any(|(&(qj, pj), &j)| {
+            admitted.iter().any(|(&qv, &pv)| {
+                if qv == qj {
+                    pv < pj
+                } else {
+                    let borrowing = (0..self.s.quota.flavors() as u32)
+                        .any(|f| self.s.quota.is_borrowing(qv, f));
+                    borrowing && (pv < pj || self.reclaims(j))
+                }
+            })
+        })
     }
 
     fn set_reason(&mut self, job: u32, reason: Option<Reason>, eta: Option<Time>) {
@@ -446,9 +527,9 @@ impl<'a> Cycle<'a> {
             j.reason = None;
             j.eta = None;
         }
-        let q = self.s.jobs[job as usize].queue as usize;
-        self.s.queues[q].running.insert(job);
+        self.s.mark_running(job, true);
         self.s.sync_pending(job);
+        self.admitted.insert(job);
         self.plan.stats.admitted += 1;
         self.plan.stats.tasks_placed += tasks.len() as u64;
         self.plan.binds.push(Bind {

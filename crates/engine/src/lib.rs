@@ -53,6 +53,7 @@
 mod audit;
 mod backfill;
 mod cycle;
+mod estimate;
 pub mod explain;
 mod place;
 pub mod plan;

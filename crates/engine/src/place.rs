@@ -107,6 +107,16 @@ impl Reservations {
         self.devices.is_empty()
     }
 
+    /// Drop a job's reservation (it started after all).
+    pub fn remove_job(&mut self, s: &Snapshot, job: u32) {
+        self.devices.retain(|_, &mut (_, holder)| holder != job);
+        self.nodes.clear();
+        for &dev in self.devices.keys() {
+            let d = &s.devices[dev as usize];
+            *self.nodes.entry(d.node).or_default() |= 1 << d.local;
+        }
+    }
+
     /// The reservations grouped per job, for the plan.
     pub fn by_job(&self) -> Vec<crate::plan::Reservation> {
         let mut per: HashMap<u32, (Time, Vec<DeviceId>)> = HashMap::new();
@@ -135,6 +145,14 @@ impl Reservations {
         }
         *self.nodes.entry(d.node).or_default() |= 1 << d.local;
     }
+}
+
+/// How one task of a group is placed, per allowed flavor.
+enum How {
+    Whole(u32),
+    Shared(u16),
+    Mig(FlavorId, u8),
+    Cpu,
 }
 
 /// A MIG candidate: (sort key, device, start).
@@ -629,6 +647,42 @@ impl Placer<'_> {
         (0..b.len()).rev().find(|&c| !b[c].is_empty()).unwrap_or(0) as u32
     }
 
+    /// Stage up to `n` tasks of `group` on `flavor`, one at a time; returns how many fit.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_tasks(
+        &mut self,
+        job: u32,
+        group: u16,
+        flavor: FlavorId,
+        how: &How,
+        n: u32,
+        scope: &Scope,
+        tx: &mut Tx,
+        staged_nodes: &mut Vec<u32>,
+        miss: &mut Miss,
+    ) -> u32 {
+        let mut placed = 0;
+        while placed < n {
+            let t = match how {
+                How::Whole(k) => {
+                    self.place_whole(job, group, *k, flavor, scope, staged_nodes, miss)
+                }
+                How::Shared(m) => {
+                    self.place_shared(job, group, *m, flavor, scope, staged_nodes, miss)
+                }
+                How::Mig(model, p) => {
+                    self.place_mig(job, group, flavor, *model, *p, scope, staged_nodes, miss)
+                }
+                How::Cpu => self.place_cpu_only(job, group, scope, staged_nodes, miss),
+            };
+            let Some(t) = t else { break };
+            staged_nodes.push(t.node.0);
+            tx.apply(self.s, job, t);
+            placed += 1;
+        }
+        placed
+    }
+
     /// Place up to `want` tasks of one group inside `scope`, all on one flavor: the first allowed
     /// flavor (in the job's order) that takes all of them, else the one that took the most.
     /// Returns how many were placed.
@@ -643,13 +697,6 @@ impl Placer<'_> {
     ) -> (u32, Option<Reason>) {
         let demand = self.s.demands[self.job(job).groups[group as usize].demand as usize].clone();
         let q = self.job(job).queue;
-        // (flavor to charge, per-task amount, how to place)
-        enum How {
-            Whole(u32),
-            Shared(u16),
-            Mig(FlavorId, u8),
-            Cpu,
-        }
         let options: Vec<(FlavorId, u64, How)> = match &demand.gpu {
             GpuNeed::None => vec![(FlavorId(NONE), 0, How::Cpu)],
             GpuNeed::Whole { count, models } => models
@@ -679,33 +726,18 @@ impl Placer<'_> {
                 let avail = self.s.quota.available(q, flavor.0);
                 (avail / amount).min(want as u64) as u32
             };
-            let mut placed = 0;
             let mut miss = Miss::default();
-            while placed < by_quota {
-                let t = match how {
-                    How::Whole(k) => {
-                        self.place_whole(job, group, *k, *flavor, scope, staged_nodes, &mut miss)
-                    }
-                    How::Shared(m) => {
-                        self.place_shared(job, group, *m, *flavor, scope, staged_nodes, &mut miss)
-                    }
-                    How::Mig(model, p) => self.place_mig(
-                        job,
-                        group,
-                        *flavor,
-                        *model,
-                        *p,
-                        scope,
-                        staged_nodes,
-                        &mut miss,
-                    ),
-                    How::Cpu => self.place_cpu_only(job, group, scope, staged_nodes, &mut miss),
-                };
-                let Some(t) = t else { break };
-                staged_nodes.push(t.node.0);
-                tx.apply(self.s, job, t);
-                placed += 1;
-            }
+            let placed = self.stage_tasks(
+                job,
+                group,
+                *flavor,
+                how,
+                by_quota,
+                scope,
+                tx,
+                staged_nodes,
+                &mut miss,
+            );
             if placed == want {
                 return (placed, None);
             }
@@ -771,32 +803,17 @@ impl Placer<'_> {
         };
         let (flavor, _, how) = &options[oi];
         let mut miss = Miss::default();
-        let mut placed = 0;
-        while placed < n {
-            let t = match how {
-                How::Whole(k) => {
-                    self.place_whole(job, group, *k, *flavor, scope, staged_nodes, &mut miss)
-                }
-                How::Shared(m) => {
-                    self.place_shared(job, group, *m, *flavor, scope, staged_nodes, &mut miss)
-                }
-                How::Mig(model, p) => self.place_mig(
-                    job,
-                    group,
-                    *flavor,
-                    *model,
-                    *p,
-                    scope,
-                    staged_nodes,
-                    &mut miss,
-                ),
-                How::Cpu => self.place_cpu_only(job, group, scope, staged_nodes, &mut miss),
-            };
-            let Some(t) = t else { break };
-            staged_nodes.push(t.node.0);
-            tx.apply(self.s, job, t);
-            placed += 1;
-        }
+        let placed = self.stage_tasks(
+            job,
+            group,
+            *flavor,
+            how,
+            n,
+            scope,
+            tx,
+            staged_nodes,
+            &mut miss,
+        );
         (placed, first_reason)
     }
 

@@ -9,8 +9,14 @@
 //!   `V` below its nominal quota (a queue is never pushed below nominal so another can borrow).
 //!
 //! The search is greedy then minimal: candidates in order (lowest priority, then most recently
-//! started, so the least work is lost) are evicted in a statement until `J` fits; then each chosen
-//! victim, most important first, is given a reprieve if `J` still fits without evicting it.
+//! started, so the least work is lost) are
+//! evicted in a statement until `J` fits; then each chosen victim, most important first, is given
+//! a reprieve if `J` still fits without evicting it.
+//!
+//! Reclaim patience (`Profile::reclaim_patience_ms`): before a reclaim, the cycle computes when
+//! the job would start anyway from expected runtimes; if that is soon enough it gets a
+//! reservation and waits. Without this, a queue that keeps a large borrowing job running sees it
+//! evicted again and again for small jobs that would have started minutes later.
 
 use crate::cycle::Cycle;
 use crate::explain::Reason;
@@ -19,7 +25,7 @@ use crate::plan::{PreemptCause, Preemption};
 use crate::snapshot::{FlavorId, GpuNeed, JobId, NONE};
 
 /// Most candidates a victim search looks at.
-const MAX_CANDIDATES: usize = 256;
+const MAX_CANDIDATES: usize = 64;
 
 impl Cycle<'_> {
     /// Flavors job `j` can be charged to, and its per-flavor amount if it ran whole.
@@ -49,6 +55,13 @@ impl Cycle<'_> {
         out
     }
 
+    /// Whether admitting `job` would be reclaim (its queue stays within nominal quota).
+    pub(crate) fn reclaims(&self, job: u32) -> bool {
+        let q = self.s.jobs[job as usize].queue;
+        let wanted = self.wanted_flavors(job);
+        !wanted.is_empty() && self.within_nominal(q, &wanted)
+    }
+
     /// Whether queue `q` stays within nominal quota for every wanted flavor after admitting.
     fn within_nominal(&self, q: u32, wanted: &[(FlavorId, u64)]) -> bool {
         wanted.iter().take(1).all(|&(f, amt)| {
@@ -57,7 +70,8 @@ impl Cycle<'_> {
         })
     }
 
-    fn place(&mut self, job: u32, tx: &mut Tx) -> Result<u32, Reason> {
+    /// Stage `job`'s placement in `tx` with this cycle's reservations.
+    pub(crate) fn place(&mut self, job: u32, tx: &mut Tx) -> Result<u32, Reason> {
         let mut placer = Placer {
             s: self.s,
             packing: self.p.packing,
@@ -81,6 +95,47 @@ impl Cycle<'_> {
         ok
     }
 
+    /// A necessary condition, checked in O(nodes + candidates) before the costly greedy search:
+    /// some node, with everything the candidates hold there freed, has the cpu, memory and
+    /// whole GPUs of the job's largest task.
+    fn some_node_could_fit(
+        &self,
+        job: u32,
+        candidates: &[(i32, std::cmp::Reverse<u64>, std::cmp::Reverse<u32>)],
+    ) -> bool {
+        let j = &self.s.jobs[job as usize];
+        let (mut cpu, mut mem, mut gpus) = (0u32, 0u64, 0u32);
+        for g in j.groups.iter().filter(|g| g.running < g.count) {
+            let d = &self.s.demands[g.demand as usize];
+            cpu = cpu.max(d.cpu);
+            mem = mem.max(d.mem);
+            if let GpuNeed::Whole { count, .. } = d.gpu {
+                gpus = gpus.max(count);
+            }
+        }
+        let mut freed: std::collections::HashMap<u32, (u64, u64, u32)> =
+            std::collections::HashMap::new();
+        for &(_, _, std::cmp::Reverse(v)) in candidates {
+            for t in &self.s.jobs[v as usize].tasks {
+                let e = freed.entry(t.node.0).or_default();
+                e.0 += t.cpu_milli as u64;
+                e.1 += t.memory_mib;
+                if let crate::snapshot::GpuAlloc::Whole(ds) = &t.gpu {
+                    e.2 += ds.len() as u32;
+                }
+            }
+        }
+        self.s.nodes.iter().enumerate().any(|(n, node)| {
+            if !node.ready {
+                return false;
+            }
+            let (fc, fm, fg) = freed.get(&(n as u32)).copied().unwrap_or_default();
+            node.cpu_free() as u64 + fc >= cpu as u64
+                && node.mem_free() + fm >= mem
+                && node.free_mask.count_ones() + fg >= gpus
+        })
+    }
+
     /// Try to admit `job` by evicting others. Returns whether it was admitted.
     pub(crate) fn try_preempt(&mut self, job: u32, reason: &Reason) -> bool {
         if matches!(reason, Reason::NoFlavor | Reason::Spread { .. }) {
@@ -99,11 +154,15 @@ impl Cycle<'_> {
             return false;
         }
         let relevant = |f: FlavorId| wanted.is_empty() || wanted.iter().any(|&(w, _)| w == f);
-        let mut candidates: Vec<(i32, std::cmp::Reverse<u64>, std::cmp::Reverse<u32>, u32)> =
-            Vec::new();
+        let mut candidates: Vec<(i32, std::cmp::Reverse<u64>, std::cmp::Reverse<u32>)> = Vec::new();
         for vq in 0..self.s.queues.len() as u32 {
             for &v in &self.s.queues[vq as usize].running {
                 if v == job {
+                    continue;
+                }
+                if self.admitted.contains(&v) {
+                    // Not now: look again next cycle, when it is an ordinary candidate.
+                    self.retry_next = true;
                     continue;
                 }
                 let vj = &self.s.jobs[v as usize];
@@ -127,11 +186,13 @@ impl Cycle<'_> {
                     borrowing && (reclaim || vj.priority < prio)
                 };
                 if ok {
+                    // Lowest priority first, then the most recently started (the least work
+                    // lost: on the Philly trace, preferring small victims instead restarted
+                    // long-running jobs and made mean JCT ten times worse).
                     candidates.push((
                         vj.priority,
                         std::cmp::Reverse(vj.start.unwrap_or(0)),
                         std::cmp::Reverse(v),
-                        v,
                     ));
                 }
             }
@@ -143,12 +204,15 @@ impl Cycle<'_> {
         self.plan.stats.preemption_attempts += 1;
         candidates.sort_unstable();
         candidates.truncate(MAX_CANDIDATES);
+        if !self.some_node_could_fit(job, &candidates) {
+            return false;
+        }
 
         // Greedy: evict in order until the job fits.
         let mut tx = Tx::default();
         let mut chosen: Vec<u32> = Vec::new();
         let mut fits = false;
-        for &(_, _, _, v) in &candidates {
+        for &(_, _, std::cmp::Reverse(v)) in &candidates {
             let vq = self.s.jobs[v as usize].queue;
             let mark = tx.mark();
             for t in self.s.jobs[v as usize].tasks.clone() {

@@ -56,6 +56,11 @@ pub struct Profile {
     pub preemption: bool,
     /// Most jobs per cycle for which a victim search is attempted.
     pub max_preemption_attempts: u32,
+    /// Reclaim patience: a job that could reclaim borrowed quota first looks (with expected
+    /// runtimes) at when it would start anyway; if that is within this many ms it waits, with a
+    /// reservation, instead of evicting work. 0 reclaims at once. Priority preemption never waits.
+    #[serde(default)]
+    pub reclaim_patience_ms: u64,
     /// Decayed history in the share, if any.
     pub history: Option<History>,
 }
@@ -72,6 +77,7 @@ impl Profile {
             max_reservations: 16,
             preemption: true,
             max_preemption_attempts: 8,
+            reclaim_patience_ms: 30 * 60 * 1000,
             history: None,
         }
     }
@@ -87,6 +93,7 @@ impl Profile {
             max_reservations: 0,
             preemption: false,
             max_preemption_attempts: 0,
+            reclaim_patience_ms: 0,
             history: None,
         }
     }
@@ -102,6 +109,7 @@ impl Profile {
             max_reservations: 0,
             preemption: false,
             max_preemption_attempts: 0,
+            reclaim_patience_ms: 0,
             history: None,
         }
     }

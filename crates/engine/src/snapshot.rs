@@ -433,6 +433,8 @@ pub struct Snapshot {
     pub(crate) reservations: crate::place::Reservations,
     /// Strict FIFO: the job that stopped the last cycle.
     pub(crate) blocked_head: Option<u32>,
+    /// Preemptible running jobs per priority, so the lowest victim priority is O(log n).
+    pub(crate) victim_priorities: BTreeMap<i32, u32>,
 }
 
 fn popcount(m: u64) -> u32 {
@@ -470,6 +472,7 @@ impl Snapshot {
             pending_jobs: 0,
             reservations: Default::default(),
             blocked_head: None,
+            victim_priorities: BTreeMap::new(),
         };
         // Geometries and flavors: every model, and every MIG profile of a model with MIG devices.
         for g in cluster.geometries.values() {
@@ -739,22 +742,34 @@ impl Snapshot {
         }
     }
 
+    /// Model flavors, by name, that have whole-capable devices (`mig == false`) or MIG-enabled
+    /// devices (`mig == true`): what "any model" means in a job.
+    fn models_with(&self, mig: bool) -> Vec<FlavorId> {
+        let mut all: Vec<(&str, FlavorId)> = self
+            .flavors
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| {
+                let m = &self.models[*i];
+                f.kind == FlavorKind::Model
+                    && if mig {
+                        !m.mig_devices.is_empty()
+                    } else {
+                        !m.holders.is_empty()
+                    }
+            })
+            .map(|(i, f)| (&*f.name, FlavorId(i as u32)))
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, f)| f).collect()
+    }
+
     /// Intern a job's demand.
     fn compile_demand(&mut self, d: &Demand) -> Result<u32, EngineError> {
-        let models = |s: &mut Snapshot, names: &[String]| -> Box<[FlavorId]> {
+        // Allowed models as flavors; none listed means any model that has devices of the kind.
+        let models = |s: &mut Snapshot, names: &[String], mig: bool| -> Box<[FlavorId]> {
             if names.is_empty() {
-                // Any model: every model flavor that has whole-capable devices, by name.
-                let mut all: Vec<(Box<str>, FlavorId)> = s
-                    .flavors
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, f)| {
-                        f.kind == FlavorKind::Model && !s.models[*i].holders.is_empty()
-                    })
-                    .map(|(i, f)| (f.name.clone(), FlavorId(i as u32)))
-                    .collect();
-                all.sort();
-                all.into_iter().map(|(_, f)| f).collect()
+                s.models_with(mig).into()
             } else {
                 names.iter().map(|n| s.intern_model(n)).collect()
             }
@@ -763,28 +778,14 @@ impl Snapshot {
             GpuDemand::None => GpuNeed::None,
             GpuDemand::Whole { count, models: m } => GpuNeed::Whole {
                 count: *count,
-                models: models(self, m),
+                models: models(self, m, false),
             },
             GpuDemand::Shared { milli, models: m } => GpuNeed::Shared {
                 milli: (*milli).min(999) as u16,
-                models: models(self, m),
+                models: models(self, m, false),
             },
             GpuDemand::Mig { profile, models: m } => {
-                let candidates: Vec<FlavorId> = if m.is_empty() {
-                    let mut v: Vec<(Box<str>, FlavorId)> = self
-                        .flavors
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, f)| {
-                            f.kind == FlavorKind::Model && !self.models[*i].mig_devices.is_empty()
-                        })
-                        .map(|(i, f)| (f.name.clone(), FlavorId(i as u32)))
-                        .collect();
-                    v.sort();
-                    v.into_iter().map(|(_, f)| f).collect()
-                } else {
-                    m.iter().map(|n| self.intern_model(n)).collect()
-                };
+                let candidates = models(self, m, true);
                 let mut options = Vec::new();
                 for model in candidates {
                     let name = gantry_model::mig_flavor(&self.flavors[model.idx()].name, profile);
@@ -964,6 +965,27 @@ impl Snapshot {
         j.partial = partial;
         if want && !was {
             self.note_pending_flavors(id);
+        }
+    }
+
+    /// Add or remove a job from its queue's running set, keeping the victim-priority counts.
+    pub(crate) fn mark_running(&mut self, id: u32, running: bool) {
+        let j = &self.jobs[id as usize];
+        let (q, prio, preemptible) = (j.queue as usize, j.priority, j.preemptible);
+        let changed = if running {
+            self.queues[q].running.insert(id)
+        } else {
+            self.queues[q].running.remove(&id)
+        };
+        if changed && preemptible {
+            if running {
+                *self.victim_priorities.entry(prio).or_default() += 1;
+            } else if let Some(c) = self.victim_priorities.get_mut(&prio) {
+                *c -= 1;
+                if *c == 0 {
+                    self.victim_priorities.remove(&prio);
+                }
+            }
         }
     }
 
@@ -1196,8 +1218,7 @@ impl Snapshot {
         for g in j.groups.iter_mut() {
             g.running = 0;
         }
-        let q = j.queue as usize;
-        self.queues[q].running.remove(&id);
+        self.mark_running(id, false);
         if !tasks.is_empty() {
             self.freed = true;
         }

@@ -704,3 +704,120 @@ fn restore_puts_recorded_tasks_back_and_refuses_a_device_twice() {
     );
     assert!(fresh.snap.flavor_by_name("h100-80gb").is_some());
 }
+
+#[test]
+fn decayed_history_favours_the_queue_that_used_less_lately() {
+    // (history weight, GPUs team-a gets of 8 after it alone used all 8 for an hour)
+    for (weight, want_a) in [(None, 4), (Some(0.5), 2)] {
+        let q = QueueBuilder::new()
+            .queue_with("root", "", 1.0, &[("h100-80gb", 8.0, None, None)])
+            .queue_with("team-a", "root", 1.0, &[("h100-80gb", 0.0, None, None)])
+            .queue_with("team-b", "root", 1.0, &[("h100-80gb", 0.0, None, None)])
+            .build();
+        let mut profile = Profile::gantry();
+        profile.history = weight.map(|w| crate::History {
+            half_life_ms: 3_600_000,
+            weight: w,
+        });
+        let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &q).with_profile(profile);
+        h.submit(job("hog").gpus(8));
+        h.cycle();
+        h.advance(3600);
+        h.cycle();
+        h.complete("hog");
+        for i in 0..8 {
+            h.submit(job(&format!("a{i}")).gpus(1));
+            h.submit(JobBuilder::new(&format!("b{i}")).queue("team-b").gpus(1));
+        }
+        h.cycle();
+        let a = h.snap.queue_by_name("team-a").expect("a");
+        let f = h
+            .snap
+            .flavors()
+            .find(|&f| h.snap.flavor_name(f) == "h100-80gb")
+            .expect("f");
+        assert_eq!(
+            h.snap.queue_usage(a, f),
+            want_a * 1000,
+            "history weight {weight:?}"
+        );
+    }
+}
+
+#[test]
+fn reclaim_waits_when_the_job_would_start_soon_anyway() {
+    // x (nominal 4) borrows 4 for an 8-GPU, 10-hour job; y (nominal 12) fills the rest with
+    // 30-minute one-GPU jobs and then needs one more GPU.
+    for (patience_s, evicts) in [(0u64, true), (1800, false)] {
+        let q = QueueBuilder::new()
+            .cohort("c")
+            .queue("x", "c", "h100-80gb", 4)
+            .queue("y", "c", "h100-80gb", 12)
+            .build();
+        let mut profile = Profile::gantry();
+        profile.reclaim_patience_ms = patience_s * 1000;
+        let mut h = Harness::new(&cluster(2, 8, "h100-80gb"), &q).with_profile(profile);
+        h.submit(
+            JobBuilder::new("big")
+                .queue("x")
+                .gpus(8)
+                .runtime_s(36_000.0),
+        );
+        h.cycle();
+        for i in 0..8 {
+            h.submit(
+                JobBuilder::new(&format!("y{i}"))
+                    .queue("y")
+                    .gpus(1)
+                    .runtime_s(1800.0),
+            );
+        }
+        h.cycle();
+        h.advance(60);
+        h.submit(JobBuilder::new("y8").queue("y").gpus(1).runtime_s(1800.0));
+        let plan = h.cycle();
+        assert_eq!(
+            !plan.preemptions.is_empty(),
+            evicts,
+            "patience {patience_s}s"
+        );
+        assert_eq!(h.running("big"), !evicts);
+        if !evicts {
+            let y8 = h.snap.job_by_name("y8").expect("y8");
+            assert_eq!(
+                h.snap.explain(y8).expect("x").estimated_start,
+                Some(1_800_000)
+            );
+        }
+        h.snap.audit().expect("audit");
+    }
+}
+
+#[test]
+fn a_job_started_in_a_cycle_is_not_evicted_in_the_same_cycle() {
+    // team-a (no quota) borrows the whole node first (equal shares, lower id); team-b's job is
+    // within its nominal quota and could reclaim — but not from a job this very plan starts.
+    let q = QueueBuilder::new()
+        .cohort("root")
+        .queue("team-a", "root", "h100-80gb", 0)
+        .queue("team-b", "root", "h100-80gb", 8)
+        .build();
+    let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &q);
+    h.submit(job("borrower").gpus(8));
+    h.submit(JobBuilder::new("owner").queue("team-b").gpus(8));
+    let first = h.cycle();
+    let started: Vec<&str> = first.binds.iter().map(|b| h.snap.job_name(b.job)).collect();
+    assert!(
+        first.preemptions.is_empty(),
+        "started {started:?}, evicted {:?}",
+        first.preemptions
+    );
+    if started == ["borrower"] {
+        // The next cycle reclaims (no expected runtimes, so no reason to wait).
+        h.advance(1);
+        let second = h.cycle();
+        assert_eq!(second.preemptions.len(), 1);
+        assert!(h.running("owner"));
+    }
+    h.snap.audit().expect("audit");
+}
