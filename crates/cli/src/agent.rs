@@ -26,6 +26,9 @@ pub struct AgentArgs {
     /// Fake inventory file (the device plugin's fake YAML) instead of NVML.
     #[arg(long)]
     fake_inventory: Option<PathBuf>,
+    /// Bearer token (an admin's) when the server checks tokens.
+    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// The host name, or `local`.
@@ -102,9 +105,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        run_agent(AgentConfig { server, node }, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        run_agent(
+            AgentConfig {
+                server,
+                node,
+                token: args.token,
+            },
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
         .await
     })?;
     Ok(())

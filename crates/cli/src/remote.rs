@@ -11,6 +11,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::output::{print_doc, table, Format};
+use gantry_server::auth::BearerToken;
 
 /// Flags every client command takes.
 #[derive(Debug, clap::Args)]
@@ -21,6 +22,9 @@ pub struct Conn {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// Bearer token, when the server checks tokens.
+    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// `gantry submit`.
@@ -78,7 +82,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn connect(conn: &Conn) -> anyhow::Result<Channel> {
+async fn connect(conn: &Conn) -> anyhow::Result<(Channel, BearerToken)> {
+    let bearer = BearerToken::new(conn.token.as_deref())?;
+    Ok((connect_channel(conn).await?, bearer))
+}
+
+async fn connect_channel(conn: &Conn) -> anyhow::Result<Channel> {
     let uri = if conn.server.contains("://") {
         conn.server.clone()
     } else {
@@ -133,7 +142,10 @@ fn read_job(path: &PathBuf) -> anyhow::Result<pb::SubmitJobRequest> {
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let req = read_job(&args.file)?;
     runtime()?.block_on(async {
-        let mut c = pb::jobs_client::JobsClient::new(connect(&args.conn).await?);
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::jobs_client::JobsClient::with_interceptor(ch, b)
+        };
         let r = c.submit_job(req).await.map_err(status)?.into_inner();
         #[derive(Serialize)]
         struct Out {
@@ -174,7 +186,10 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
         states.push(v as i32);
     }
     runtime()?.block_on(async {
-        let mut c = pb::jobs_client::JobsClient::new(connect(&args.conn).await?);
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::jobs_client::JobsClient::with_interceptor(ch, b)
+        };
         let r = c
             .list_jobs(pb::ListJobsRequest {
                 queue: args.queue.clone().unwrap_or_default(),
@@ -247,7 +262,10 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
         None => None,
     };
     runtime()?.block_on(async {
-        let mut c = pb::queues_client::QueuesClient::new(connect(&args.conn).await?);
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::queues_client::QueuesClient::with_interceptor(ch, b)
+        };
         if let Some(spec) = apply {
             let existing: Vec<String> = c
                 .list_queues(pb::ListQueuesRequest {})
@@ -354,7 +372,10 @@ struct ExplainOut {
 /// `gantry explain JOB`.
 pub fn explain(args: JobArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut c = pb::jobs_client::JobsClient::new(connect(&args.conn).await?);
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::jobs_client::JobsClient::with_interceptor(ch, b)
+        };
         let x = c
             .explain_job(pb::ExplainJobRequest {
                 name: args.job.clone(),
@@ -395,7 +416,10 @@ pub fn explain(args: JobArgs) -> anyhow::Result<()> {
 /// `gantry cancel JOB`.
 pub fn cancel(args: JobArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut c = pb::jobs_client::JobsClient::new(connect(&args.conn).await?);
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::jobs_client::JobsClient::with_interceptor(ch, b)
+        };
         let r = c
             .cancel_job(pb::CancelJobRequest {
                 name: args.job.clone(),
@@ -433,7 +457,10 @@ struct NodeOut {
 /// `gantry nodes`.
 pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut c = pb::nodes_client::NodesClient::new(connect(&args.conn).await?);
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::nodes_client::NodesClient::with_interceptor(ch, b)
+        };
         let r = c
             .list_nodes(pb::ListNodesRequest {})
             .await

@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// Do not run a node agent in this process (nodes then join with `gantry agent`).
     #[arg(long)]
     no_local_agent: bool,
+    /// Bearer tokens file (users, teams, roles); without it every request is allowed.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
     /// GPUs of the local agent when NVML finds no driver (or always, when given): `8xH100-80GB`.
     #[arg(long)]
     fake_gpus: Option<String>,
@@ -54,6 +57,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.profile = profile;
     config.default_queue = !args.no_default_queue;
     config.metrics_listen = Some(args.metrics_listen);
+    if let Some(path) = &args.tokens {
+        config.auth = Some(std::sync::Arc::new(gantry_server::auth::Auth::load(path)?));
+    }
+    let local_token = config
+        .auth
+        .as_ref()
+        .and_then(|a| a.admin_token().map(str::to_string));
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let running = Server::start(config).await?;
@@ -87,6 +97,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             let cfg = gantry_server::agent::AgentConfig {
                 server: format!("http://{addr}"),
                 node,
+                token: local_token,
             };
             tokio::spawn(async move {
                 if let Err(e) = gantry_server::agent::run_agent(cfg, std::future::pending()).await {

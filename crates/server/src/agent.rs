@@ -24,6 +24,8 @@ pub struct AgentConfig {
     pub server: String,
     /// This node and its devices.
     pub node: Node,
+    /// Bearer token (an admin's) when the server checks tokens.
+    pub token: Option<String>,
 }
 
 fn key_of(r: &pb::TaskRef) -> TaskKey {
@@ -138,10 +140,14 @@ pub async fn run_agent(
         .connect()
         .await
         .map_err(transport)?;
-    let mut nodes = pb::nodes_client::NodesClient::new(channel);
+    let bearer = crate::auth::BearerToken::new(config.token.as_deref())?;
+    let mut nodes = pb::nodes_client::NodesClient::with_interceptor(channel, bearer);
     let node_json = serde_json::to_string(&config.node).map_err(transport)?;
     let name = config.node.name.clone();
-    let register = |mut c: pb::nodes_client::NodesClient<Channel>, json: String| async move {
+    type Client = pb::nodes_client::NodesClient<
+        tonic::service::interceptor::InterceptedService<Channel, crate::auth::BearerToken>,
+    >;
+    let register = |mut c: Client, json: String| async move {
         c.register_node(pb::RegisterNodeRequest { node_json: json })
             .await
             .map(|r| r.into_inner())

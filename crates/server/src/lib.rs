@@ -13,11 +13,13 @@
 //!   tonic services of `gantry.v1` (queues, jobs, nodes, cluster) over TCP.
 //! - [`agent`]: the node agent — registers an inventory, heartbeats, runs assigned tasks as
 //!   processes with `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES`, reports exits, stops tasks.
+//! - [`auth`]: bearer tokens from a file; admins and team-scoped members.
 //! - [`metrics`]: prometheus `/metrics`, `/healthz`, `/readyz` over HTTP.
 //! - [`error`]: [`ServerError`], whose messages name the refused field and which maps to gRPC
 //!   codes.
 
 pub mod agent;
+pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod record;

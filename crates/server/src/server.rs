@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, oneshot, Notify};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::error::parse_json;
 use crate::record::{JobRecord, JobState};
 use crate::state::{Assignment, Event, Report, State, Stop, TaskKey};
@@ -44,6 +45,8 @@ pub struct Config {
     pub default_queue: bool,
     /// Address of `/metrics`, `/healthz` and `/readyz` (plain HTTP); none: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// Bearer tokens; none: every request is allowed (a lab on a trusted network).
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl Config {
@@ -58,6 +61,7 @@ impl Config {
             profile: Profile::gantry(),
             default_queue: true,
             metrics_listen: None,
+            auth: None,
         }
     }
 }
@@ -360,6 +364,36 @@ impl Server {
         Ok(seq)
     }
 
+    /// The caller, when tokens are configured.
+    fn who<T>(&self, req: &Request<T>) -> Result<Option<Caller>, Status> {
+        match &self.shared.config.auth {
+            None => Ok(None),
+            Some(a) => a.caller(req.metadata()).map(Some),
+        }
+    }
+
+    fn admin<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        if let Some(c) = self.who(req)? {
+            c.require_admin(what)?;
+        }
+        Ok(())
+    }
+
+    /// A job's record, if the caller may see it.
+    fn visible_job(&self, who: &Option<Caller>, name: &str) -> Result<JobRecord, Status> {
+        let rec = self.job_record(name)?;
+        if let Some(c) = who {
+            let st = self.lock();
+            if !c.may_use(&st.queues, &rec.spec.queue) {
+                return Err(Status::permission_denied(format!(
+                    "job {name:?} is in queue {:?}, which is not one of {}'s teams' queues",
+                    rec.spec.queue, c.user
+                )));
+            }
+        }
+        Ok(rec)
+    }
+
     fn job_record(&self, name: &str) -> Result<JobRecord, ServerError> {
         self.lock()
             .jobs
@@ -540,6 +574,7 @@ impl pb::queues_server::Queues for Server {
         &self,
         req: Request<pb::QueueRequest>,
     ) -> Result<Response<pb::Queue>, Status> {
+        self.admin(&req, "creating queues")?;
         let spec: QueueSpec = parse_json("spec_json", &req.get_ref().spec_json)?;
         let s = spec.clone();
         self.apply(|st| Ok(((), st.create_queue(s)?))).await?;
@@ -551,6 +586,7 @@ impl pb::queues_server::Queues for Server {
         &self,
         req: Request<pb::QueueRequest>,
     ) -> Result<Response<pb::Queue>, Status> {
+        self.admin(&req, "changing queues and quotas")?;
         let spec: QueueSpec = parse_json("spec_json", &req.get_ref().spec_json)?;
         let s = spec.clone();
         self.apply(|st| Ok(((), st.update_queue(s)?))).await?;
@@ -562,6 +598,7 @@ impl pb::queues_server::Queues for Server {
         &self,
         req: Request<pb::DeleteQueueRequest>,
     ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        self.admin(&req, "deleting queues")?;
         let name = req.into_inner().name;
         self.apply(|st| Ok(((), st.delete_queue(&name)?))).await?;
         Ok(Response::new(pb::DeleteQueueResponse {}))
@@ -569,8 +606,9 @@ impl pb::queues_server::Queues for Server {
 
     async fn list_queues(
         &self,
-        _req: Request<pb::ListQueuesRequest>,
+        req: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        self.who(&req)?;
         let ops = {
             let mut st = self.lock();
             st.ensure_fresh(now_ms())
@@ -591,8 +629,19 @@ impl pb::jobs_server::Jobs for Server {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let who = self.who(&req)?;
         let req = req.into_inner();
         let spec: JobSpec = parse_json("spec_json", &req.spec_json)?;
+        if let Some(c) = &who {
+            let st = self.lock();
+            // An unknown queue is left to validation, which names the field.
+            if st.queues.contains_key(&spec.queue) && !c.may_use(&st.queues, &spec.queue) {
+                return Err(Status::permission_denied(format!(
+                    "spec_json.queue: {:?} is not one of {}'s teams' queues",
+                    spec.queue, c.user
+                )));
+            }
+        }
         let name = spec.name.clone();
         let seq = self
             .submit(spec, req.command, req.env.into_iter().collect())
@@ -604,7 +653,9 @@ impl pb::jobs_server::Jobs for Server {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let who = self.who(&req)?;
         let name = req.into_inner().name;
+        self.visible_job(&who, &name)?;
         let state = self.apply(|st| st.cancel(&name, now_ms())).await?;
         Ok(Response::new(pb::CancelJobResponse {
             state: pb_state(state) as i32,
@@ -612,7 +663,8 @@ impl pb::jobs_server::Jobs for Server {
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let rec = self.job_record(&req.get_ref().name)?;
+        let who = self.who(&req)?;
+        let rec = self.visible_job(&who, &req.get_ref().name)?;
         let st = self.lock();
         Ok(Response::new(pb_job(&rec, &st)))
     }
@@ -621,6 +673,7 @@ impl pb::jobs_server::Jobs for Server {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let who = self.who(&req)?;
         let req = req.into_inner();
         let states: BTreeSet<i32> = req.states.iter().copied().collect();
         let st = self.lock();
@@ -628,6 +681,12 @@ impl pb::jobs_server::Jobs for Server {
         for name in st.order.values() {
             let Some(e) = st.jobs.get(name) else { continue };
             if !req.queue.is_empty() && e.rec.spec.queue != req.queue {
+                continue;
+            }
+            if who
+                .as_ref()
+                .is_some_and(|c| !c.may_use(&st.queues, &e.rec.spec.queue))
+            {
                 continue;
             }
             if !states.is_empty() && !states.contains(&(pb_state(e.rec.state) as i32)) {
@@ -647,11 +706,23 @@ impl pb::jobs_server::Jobs for Server {
         &self,
         req: Request<pb::WatchJobsRequest>,
     ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let who = self.who(&req)?;
         let only = req.into_inner().name;
         let rx = self.shared.events.subscribe();
+        let server = self.clone();
+        let visible = move |job: &str| {
+            who.as_ref().is_none_or(|c| {
+                let st = server.lock();
+                st.jobs
+                    .get(job)
+                    .is_some_and(|j| c.may_use(&st.queues, &j.rec.spec.queue))
+            })
+        };
         let stream =
             tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| match r {
-                Ok(e) if only.is_empty() || e.job == only => Some(Ok(pb_event(&e))),
+                Ok(e) if (only.is_empty() || e.job == only) && visible(&e.job) => {
+                    Some(Ok(pb_event(&e)))
+                }
                 Ok(_) => None,
                 Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                     Some(Err(Status::data_loss(format!(
@@ -666,8 +737,9 @@ impl pb::jobs_server::Jobs for Server {
         &self,
         req: Request<pb::ExplainJobRequest>,
     ) -> Result<Response<pb::Explanation>, Status> {
+        let who = self.who(&req)?;
         let name = req.into_inner().name;
-        let rec = self.job_record(&name)?;
+        let rec = self.visible_job(&who, &name)?;
         let mut out = pb::Explanation {
             job: name.clone(),
             state: pb_state(rec.state) as i32,
@@ -699,6 +771,7 @@ impl pb::nodes_server::Nodes for Server {
         &self,
         req: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        self.admin(&req, "registering nodes")?;
         let node: Node = parse_json("node_json", &req.get_ref().node_json)?;
         let name = node.name.clone();
         let starts = self.apply(|st| st.register(node, now_ms())).await?;
@@ -714,6 +787,7 @@ impl pb::nodes_server::Nodes for Server {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.admin(&req, "heartbeating for a node")?;
         let req = req.into_inner();
         let running = req
             .running
@@ -733,6 +807,7 @@ impl pb::nodes_server::Nodes for Server {
         &self,
         req: Request<pb::ReportTaskRequest>,
     ) -> Result<Response<pb::ReportTaskResponse>, Status> {
+        self.admin(&req, "reporting tasks for a node")?;
         let req = req.into_inner();
         let key = task_key(req.task.as_ref().ok_or_else(|| ServerError::Invalid {
             field: "task".into(),
@@ -757,8 +832,9 @@ impl pb::nodes_server::Nodes for Server {
 
     async fn list_nodes(
         &self,
-        _req: Request<pb::ListNodesRequest>,
+        req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.who(&req)?;
         let st = self.lock();
         let mut used: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
         for name in &st.running {
@@ -800,8 +876,9 @@ impl pb::nodes_server::Nodes for Server {
 impl pb::cluster_server::Cluster for Server {
     async fn get_status(
         &self,
-        _req: Request<pb::GetStatusRequest>,
+        req: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.who(&req)?;
         let st = self.lock();
         let totals = st.snap.gpu_totals();
         let running = st.running.len() as u64;
