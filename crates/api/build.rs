@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["deviceplugin/v1beta1/api.proto"];
+const PROTOS: &[&str] = &["deviceplugin/v1beta1/api.proto", "gantry/v1/gantry.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -8,7 +8,8 @@
 //!   names and field numbers). The kubelet serves [`Registration`](deviceplugin::v1beta1::registration_server::Registration);
 //!   each plugin serves [`DevicePlugin`](deviceplugin::v1beta1::device_plugin_server::DevicePlugin).
 //!
-//! The gantry.v1 services (submit, watch, node agents) will live beside it in `gantry::v1`.
+//! - [`gantry::v1`]: the standalone control plane's services (`Queues`, `Jobs`, `Nodes`,
+//!   `Cluster`), served by `gantry serve` and called by the CLI and node agents.
 
 /// The kubelet device-plugin API.
 pub mod deviceplugin {
@@ -27,5 +28,14 @@ pub mod deviceplugin {
         pub const DEVICE_PLUGIN_PATH: &str = "/var/lib/kubelet/device-plugins";
         /// File name of the kubelet's registration socket in that directory.
         pub const KUBELET_SOCKET: &str = "kubelet.sock";
+    }
+}
+
+/// gantry's own API.
+pub mod gantry {
+    /// Version v1, served by `gantry serve`.
+    #[allow(missing_docs, clippy::all, missing_debug_implementations)]
+    pub mod v1 {
+        tonic::include_proto!("gantry.v1");
     }
 }

@@ -3,8 +3,11 @@
 //! Subcommands are modules of this binary; each parses its flags with clap, calls the library
 //! crates, and renders tables (default), JSON or YAML. Errors are `anyhow` here and only here.
 
+mod agent;
 mod output;
 mod plan;
+mod remote;
+mod serve;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +34,22 @@ enum Command {
     /// Run one scheduling cycle over a cluster, queues and jobs, and show the plan and why
     /// each waiting job waits.
     Plan(plan::PlanArgs),
+    /// Run the standalone control plane (gRPC API, durable store, scheduling loop).
+    Serve(serve::ServeArgs),
+    /// Run the node agent: register this node's GPUs and run the tasks assigned to it.
+    Agent(agent::AgentArgs),
+    /// Submit a job file to a running server.
+    Submit(remote::SubmitArgs),
+    /// List jobs.
+    Jobs(remote::JobsArgs),
+    /// List queues (and create or update them with --apply).
+    Queues(remote::QueuesArgs),
+    /// Why a job waits, where it stands in its queue, and when it should start.
+    Explain(remote::JobArgs),
+    /// Cancel a job.
+    Cancel(remote::JobArgs),
+    /// List nodes.
+    Nodes(remote::NodesArgs),
     /// Replay a trace (openb, Philly) or a scenario through the engine under one or more
     /// policies; print a summary and write a report with plots.
     Sim(sim::SimArgs),
@@ -53,6 +72,14 @@ fn main() -> std::process::ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Plan(args) => plan::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Agent(args) => agent::run(args),
+        Command::Submit(args) => remote::submit(args),
+        Command::Jobs(args) => remote::jobs(args),
+        Command::Queues(args) => remote::queues(args),
+        Command::Explain(args) => remote::explain(args),
+        Command::Cancel(args) => remote::cancel(args),
+        Command::Nodes(args) => remote::nodes(args),
         Command::Sim(args) => sim::run(args),
     };
     match result {

@@ -120,6 +120,14 @@ pub enum EngineError {
         /// Profile.
         profile: String,
     },
+    /// Recorded tasks could not be put back (see `Snapshot::restore`).
+    #[error("cannot restore job {job:?}: {reason}")]
+    RestoreConflict {
+        /// The job.
+        job: String,
+        /// What clashed.
+        reason: String,
+    },
 }
 #[cfg(test)]
 mod tests;

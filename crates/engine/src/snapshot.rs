@@ -1070,6 +1070,144 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Put back a running job's tasks exactly as a driver recorded them (a server recovering
+    /// from its store, or rebuilding its snapshot when the node set changed). The job must be
+    /// pending with nothing placed; it becomes running with these tasks, started at `start`.
+    ///
+    /// # Guarantees
+    /// No device, slice or share is handed out twice: every task is checked against what is
+    /// already taken (including the job's own earlier tasks) and nothing is applied unless all
+    /// of them fit.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownJob`] for a finished or already placed job;
+    /// [`EngineError::RestoreConflict`] for a task on an unknown node, group or device, a
+    /// device already taken, or more tasks than its group holds.
+    pub fn restore(
+        &mut self,
+        id: JobId,
+        tasks: Vec<TaskAlloc>,
+        start: Time,
+    ) -> Result<(), EngineError> {
+        let j = self.job_mut(id)?;
+        if j.phase != JobPhase::Pending || !j.tasks.is_empty() {
+            return Err(EngineError::UnknownJob { id: id.0 });
+        }
+        let mut applied: Vec<TaskAlloc> = Vec::with_capacity(tasks.len());
+        let mut counts = vec![0u32; self.jobs[id.idx()].groups.len()];
+        let mut failure = None;
+        for t in tasks {
+            if let Err(reason) = self.check_restorable(&t, &mut counts, id) {
+                failure = Some(reason);
+                break;
+            }
+            self.apply_task(id.0, &t);
+            applied.push(t);
+        }
+        if let Some(reason) = failure {
+            for t in &applied {
+                self.release_task(id.0, t);
+            }
+            return Err(EngineError::RestoreConflict {
+                job: self.jobs[id.idx()].name.to_string(),
+                reason,
+            });
+        }
+        let j = &mut self.jobs[id.idx()];
+        for (g, c) in j.groups.iter_mut().zip(&counts) {
+            g.running = *c;
+        }
+        j.tasks = applied;
+        j.phase = JobPhase::Running;
+        j.start = Some(start);
+        j.reason = None;
+        j.eta = None;
+        let q = j.queue as usize;
+        self.queues[q].running.insert(id.0);
+        self.fresh.retain(|&f| f != id.0);
+        self.sync_pending(id.0);
+        Ok(())
+    }
+
+    fn check_restorable(&self, t: &TaskAlloc, counts: &mut [u32], id: JobId) -> Result<(), String> {
+        let group = self.jobs[id.idx()]
+            .groups
+            .get(t.group as usize)
+            .ok_or_else(|| format!("no task group {}", t.group))?;
+        let c = &mut counts[t.group as usize];
+        if *c >= group.count {
+            return Err(format!(
+                "group {} holds only {} tasks",
+                t.group, group.count
+            ));
+        }
+        *c += 1;
+        let node = self
+            .nodes
+            .get(t.node.idx())
+            .ok_or_else(|| format!("no node {}", t.node.0))?;
+        if node.cpu_used + t.cpu_milli > node.cpu_total
+            || node.mem_used + t.memory_mib > node.mem_total
+        {
+            return Err(format!(
+                "node {} has not enough cpu or memory left",
+                node.name
+            ));
+        }
+        let on_node = |d: DeviceId| -> Result<&DeviceSlot, String> {
+            let dev = self
+                .devices
+                .get(d.idx())
+                .ok_or_else(|| format!("no device {}", d.0))?;
+            if dev.node != t.node.0 {
+                return Err(format!("device {} is not on node {}", dev.uuid, node.name));
+            }
+            Ok(dev)
+        };
+        match &t.gpu {
+            GpuAlloc::None => {}
+            GpuAlloc::Whole(devs) => {
+                for &d in devs {
+                    let dev = on_node(d)?;
+                    if dev.mig.is_some() || dev.whole_used || dev.shared_used > 0 {
+                        return Err(format!("device {} is already taken", dev.uuid));
+                    }
+                }
+            }
+            GpuAlloc::Shared { device, milli } => {
+                let dev = on_node(*device)?;
+                if dev.mig.is_some() || dev.whole_used || dev.shared_used + milli > 1000 {
+                    return Err(format!("device {} has not {milli}/1000 left", dev.uuid));
+                }
+            }
+            GpuAlloc::Mig {
+                device,
+                profile,
+                start,
+            } => {
+                let dev = on_node(*device)?;
+                let Some(m) = &dev.mig else {
+                    return Err(format!("device {} is not in MIG mode", dev.uuid));
+                };
+                let geometry = &self.geometries[m.geometry as usize];
+                let Some(p) = geometry.profiles.get(*profile as usize) else {
+                    return Err(format!("device {} has no MIG profile {profile}", dev.uuid));
+                };
+                let mask = p.mask_at(*start);
+                if !p.starts.contains(start) || m.used & mask != 0 {
+                    return Err(format!(
+                        "slice {}@{start} of device {} is already taken",
+                        p.name, dev.uuid
+                    ));
+                }
+            }
+        }
+        if t.flavor.0 != NONE && t.flavor.idx() >= self.flavors.len() {
+            return Err(format!("no flavor {}", t.flavor.0));
+        }
+        Ok(())
+    }
+
     /// Release every task of a job (without changing its phase).
     pub(crate) fn release_job(&mut self, id: u32) {
         let tasks = std::mem::take(&mut self.jobs[id as usize].tasks);
@@ -1458,6 +1596,11 @@ impl Snapshot {
     /// Pending jobs in a queue.
     pub fn queue_pending(&self, q: QueueId) -> usize {
         self.queues[q.idx()].pending.len()
+    }
+
+    /// A flavor by name (`h100-80gb`, `h100-80gb/1g.10gb`).
+    pub fn flavor_by_name(&self, name: &str) -> Option<FlavorId> {
+        self.flavor_index.get(name).map(|&i| FlavorId(i))
     }
 
     /// A flavor's name.

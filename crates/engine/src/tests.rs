@@ -660,6 +660,52 @@ fn jobs_allowed_several_models_take_the_first_that_fits() {
 }
 
 #[test]
+fn restore_puts_recorded_tasks_back_and_refuses_a_device_twice() {
+    let c = cluster(1, 8, "h100-80gb");
+    let q = queues(&[("team-a", 16)]);
+    let mut h = Harness::new(&c, &q);
+    h.submit(job("a").tasks(2).gpus(2).gang());
+    h.cycle();
+    let a = h.snap.job_by_name("a").expect("a");
+    let recorded = h.snap.job_tasks(a).to_vec();
+    let taken = whole_devices(&h, "a");
+
+    // A fresh snapshot (a restarted server) gets the same tasks back, exactly.
+    let mut fresh = Harness::new(&c, &q);
+    fresh.submit(job("a").tasks(2).gpus(2).gang());
+    fresh.submit(job("b").gpus(2));
+    let a2 = fresh.snap.job_by_name("a").expect("a");
+    fresh
+        .snap
+        .restore(a2, recorded.clone(), 5)
+        .expect("restore");
+    assert_eq!(fresh.snap.job_phase(a2), JobPhase::Running);
+    assert_eq!(fresh.snap.job_task_counts(a2), (2, 2));
+    assert_eq!(whole_devices(&fresh, "a"), taken);
+    fresh.snap.audit().expect("audit after restore");
+
+    // Another job cannot be restored onto the same devices; nothing of it is applied.
+    let b = fresh.snap.job_by_name("b").expect("b");
+    let err = fresh
+        .snap
+        .restore(b, vec![recorded[0].clone()], 5)
+        .expect_err("taken");
+    assert!(err.to_string().contains("already taken"), "{err}");
+    assert_eq!(fresh.snap.job_phase(b), JobPhase::Pending);
+    fresh.snap.audit().expect("audit after refusal");
+
+    // The next cycle places b elsewhere, never on a's devices.
+    fresh.cycle();
+    let b_devs = whole_devices(&fresh, "b");
+    assert_eq!(b_devs.len(), 2);
+    assert!(
+        b_devs.iter().all(|d| !taken.contains(d)),
+        "{b_devs:?} vs {taken:?}"
+    );
+    assert!(fresh.snap.flavor_by_name("h100-80gb").is_some());
+}
+
+#[test]
 fn decayed_history_favours_the_queue_that_used_less_lately() {
     // (history weight, GPUs team-a gets of 8 after it alone used all 8 for an hour)
     for (weight, want_a) in [(None, 4), (Some(0.5), 2)] {

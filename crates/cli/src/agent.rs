@@ -1,0 +1,136 @@
+//! `gantry agent`: the node agent. Finds this node's GPUs with the device plugin's inventory
+//! (NVML, or a fake one from a YAML file or `--fake-gpus 8xH100-80GB`), registers them with
+//! `gantry serve`, and runs the tasks assigned here (see `gantry_server::agent`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use gantry_device_plugin::fake::FakeInventory;
+use gantry_device_plugin::inventory::Inventory;
+use gantry_device_plugin::nvml::NvmlInventory;
+use gantry_model::Node;
+use gantry_server::agent::{run_agent, AgentConfig};
+
+/// Flags of `gantry agent`.
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Address of `gantry serve`.
+    #[arg(long, env = "GANTRY_SERVER", default_value = "127.0.0.1:7070")]
+    server: String,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Fake GPUs instead of NVML: `<count>x<model>`, e.g. `8xH100-80GB`.
+    #[arg(long, conflicts_with = "fake_inventory")]
+    fake_gpus: Option<String>,
+    /// Fake inventory file (the device plugin's fake YAML) instead of NVML.
+    #[arg(long)]
+    fake_inventory: Option<PathBuf>,
+    /// Bearer token (an admin's) when the server checks tokens.
+    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// The host name, or `local`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "local".to_string())
+}
+
+/// A fake inventory for `<count>x<model>` (`8xH100-80GB`).
+pub fn fake_gpus(node: &str, spec: &str) -> anyhow::Result<Node> {
+    let (count, model) = spec.split_once(['x', 'X']).with_context(|| {
+        format!("--fake-gpus {spec:?}: expected <count>x<model>, e.g. 8xH100-80GB")
+    })?;
+    let count: u32 = count
+        .parse()
+        .with_context(|| format!("--fake-gpus {spec:?}: {count:?} is not a count"))?;
+    let gb: u64 = model
+        .to_ascii_lowercase()
+        .rsplit(['-', '_'])
+        .next()
+        .and_then(|w| w.strip_suffix("gb"))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| {
+            format!("--fake-gpus {spec:?}: the model must end in its memory, e.g. H100-80GB")
+        })?;
+    let yaml = format!(
+        "node: {node}\ncpu: {cpu}\nmemory: {mem}Gi\ngpus:\n  - {{name: \"NVIDIA {model}\", memory_mib: {mib}, count: {count}}}\nnvlink: {{switch_links: 18}}\n",
+        cpu = 16 * count.max(1),
+        mem = 128 * u64::from(count.max(1)),
+        mib = gb * 1024,
+    );
+    let inv = FakeInventory::from_yaml(&yaml, "--fake-gpus")?;
+    Ok(inv.discover()?.to_model_node())
+}
+
+/// This node's inventory: a fake file, `--fake-gpus`, or NVML.
+pub fn inventory(
+    node: &str,
+    fake: Option<&str>,
+    fake_file: Option<&std::path::Path>,
+) -> anyhow::Result<Node> {
+    if let Some(path) = fake_file {
+        return Ok(FakeInventory::load(path)?.discover()?.to_model_node());
+    }
+    if let Some(spec) = fake {
+        return fake_gpus(node, spec);
+    }
+    let nvml = NvmlInventory::open(None, node.to_string())
+        .context("NVML is not available (no NVIDIA driver?); use --fake-gpus 8xH100-80GB")?;
+    Ok(nvml.discover()?.to_model_node())
+}
+
+/// Run the agent until interrupted.
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let name = args.node_name.clone().unwrap_or_else(host_name);
+    let node = inventory(
+        &name,
+        args.fake_gpus.as_deref(),
+        args.fake_inventory.as_deref(),
+    )?;
+    let server = if args.server.contains("://") {
+        args.server.clone()
+    } else {
+        format!("http://{}", args.server)
+    };
+    eprintln!(
+        "gantry agent: node {} with {} GPUs, server {server}",
+        node.name,
+        node.devices.len()
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        run_agent(
+            AgentConfig {
+                server,
+                node,
+                token: args.token,
+            },
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_gpus_flag_makes_a_node() {
+        let n = fake_gpus("box", "8xH100-80GB").expect("node");
+        assert_eq!(n.name, "box");
+        assert_eq!(n.devices.len(), 8);
+        assert_eq!(n.devices[0].model, "h100-80gb");
+        assert!(fake_gpus("box", "eight").is_err());
+        assert!(fake_gpus("box", "2xH100").is_err());
+    }
+}

@@ -1,0 +1,497 @@
+//! Client commands of a running `gantry serve`: `submit`, `jobs`, `queues`, `explain`,
+//! `cancel`, `nodes`. Each connects to `--server`, makes one call, and renders a table
+//! (default), JSON or YAML.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use gantry_api::gantry::v1 as pb;
+use serde::Serialize;
+use tonic::transport::Channel;
+
+use crate::output::{print_doc, table, Format};
+use gantry_server::auth::BearerToken;
+
+/// Flags every client command takes.
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    /// Address of `gantry serve`.
+    #[arg(long, env = "GANTRY_SERVER", default_value = "127.0.0.1:7070")]
+    server: String,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// Bearer token, when the server checks tokens.
+    #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// `gantry submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Job spec (YAML or JSON): the fields of `gantry plan`'s jobs, plus `command` (argv) and
+    /// `env` (a map) for the processes the agents start.
+    file: PathBuf,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `gantry jobs`.
+#[derive(Debug, clap::Args)]
+pub struct JobsArgs {
+    /// Only this queue's jobs.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Only jobs in these states (pending, running, succeeded, failed, cancelled).
+    #[arg(long, value_delimiter = ',')]
+    state: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `gantry queues`.
+#[derive(Debug, clap::Args)]
+pub struct QueuesArgs {
+    /// Create or update the queues of this file (a queues spec, as for `gantry plan`) first.
+    #[arg(long)]
+    apply: Option<PathBuf>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `gantry explain` and `gantry cancel`.
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    /// The job's name.
+    job: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// `gantry nodes`.
+#[derive(Debug, clap::Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn connect(conn: &Conn) -> anyhow::Result<(Channel, BearerToken)> {
+    let bearer = BearerToken::new(conn.token.as_deref())?;
+    Ok((connect_channel(conn).await?, bearer))
+}
+
+async fn connect_channel(conn: &Conn) -> anyhow::Result<Channel> {
+    let uri = if conn.server.contains("://") {
+        conn.server.clone()
+    } else {
+        format!("http://{}", conn.server)
+    };
+    Channel::from_shared(uri.clone())
+        .with_context(|| format!("--server {uri:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach gantry serve at {uri}"))
+}
+
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", e.message(), e.code())
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::JobState::try_from(s) {
+        Ok(pb::JobState::Pending) => "pending",
+        Ok(pb::JobState::Running) => "running",
+        Ok(pb::JobState::Succeeded) => "succeeded",
+        Ok(pb::JobState::Failed) => "failed",
+        Ok(pb::JobState::Cancelled) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+/// Split a job file into the spec (as JSON for the server) and the command and environment.
+fn read_job(path: &PathBuf) -> anyhow::Result<pb::SubmitJobRequest> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} does not parse", path.display()))?;
+    let map = doc
+        .as_mapping_mut()
+        .with_context(|| format!("{}: a job is a mapping", path.display()))?;
+    let command: Vec<String> = match map.remove("command") {
+        Some(v) => serde_yaml::from_value(v).context("command: a list of strings")?,
+        None => Vec::new(),
+    };
+    let env: BTreeMap<String, String> = match map.remove("env") {
+        Some(v) => serde_yaml::from_value(v).context("env: a map of strings")?,
+        None => BTreeMap::new(),
+    };
+    Ok(pb::SubmitJobRequest {
+        spec_json: serde_json::to_string(&doc)?,
+        command,
+        env: env.into_iter().collect(),
+    })
+}
+
+/// `gantry submit FILE`.
+pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let req = read_job(&args.file)?;
+    runtime()?.block_on(async {
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::jobs_client::JobsClient::with_interceptor(ch, b)
+        };
+        let r = c.submit_job(req).await.map_err(status)?.into_inner();
+        #[derive(Serialize)]
+        struct Out {
+            job: String,
+            seq: u64,
+        }
+        match args.conn.output {
+            Format::Table => println!("job {} submitted (#{})", r.name, r.seq),
+            f => print_doc(
+                f,
+                &Out {
+                    job: r.name,
+                    seq: r.seq,
+                },
+            )?,
+        }
+        Ok(())
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct JobOut {
+    name: String,
+    queue: String,
+    state: &'static str,
+    tasks: String,
+    nodes: Vec<String>,
+    requeues: u32,
+    reason: String,
+}
+
+/// `gantry jobs`.
+pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
+    let mut states = Vec::new();
+    for s in &args.state {
+        let v = pb::JobState::from_str_name(&format!("JOB_STATE_{}", s.to_uppercase()))
+            .with_context(|| format!("--state: unknown state {s:?}"))?;
+        states.push(v as i32);
+    }
+    runtime()?.block_on(async {
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::jobs_client::JobsClient::with_interceptor(ch, b)
+        };
+        let r = c
+            .list_jobs(pb::ListJobsRequest {
+                queue: args.queue.clone().unwrap_or_default(),
+                states,
+                limit: 0,
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let rows: Vec<JobOut> = r
+            .jobs
+            .into_iter()
+            .map(|j| {
+                let mut nodes: Vec<String> = j.tasks.iter().map(|t| t.node.clone()).collect();
+                nodes.dedup();
+                JobOut {
+                    name: j.name,
+                    queue: j.queue,
+                    state: state_name(j.state),
+                    tasks: format!("{}/{}", j.tasks.len(), j.tasks_wanted),
+                    nodes,
+                    requeues: j.requeues,
+                    reason: j.reason,
+                }
+            })
+            .collect();
+        if args.conn.output != Format::Table {
+            return print_doc(args.conn.output, &rows);
+        }
+        let mut t = table(&[
+            "job",
+            "queue",
+            "state",
+            "tasks",
+            "nodes",
+            "requeues",
+            "why it waits",
+        ]);
+        for r in rows {
+            t.add_row(vec![
+                r.name,
+                r.queue,
+                r.state.to_string(),
+                r.tasks,
+                r.nodes.join(" "),
+                r.requeues.to_string(),
+                r.reason,
+            ]);
+        }
+        println!("{t}");
+        Ok(())
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct QueueOut {
+    name: String,
+    parent: String,
+    leaf: bool,
+    weight: f64,
+    pending: u64,
+    running: u64,
+    quotas: Vec<String>,
+}
+
+/// `gantry queues [--apply FILE]`.
+pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
+    let apply = match &args.apply {
+        Some(p) => Some(gantry_model::doc::from_file::<gantry_model::QueuesSpec>(p)?),
+        None => None,
+    };
+    runtime()?.block_on(async {
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::queues_client::QueuesClient::with_interceptor(ch, b)
+        };
+        if let Some(spec) = apply {
+            let existing: Vec<String> = c
+                .list_queues(pb::ListQueuesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .queues
+                .into_iter()
+                .map(|q| q.name)
+                .collect();
+            // Parents first, so each create finds its cohort.
+            let mut todo = spec.queues;
+            let mut done: Vec<String> = existing.clone();
+            while !todo.is_empty() {
+                let before = todo.len();
+                let mut rest = Vec::new();
+                for q in todo {
+                    if q.parent.as_ref().is_some_and(|p| !done.contains(p)) {
+                        rest.push(q);
+                        continue;
+                    }
+                    let req = pb::QueueRequest {
+                        spec_json: serde_json::to_string(&q)?,
+                    };
+                    if existing.contains(&q.name) {
+                        c.update_queue(req).await.map_err(status)?;
+                    } else {
+                        c.create_queue(req).await.map_err(status)?;
+                    }
+                    done.push(q.name);
+                }
+                todo = rest;
+                anyhow::ensure!(
+                    todo.len() < before,
+                    "queues with unknown parents: {:?}",
+                    todo.iter().map(|q| &q.name).collect::<Vec<_>>()
+                );
+            }
+        }
+        let r = c
+            .list_queues(pb::ListQueuesRequest {})
+            .await
+            .map_err(status)?
+            .into_inner();
+        let rows: Vec<QueueOut> = r
+            .queues
+            .into_iter()
+            .map(|q| QueueOut {
+                name: q.name,
+                parent: q.parent,
+                leaf: q.leaf,
+                weight: q.weight,
+                pending: q.pending_jobs,
+                running: q.running_jobs,
+                quotas: q
+                    .quotas
+                    .iter()
+                    .map(|u| {
+                        format!(
+                            "{} {}/{}",
+                            u.flavor,
+                            u.used_milli as f64 / 1000.0,
+                            u.nominal_milli as f64 / 1000.0
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        if args.conn.output != Format::Table {
+            return print_doc(args.conn.output, &rows);
+        }
+        let mut t = table(&[
+            "queue",
+            "parent",
+            "weight",
+            "pending",
+            "running",
+            "quota used/nominal",
+        ]);
+        for r in rows {
+            t.add_row(vec![
+                r.name,
+                r.parent,
+                r.weight.to_string(),
+                r.pending.to_string(),
+                r.running.to_string(),
+                r.quotas.join(", "),
+            ]);
+        }
+        println!("{t}");
+        Ok(())
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct ExplainOut {
+    job: String,
+    state: &'static str,
+    position: Option<u32>,
+    reason: String,
+    estimated_start_ms: Option<u64>,
+}
+
+/// `gantry explain JOB`.
+pub fn explain(args: JobArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::jobs_client::JobsClient::with_interceptor(ch, b)
+        };
+        let x = c
+            .explain_job(pb::ExplainJobRequest {
+                name: args.job.clone(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let out = ExplainOut {
+            job: x.job,
+            state: state_name(x.state),
+            position: (x.position > 0).then_some(x.position),
+            reason: x.reason,
+            estimated_start_ms: (x.eta_ms > 0).then_some(x.eta_ms),
+        };
+        if args.conn.output != Format::Table {
+            return print_doc(args.conn.output, &out);
+        }
+        println!("job {}: {}", out.job, out.state);
+        if let Some(p) = out.position {
+            println!("position in its queue: {p}");
+        }
+        if !out.reason.is_empty() {
+            println!("why it waits: {}", out.reason);
+        }
+        if let Some(t) = out.estimated_start_ms {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            println!(
+                "estimated start: in {}",
+                gantry_engine::fmt_time(t.saturating_sub(now))
+            );
+        }
+        Ok(())
+    })
+}
+
+/// `gantry cancel JOB`.
+pub fn cancel(args: JobArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::jobs_client::JobsClient::with_interceptor(ch, b)
+        };
+        let r = c
+            .cancel_job(pb::CancelJobRequest {
+                name: args.job.clone(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        #[derive(Serialize)]
+        struct Out<'a> {
+            job: &'a str,
+            state: &'static str,
+        }
+        let out = Out {
+            job: &args.job,
+            state: state_name(r.state),
+        };
+        match args.conn.output {
+            Format::Table => println!("job {} {}", out.job, out.state),
+            f => print_doc(f, &out)?,
+        }
+        Ok(())
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct NodeOut {
+    name: String,
+    ready: bool,
+    models: Vec<String>,
+    gpus: u32,
+    gpus_used: u32,
+    tasks: u32,
+}
+
+/// `gantry nodes`.
+pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut c = {
+            let (ch, b) = connect(&args.conn).await?;
+            pb::nodes_client::NodesClient::with_interceptor(ch, b)
+        };
+        let r = c
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .map_err(status)?
+            .into_inner();
+        let rows: Vec<NodeOut> = r
+            .nodes
+            .into_iter()
+            .map(|n| NodeOut {
+                name: n.name,
+                ready: n.ready,
+                models: n.models,
+                gpus: n.gpus,
+                gpus_used: n.gpus_used,
+                tasks: n.running_tasks,
+            })
+            .collect();
+        if args.conn.output != Format::Table {
+            return print_doc(args.conn.output, &rows);
+        }
+        let mut t = table(&["node", "ready", "models", "gpus used/total", "tasks"]);
+        for r in rows {
+            t.add_row(vec![
+                r.name,
+                if r.ready { "yes" } else { "LOST" }.to_string(),
+                r.models.join(" "),
+                format!("{}/{}", r.gpus_used, r.gpus),
+                r.tasks.to_string(),
+            ]);
+        }
+        println!("{t}");
+        Ok(())
+    })
+}

@@ -1,0 +1,117 @@
+//! `gantry serve`: the standalone control plane on this machine (see `gantry-server`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use gantry_engine::Profile;
+use gantry_server::{Config, Server};
+
+/// Flags of `gantry serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Where the store lives (created if missing).
+    #[arg(long, default_value = "gantry-data")]
+    data_dir: PathBuf,
+    /// Address of the gRPC API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Address of /metrics, /healthz and /readyz (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    metrics_listen: SocketAddr,
+    /// Milliseconds without a heartbeat after which a node is lost and its jobs requeued.
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
+    /// Milliseconds between a change and the scheduling cycle it triggers.
+    #[arg(long, default_value_t = 20)]
+    debounce_ms: u64,
+    /// Milliseconds a stopped task gets between SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = 10_000)]
+    grace_ms: u64,
+    /// Engine profile: gantry, best-fit or fifo.
+    #[arg(long, default_value = "gantry")]
+    profile: String,
+    /// Do not create the `default` queue (no quota) in an empty store.
+    #[arg(long)]
+    no_default_queue: bool,
+    /// Do not run a node agent in this process (nodes then join with `gantry agent`).
+    #[arg(long)]
+    no_local_agent: bool,
+    /// Bearer tokens file (users, teams, roles); without it every request is allowed.
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// GPUs of the local agent when NVML finds no driver (or always, when given): `8xH100-80GB`.
+    #[arg(long)]
+    fake_gpus: Option<String>,
+}
+
+/// Run until interrupted.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let profile = Profile::named(&args.profile)
+        .with_context(|| format!("--profile: unknown profile {:?}", args.profile))?;
+    let mut config = Config::new(args.data_dir);
+    config.listen = args.listen;
+    config.lease_ms = args.lease_ms;
+    config.debounce_ms = args.debounce_ms;
+    config.grace_ms = args.grace_ms;
+    config.profile = profile;
+    config.default_queue = !args.no_default_queue;
+    config.metrics_listen = Some(args.metrics_listen);
+    if let Some(path) = &args.tokens {
+        config.auth = Some(std::sync::Arc::new(gantry_server::auth::Auth::load(path)?));
+    }
+    let local_token = config
+        .auth
+        .as_ref()
+        .and_then(|a| a.admin_token().map(str::to_string));
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let running = Server::start(config).await?;
+        eprintln!("gantry serve: listening on {}", running.addr);
+        if let Some(m) = running.metrics_addr {
+            eprintln!("gantry serve: metrics on http://{m}/metrics");
+        }
+        if !args.no_local_agent {
+            let name = crate::agent::host_name();
+            let node = match &args.fake_gpus {
+                Some(spec) => crate::agent::fake_gpus(&name, spec)?,
+                None => match crate::agent::inventory(&name, None, None) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        eprintln!(
+                            "gantry serve: {e:#}; the local agent uses 8 fake H100-80GB GPUs"
+                        );
+                        crate::agent::fake_gpus(&name, "8xH100-80GB")?
+                    }
+                },
+            };
+            let mut addr = running.addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            eprintln!(
+                "gantry serve: local agent {} with {} GPUs",
+                node.name,
+                node.devices.len()
+            );
+            let cfg = gantry_server::agent::AgentConfig {
+                server: format!("http://{addr}"),
+                node,
+                token: local_token,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = gantry_server::agent::run_agent(cfg, std::future::pending()).await {
+                    eprintln!("gantry serve: local agent stopped: {e}");
+                }
+            });
+        }
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => {
+                r?;
+                eprintln!("gantry serve: interrupted, stopping");
+                running.shutdown().await?;
+            }
+        }
+        Ok(())
+    })
+}

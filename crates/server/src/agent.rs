@@ -1,0 +1,247 @@
+//! The node agent's library side: register a node's inventory with `gantry serve`, heartbeat
+//! within the lease, start each assigned task as a real process with `CUDA_VISIBLE_DEVICES` and
+//! `NVIDIA_VISIBLE_DEVICES` set to its assigned uuids, report its exit status, and stop it
+//! (SIGTERM, then SIGKILL after the grace period) when the server says so.
+//!
+//! The inventory comes in as a [`gantry_model::Node`]; `gantry agent` gets it from the device
+//! plugin's `Inventory` (NVML, or a fake one).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use gantry_api::gantry::v1 as pb;
+use gantry_model::Node;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+
+use crate::state::TaskKey;
+use crate::ServerError;
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `http://host:port` of `gantry serve`.
+    pub server: String,
+    /// This node and its devices.
+    pub node: Node,
+    /// Bearer token (an admin's) when the server checks tokens.
+    pub token: Option<String>,
+}
+
+fn key_of(r: &pb::TaskRef) -> TaskKey {
+    TaskKey {
+        job: r.job.clone(),
+        group: r.group as u16,
+        index: r.index,
+        attempt: r.attempt,
+    }
+}
+
+fn pb_ref(k: &TaskKey) -> pb::TaskRef {
+    pb::TaskRef {
+        job: k.job.clone(),
+        group: u32::from(k.group),
+        index: k.index,
+        attempt: k.attempt,
+    }
+}
+
+fn transport(e: impl std::fmt::Display) -> ServerError {
+    ServerError::Store(format!("agent: {e}"))
+}
+
+/// A process the agent started; `stop` asks its watcher to stop it within a grace period.
+#[derive(Debug)]
+struct Task {
+    stop: Option<oneshot::Sender<Duration>>,
+}
+
+/// Start one task's process and watch it; its exit status goes to `exits`.
+fn start(a: &pb::TaskAssignment, exits: mpsc::UnboundedSender<(TaskKey, i32, bool)>) -> Task {
+    let key = TaskKey {
+        job: a.job.clone(),
+        group: a.group as u16,
+        index: a.index,
+        attempt: a.attempt,
+    };
+    let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
+    let visible = if a.devices.is_empty() {
+        "void".to_string()
+    } else {
+        a.devices.join(",")
+    };
+    let mut cmd = tokio::process::Command::new(a.command.first().map_or("", String::as_str));
+    cmd.args(a.command.iter().skip(1))
+        .envs(a.env.iter())
+        .env(
+            "CUDA_VISIBLE_DEVICES",
+            if a.devices.is_empty() { "" } else { &visible },
+        )
+        .env("NVIDIA_VISIBLE_DEVICES", &visible)
+        .env("GANTRY_JOB", &a.job)
+        .env("GANTRY_TASK_GROUP", a.group.to_string())
+        .env("GANTRY_TASK_INDEX", a.index.to_string())
+        .env("GANTRY_ATTEMPT", a.attempt.to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match cmd.spawn() {
+        Err(e) => {
+            tracing::warn!(job = %a.job, error = %e, "task failed to start");
+            let _ = exits.send((key, 127, false));
+        }
+        Ok(mut child) => {
+            tracing::info!(job = %a.job, index = a.index, devices = %visible, "task started");
+            tokio::spawn(async move {
+                let status = tokio::select! {
+                    s = child.wait() => s,
+                    grace = stop_rx => {
+                        let grace = grace.unwrap_or(Duration::ZERO);
+                        if let Some(pid) = child.id() {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid as i32),
+                                nix::sys::signal::Signal::SIGTERM,
+                            );
+                        }
+                        match tokio::time::timeout(grace, child.wait()).await {
+                            Ok(s) => s,
+                            Err(_) => {
+                                let _ = child.start_kill();
+                                child.wait().await
+                            }
+                        }
+                    }
+                };
+                let code = match status {
+                    Ok(s) => s.code().unwrap_or_else(|| {
+                        use std::os::unix::process::ExitStatusExt;
+                        128 + s.signal().unwrap_or(0)
+                    }),
+                    Err(_) => 255,
+                };
+                let _ = exits.send((key, code, true));
+            });
+        }
+    }
+    Task {
+        stop: Some(stop_tx),
+    }
+}
+
+/// Run the agent until `shutdown` resolves (its processes are then killed).
+///
+/// # Errors
+/// The server cannot be reached at start, or refuses the node's inventory.
+pub async fn run_agent(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let channel = Channel::from_shared(config.server.clone())
+        .map_err(transport)?
+        .connect()
+        .await
+        .map_err(transport)?;
+    let bearer = crate::auth::BearerToken::new(config.token.as_deref())?;
+    let mut nodes = pb::nodes_client::NodesClient::with_interceptor(channel, bearer);
+    let node_json = serde_json::to_string(&config.node).map_err(transport)?;
+    let name = config.node.name.clone();
+    type Client = pb::nodes_client::NodesClient<
+        tonic::service::interceptor::InterceptedService<Channel, crate::auth::BearerToken>,
+    >;
+    let register = |mut c: Client, json: String| async move {
+        c.register_node(pb::RegisterNodeRequest { node_json: json })
+            .await
+            .map(|r| r.into_inner())
+    };
+    let reg = register(nodes.clone(), node_json.clone())
+        .await
+        .map_err(|s| transport(s.message()))?;
+    let mut lease = Duration::from_millis(reg.lease_ms.max(30));
+    let (exits_tx, mut exits) = mpsc::unbounded_channel();
+    let mut tasks: HashMap<TaskKey, Task> = HashMap::new();
+    for a in &reg.start {
+        tasks.insert(key_of_assignment(a), start(a, exits_tx.clone()));
+    }
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(beat(lease));
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some((key, code, started)) = exits.recv() => {
+                tasks.remove(&key);
+                let phase = if started { pb::TaskPhase::Exited } else { pb::TaskPhase::FailedToStart };
+                let r = nodes.report_task(pb::ReportTaskRequest {
+                    node: name.clone(),
+                    task: Some(pb_ref(&key)),
+                    phase: phase as i32,
+                    exit_code: code,
+                    message: String::new(),
+                }).await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, job = %key.job, "report failed");
+                }
+            }
+            _ = tick.tick() => {
+                let running: BTreeSet<TaskKey> = tasks.keys().cloned().collect();
+                let hb = nodes.heartbeat(pb::HeartbeatRequest {
+                    node: name.clone(),
+                    running: running.iter().map(pb_ref).collect(),
+                }).await;
+                match hb {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        let new_lease = Duration::from_millis(r.lease_ms.max(30));
+                        if new_lease != lease {
+                            lease = new_lease;
+                            tick = tokio::time::interval(beat(lease));
+                        }
+                        for s in &r.stop {
+                            if let Some(t) = s.task.as_ref().and_then(|k| tasks.get_mut(&key_of(k))) {
+                                tracing::info!(job = %s.task.as_ref().map_or("", |k| k.job.as_str()), why = %s.why, "stopping task");
+                                if let Some(tx) = t.stop.take() {
+                                    let _ = tx.send(Duration::from_millis(s.grace_ms));
+                                }
+                            }
+                        }
+                        for a in &r.start {
+                            let k = key_of_assignment(a);
+                            if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(k) {
+                                slot.insert(start(a, exits_tx.clone()));
+                                let _ = nodes.report_task(pb::ReportTaskRequest {
+                                    node: name.clone(),
+                                    task: Some(pb::TaskRef { job: a.job.clone(), group: a.group, index: a.index, attempt: a.attempt }),
+                                    phase: pb::TaskPhase::Started as i32,
+                                    exit_code: 0,
+                                    message: String::new(),
+                                }).await;
+                            }
+                        }
+                    }
+                    Err(s) if s.code() == tonic::Code::NotFound => {
+                        // The server lost us (a fresh store): register again.
+                        if let Err(e) = register(nodes.clone(), node_json.clone()).await {
+                            tracing::warn!(error = %e, "register again failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+            }
+        }
+    }
+    // Dropping the tasks' watchers kills their processes (kill_on_drop).
+    Ok(())
+}
+
+/// Heartbeat period: a third of the lease, and at most 500 ms, because new assignments ride on
+/// heartbeat answers (a task starts within one period of being placed).
+fn beat(lease: Duration) -> Duration {
+    (lease / 3).min(Duration::from_millis(500))
+}
+
+fn key_of_assignment(a: &pb::TaskAssignment) -> TaskKey {
+    TaskKey {
+        job: a.job.clone(),
+        group: a.group as u16,
+        index: a.index,
+        attempt: a.attempt,
+    }
+}

@@ -1,0 +1,901 @@
+//! The tokio side of `gantry serve`: start-up with recovery, the debounced scheduling loop,
+//! the node-lease reaper, and the `gantry.v1` services over TCP.
+//!
+//! Every change follows one path ([`Server::apply`]): take the state lock, change the state,
+//! hand the resulting store ops to the writer, drop the lock, await durability, then publish
+//! (tasks become visible to agents, events go to watchers) and wake the scheduling loop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use gantry_api::gantry::v1 as pb;
+use gantry_engine::Profile;
+use gantry_model::{JobSpec, Node, QueueSpec};
+use tokio::sync::{broadcast, oneshot, Notify};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::auth::Caller;
+use crate::error::parse_json;
+use crate::record::{JobRecord, JobState};
+use crate::state::{Assignment, Event, Report, State, Stop, TaskKey};
+use crate::store::{durable, Op, Store, Writer, WriterStats};
+use crate::ServerError;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Address of the gRPC API (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// A node that has not heartbeated for this long is lost and its jobs are requeued.
+    pub lease_ms: u64,
+    /// Wait this long after a change before a cycle, so a burst of changes makes one cycle.
+    pub debounce_ms: u64,
+    /// Time a stopped task gets between SIGTERM and SIGKILL (sent to agents).
+    pub grace_ms: u64,
+    /// Scheduling policy.
+    pub profile: Profile,
+    /// Create a queue `default` without quota (every flavor unlimited) when the store has none.
+    pub default_queue: bool,
+    /// Address of `/metrics`, `/healthz` and `/readyz` (plain HTTP); none: not served.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Bearer tokens; none: every request is allowed (a lab on a trusted network).
+    pub auth: Option<Arc<crate::auth::Auth>>,
+}
+
+impl Config {
+    /// Defaults for a data directory: loopback on a free port, 10 s leases, 20 ms debounce.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lease_ms: 10_000,
+            debounce_ms: 20,
+            grace_ms: 10_000,
+            profile: Profile::gantry(),
+            default_queue: true,
+            metrics_listen: None,
+            auth: None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Shared {
+    /// The records and the snapshot. A std mutex: it is never held across an await.
+    state: Mutex<State>,
+    writer: Writer,
+    /// Wakes the scheduling loop after a change.
+    kick: Notify,
+    /// Job events for `WatchJobs`, sent after they are durable.
+    events: broadcast::Sender<Event>,
+    config: Config,
+    stats: Arc<WriterStats>,
+    metrics: crate::metrics::Metrics,
+}
+
+/// The server: cheap to clone; every clone serves the same state.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("data_dir", &self.shared.config.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the gRPC API listens.
+    pub addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if they are.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The server (for in-process inspection).
+    pub server: Server,
+    shutdown: Option<oneshot::Sender<()>>,
+    join: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop serving: stop accepting, give open calls up to 5 s to finish (a `WatchJobs` stream
+    /// never does), then drop the connections.
+    ///
+    /// # Errors
+    /// The transport's error.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for b in &self.background {
+            b.abort();
+        }
+        let finished = tokio::time::timeout(Duration::from_secs(5), &mut self.join).await;
+        let Ok(joined) = finished else {
+            self.join.abort();
+            return Ok(());
+        };
+        match joined {
+            Ok(r) => r.map_err(|e| ServerError::Store(format!("transport: {e}"))),
+            Err(e) => Err(ServerError::Store(format!("server task: {e}"))),
+        }
+    }
+
+    /// Wait until the server stops (it does not, unless the transport fails).
+    ///
+    /// # Errors
+    /// The transport's error.
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        match (&mut self.join).await {
+            Ok(r) => r.map_err(|e| ServerError::Store(format!("transport: {e}"))),
+            Err(e) => Err(ServerError::Store(format!("server task: {e}"))),
+        }
+    }
+}
+
+impl Server {
+    /// Open the store, recover, and serve on `config.listen`.
+    ///
+    /// # Errors
+    /// The store cannot be opened, or the address cannot be bound.
+    pub async fn start(config: Config) -> Result<Running, ServerError> {
+        let dir = config.data_dir.clone();
+        let (store, rec) = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| ServerError::Store(e.to_string()))??;
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer::spawn(store, stats.clone());
+        let now = now_ms();
+        let (jobs, nodes) = (rec.jobs.len(), rec.nodes.len());
+        let (mut state, mut ops) =
+            State::recover(rec.queues, rec.jobs, rec.nodes, config.profile.clone(), now)?;
+        if state.queues.is_empty() && config.default_queue {
+            ops.extend(state.create_queue(QueueSpec {
+                name: "default".into(),
+                parent: None,
+                weight: 1.0,
+                quotas: BTreeMap::new(),
+            })?);
+            ops.extend(state.ensure_fresh(now));
+        }
+        durable(writer.write(ops)).await?;
+        tracing::info!(jobs, nodes, queues = state.queues.len(), "recovered");
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServerError::Store(format!("bind {}: {e}", config.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ServerError::Store(e.to_string()))?;
+        let (events, _) = broadcast::channel(4096);
+        let server = Server {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                writer,
+                kick: Notify::new(),
+                events,
+                config,
+                stats,
+                metrics: crate::metrics::Metrics::new(),
+            }),
+        };
+        let mut metrics_addr = None;
+        let mut background = Vec::new();
+        if let Some(at) = server.shared.config.metrics_listen {
+            let l = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| ServerError::Store(format!("bind {at}: {e}")))?;
+            metrics_addr = Some(
+                l.local_addr()
+                    .map_err(|e| ServerError::Store(e.to_string()))?,
+            );
+            let app = axum::Router::new()
+                .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+                .route("/readyz", axum::routing::get(|| async { "ready\n" }))
+                .route(
+                    "/metrics",
+                    axum::routing::get(
+                        |axum::extract::State(s): axum::extract::State<Server>| async move {
+                            s.render_metrics()
+                        },
+                    ),
+                )
+                .with_state(server.clone());
+            background.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            }));
+        }
+        background.push(tokio::spawn(server.clone().scheduling_loop()));
+        background.push(tokio::spawn(server.clone().reaper()));
+        server.shared.kick.notify_one();
+        let (tx, rx) = oneshot::channel::<()>();
+        let s = server.clone();
+        let join = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(pb::queues_server::QueuesServer::new(s.clone()))
+                .add_service(pb::jobs_server::JobsServer::new(s.clone()))
+                .add_service(pb::nodes_server::NodesServer::new(s.clone()))
+                .add_service(pb::cluster_server::ClusterServer::new(s))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = rx.await;
+                    },
+                )
+                .await
+        });
+        tracing::info!(%addr, "serving gantry.v1");
+        Ok(Running {
+            addr,
+            metrics_addr,
+            server,
+            shutdown: Some(tx),
+            join,
+            background,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state as it was at the panic; serving on
+        // is better than refusing every request.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Commit counters of the store's writer.
+    pub fn writer_stats(&self) -> &WriterStats {
+        &self.shared.stats
+    }
+
+    /// The prometheus text exposition of the current state.
+    pub fn render_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (c, w) = (
+            self.shared.stats.commits.load(Relaxed),
+            self.shared.stats.writes.load(Relaxed),
+        );
+        let st = self.lock();
+        self.shared.metrics.render(&st, c, w)
+    }
+
+    /// Apply a change: see the module docs.
+    async fn apply<T>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<(T, Vec<Op>), ServerError>,
+    ) -> Result<T, ServerError> {
+        let (value, wait, marks, events) = {
+            let mut st = self.lock();
+            let (value, ops) = f(&mut st)?;
+            let marks = st.publish_marks(&ops);
+            let events = std::mem::take(&mut st.events);
+            let wait = (!ops.is_empty()).then(|| self.shared.writer.write(ops));
+            (value, wait, marks, events)
+        };
+        let changed = wait.is_some();
+        if let Some(w) = wait {
+            durable(w).await?;
+        }
+        if !marks.is_empty() {
+            self.lock().publish(&marks);
+        }
+        for e in events {
+            let _ = self.shared.events.send(e);
+        }
+        if changed {
+            self.shared.kick.notify_one();
+        }
+        Ok(value)
+    }
+
+    async fn scheduling_loop(self) {
+        let debounce = Duration::from_millis(self.shared.config.debounce_ms);
+        loop {
+            // A periodic cycle too: estimates and reservations move with the clock.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.kick.notified()).await;
+            tokio::time::sleep(debounce).await;
+            let span = tracing::debug_span!("cycle");
+            let _g = span.enter();
+            let t0 = std::time::Instant::now();
+            let r = self.apply(|st| Ok(((), st.cycle(now_ms())))).await;
+            self.shared
+                .metrics
+                .cycle
+                .observe(t0.elapsed().as_secs_f64());
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cycle could not be recorded");
+            }
+        }
+    }
+
+    async fn reaper(self) {
+        let lease = self.shared.config.lease_ms;
+        let every = Duration::from_millis((lease / 4).max(10));
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.apply(|st| Ok(((), st.reap(now_ms(), lease)))).await {
+                tracing::error!(error = %e, "lost nodes could not be recorded");
+            }
+        }
+    }
+
+    /// Submit a job: validated, made durable, then handed to the engine.
+    ///
+    /// # Errors
+    /// See [`State::begin_submit`]; [`ServerError::Store`] when it could not be made durable.
+    pub async fn submit(
+        &self,
+        spec: JobSpec,
+        command: Vec<String>,
+        env: BTreeMap<String, String>,
+    ) -> Result<u64, ServerError> {
+        let rec = self.lock().begin_submit(spec, command, env, now_ms())?;
+        let result = durable(self.shared.writer.write(vec![Op::job(&rec)])).await;
+        let seq = rec.seq;
+        let events = {
+            let mut st = self.lock();
+            st.finish_submit(rec, result.is_ok());
+            std::mem::take(&mut st.events)
+        };
+        result?;
+        for e in events {
+            let _ = self.shared.events.send(e);
+        }
+        self.shared.kick.notify_one();
+        Ok(seq)
+    }
+
+    /// The caller, when tokens are configured.
+    fn who<T>(&self, req: &Request<T>) -> Result<Option<Caller>, Status> {
+        match &self.shared.config.auth {
+            None => Ok(None),
+            Some(a) => a.caller(req.metadata()).map(Some),
+        }
+    }
+
+    fn admin<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        if let Some(c) = self.who(req)? {
+            c.require_admin(what)?;
+        }
+        Ok(())
+    }
+
+    /// A job's record, if the caller may see it.
+    fn visible_job(&self, who: &Option<Caller>, name: &str) -> Result<JobRecord, Status> {
+        let rec = self.job_record(name)?;
+        if let Some(c) = who {
+            let st = self.lock();
+            if !c.may_use(&st.queues, &rec.spec.queue) {
+                return Err(Status::permission_denied(format!(
+                    "job {name:?} is in queue {:?}, which is not one of {}'s teams' queues",
+                    rec.spec.queue, c.user
+                )));
+            }
+        }
+        Ok(rec)
+    }
+
+    fn job_record(&self, name: &str) -> Result<JobRecord, ServerError> {
+        self.lock()
+            .jobs
+            .get(name)
+            .map(|e| e.rec.clone())
+            .ok_or_else(|| ServerError::NotFound {
+                kind: "job",
+                name: name.to_string(),
+            })
+    }
+}
+
+// ---------------------------------------------------------------- conversions
+
+fn pb_state(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Pending => pb::JobState::Pending,
+        JobState::Running => pb::JobState::Running,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+fn pb_job(rec: &JobRecord, st: &State) -> pb::Job {
+    let nodes: BTreeMap<_, _> = st
+        .nodes
+        .iter()
+        .map(|(k, n)| (k.clone(), n.rec.clone()))
+        .collect();
+    pb::Job {
+        name: rec.name.clone(),
+        queue: rec.spec.queue.clone(),
+        kind: format!("{:?}", rec.spec.kind).to_lowercase(),
+        priority: st
+            .tree
+            .priority_classes
+            .get(
+                rec.spec
+                    .priority_class
+                    .as_deref()
+                    .unwrap_or(rec.spec.kind.default_priority_class()),
+            )
+            .map_or(0, |c| c.value),
+        state: pb_state(rec.state) as i32,
+        seq: rec.seq,
+        submitted_ms: rec.submitted_ms,
+        started_ms: rec.started_ms.unwrap_or(0),
+        finished_ms: rec.finished_ms.unwrap_or(0),
+        tasks_wanted: rec.spec.tasks.iter().map(|g| g.count).sum(),
+        tasks: rec
+            .tasks
+            .iter()
+            .map(|t| {
+                let (devices, gpu_milli) = t.visible_devices(&nodes);
+                pb::TaskAssignment {
+                    job: rec.name.clone(),
+                    group: u32::from(t.group),
+                    index: t.index,
+                    node: t.node.clone(),
+                    devices,
+                    gpu_milli,
+                    cpu_milli: t.cpu_milli,
+                    memory_mib: t.memory_mib,
+                    attempt: rec.attempt,
+                    command: Vec::new(),
+                    env: Default::default(),
+                }
+            })
+            .collect(),
+        reason: rec.reason.clone(),
+        requeues: rec.requeues,
+        command: rec.command.clone(),
+        spec_json: serde_json::to_string(&rec.spec).unwrap_or_default(),
+        exit_code: rec.exit_code,
+    }
+}
+
+fn pb_assignment(a: Assignment) -> pb::TaskAssignment {
+    pb::TaskAssignment {
+        job: a.job,
+        group: u32::from(a.group),
+        index: a.index,
+        node: a.node,
+        devices: a.devices,
+        gpu_milli: a.gpu_milli,
+        cpu_milli: a.cpu_milli,
+        memory_mib: a.memory_mib,
+        attempt: a.attempt,
+        command: a.command,
+        env: a.env.into_iter().collect(),
+    }
+}
+
+fn pb_stop(s: Stop, grace_ms: u64) -> pb::StopTask {
+    pb::StopTask {
+        task: Some(pb::TaskRef {
+            job: s.job,
+            group: u32::from(s.group),
+            index: s.index,
+            attempt: s.attempt,
+        }),
+        grace_ms,
+        why: s.why,
+    }
+}
+
+fn task_key(r: &pb::TaskRef) -> Result<TaskKey, ServerError> {
+    Ok(TaskKey {
+        job: r.job.clone(),
+        group: u16::try_from(r.group).map_err(|_| ServerError::Invalid {
+            field: "task.group".into(),
+            reason: format!("{} is not a task group index", r.group),
+        })?,
+        index: r.index,
+        attempt: r.attempt,
+    })
+}
+
+fn pb_event(e: &Event) -> pb::JobEvent {
+    pb::JobEvent {
+        job: e.job.clone(),
+        kind: e.kind.to_string(),
+        message: e.message.clone(),
+        at_ms: e.at_ms,
+        state: pb_state(e.state) as i32,
+    }
+}
+
+fn pb_queue(spec: &QueueSpec, st: &State) -> pb::Queue {
+    let leaf = st
+        .tree
+        .find(&spec.name)
+        .is_some_and(|i| st.tree.queues[i].is_leaf());
+    let (mut pending, mut running) = (0u64, 0u64);
+    for e in st.jobs.values() {
+        if e.rec.spec.queue == spec.name {
+            match e.rec.state {
+                JobState::Pending => pending += 1,
+                JobState::Running => running += 1,
+                _ => {}
+            }
+        }
+    }
+    let quotas = match st.snap.queue_by_name(&spec.name) {
+        Some(q) => spec
+            .quotas
+            .keys()
+            .filter_map(|f| {
+                st.snap.flavor_by_name(f).map(|fid| pb::QuotaUsage {
+                    flavor: f.clone(),
+                    nominal_milli: st.snap.queue_nominal(q, fid),
+                    used_milli: st.snap.queue_usage(q, fid),
+                })
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    pb::Queue {
+        name: spec.name.clone(),
+        parent: spec.parent.clone().unwrap_or_default(),
+        leaf,
+        weight: spec.weight,
+        spec_json: serde_json::to_string(spec).unwrap_or_default(),
+        pending_jobs: pending,
+        running_jobs: running,
+        quotas,
+    }
+}
+
+// ---------------------------------------------------------------- services
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::queues_server::Queues for Server {
+    async fn create_queue(
+        &self,
+        req: Request<pb::QueueRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
+        self.admin(&req, "creating queues")?;
+        let spec: QueueSpec = parse_json("spec_json", &req.get_ref().spec_json)?;
+        let s = spec.clone();
+        self.apply(|st| Ok(((), st.create_queue(s)?))).await?;
+        let st = self.lock();
+        Ok(Response::new(pb_queue(&spec, &st)))
+    }
+
+    async fn update_queue(
+        &self,
+        req: Request<pb::QueueRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
+        self.admin(&req, "changing queues and quotas")?;
+        let spec: QueueSpec = parse_json("spec_json", &req.get_ref().spec_json)?;
+        let s = spec.clone();
+        self.apply(|st| Ok(((), st.update_queue(s)?))).await?;
+        let st = self.lock();
+        Ok(Response::new(pb_queue(&spec, &st)))
+    }
+
+    async fn delete_queue(
+        &self,
+        req: Request<pb::DeleteQueueRequest>,
+    ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        self.admin(&req, "deleting queues")?;
+        let name = req.into_inner().name;
+        self.apply(|st| Ok(((), st.delete_queue(&name)?))).await?;
+        Ok(Response::new(pb::DeleteQueueResponse {}))
+    }
+
+    async fn list_queues(
+        &self,
+        req: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        self.who(&req)?;
+        let ops = {
+            let mut st = self.lock();
+            st.ensure_fresh(now_ms())
+        };
+        if !ops.is_empty() {
+            durable(self.shared.writer.write(ops)).await?;
+        }
+        let st = self.lock();
+        Ok(Response::new(pb::ListQueuesResponse {
+            queues: st.queues.values().map(|q| pb_queue(q, &st)).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::jobs_server::Jobs for Server {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let who = self.who(&req)?;
+        let req = req.into_inner();
+        let spec: JobSpec = parse_json("spec_json", &req.spec_json)?;
+        if let Some(c) = &who {
+            let st = self.lock();
+            // An unknown queue is left to validation, which names the field.
+            if st.queues.contains_key(&spec.queue) && !c.may_use(&st.queues, &spec.queue) {
+                return Err(Status::permission_denied(format!(
+                    "spec_json.queue: {:?} is not one of {}'s teams' queues",
+                    spec.queue, c.user
+                )));
+            }
+        }
+        let name = spec.name.clone();
+        let seq = self
+            .submit(spec, req.command, req.env.into_iter().collect())
+            .await?;
+        Ok(Response::new(pb::SubmitJobResponse { name, seq }))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let who = self.who(&req)?;
+        let name = req.into_inner().name;
+        self.visible_job(&who, &name)?;
+        let state = self.apply(|st| st.cancel(&name, now_ms())).await?;
+        Ok(Response::new(pb::CancelJobResponse {
+            state: pb_state(state) as i32,
+        }))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let who = self.who(&req)?;
+        let rec = self.visible_job(&who, &req.get_ref().name)?;
+        let st = self.lock();
+        Ok(Response::new(pb_job(&rec, &st)))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let who = self.who(&req)?;
+        let req = req.into_inner();
+        let states: BTreeSet<i32> = req.states.iter().copied().collect();
+        let st = self.lock();
+        let mut jobs = Vec::new();
+        for name in st.order.values() {
+            let Some(e) = st.jobs.get(name) else { continue };
+            if !req.queue.is_empty() && e.rec.spec.queue != req.queue {
+                continue;
+            }
+            if who
+                .as_ref()
+                .is_some_and(|c| !c.may_use(&st.queues, &e.rec.spec.queue))
+            {
+                continue;
+            }
+            if !states.is_empty() && !states.contains(&(pb_state(e.rec.state) as i32)) {
+                continue;
+            }
+            jobs.push(pb_job(&e.rec, &st));
+            if req.limit > 0 && jobs.len() >= req.limit as usize {
+                break;
+            }
+        }
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    type WatchJobsStream = EventStream;
+
+    async fn watch_jobs(
+        &self,
+        req: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let who = self.who(&req)?;
+        let only = req.into_inner().name;
+        let rx = self.shared.events.subscribe();
+        let server = self.clone();
+        let visible = move |job: &str| {
+            who.as_ref().is_none_or(|c| {
+                let st = server.lock();
+                st.jobs
+                    .get(job)
+                    .is_some_and(|j| c.may_use(&st.queues, &j.rec.spec.queue))
+            })
+        };
+        let stream =
+            tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| match r {
+                Ok(e) if (only.is_empty() || e.job == only) && visible(&e.job) => {
+                    Some(Ok(pb_event(&e)))
+                }
+                Ok(_) => None,
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Err(Status::data_loss(format!(
+                        "watcher fell behind: {n} events dropped"
+                    ))))
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn explain_job(
+        &self,
+        req: Request<pb::ExplainJobRequest>,
+    ) -> Result<Response<pb::Explanation>, Status> {
+        let who = self.who(&req)?;
+        let name = req.into_inner().name;
+        let rec = self.visible_job(&who, &name)?;
+        let mut out = pb::Explanation {
+            job: name.clone(),
+            state: pb_state(rec.state) as i32,
+            reason: rec.reason.clone(),
+            position: 0,
+            eta_ms: 0,
+        };
+        let (id, ops) = self.lock().job_id(&name, now_ms());
+        if !ops.is_empty() {
+            durable(self.shared.writer.write(ops)).await?;
+        }
+        if let Some(id) = id {
+            let st = self.lock();
+            if let Some(x) = st.snap.explain(id) {
+                out.position = x.position.map_or(0, |p| p as u32);
+                out.eta_ms = x.estimated_start.unwrap_or(0);
+                if let Some(r) = x.reason {
+                    out.reason = r;
+                }
+            }
+        }
+        Ok(Response::new(out))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::nodes_server::Nodes for Server {
+    async fn register_node(
+        &self,
+        req: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        self.admin(&req, "registering nodes")?;
+        let node: Node = parse_json("node_json", &req.get_ref().node_json)?;
+        let name = node.name.clone();
+        let starts = self.apply(|st| st.register(node, now_ms())).await?;
+        tracing::info!(node = %name, "registered");
+        Ok(Response::new(pb::RegisterNodeResponse {
+            node: name,
+            lease_ms: self.shared.config.lease_ms,
+            start: starts.into_iter().map(pb_assignment).collect(),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.admin(&req, "heartbeating for a node")?;
+        let req = req.into_inner();
+        let running = req
+            .running
+            .iter()
+            .map(task_key)
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        let (starts, stops) = self.lock().heartbeat(&req.node, &running, now_ms())?;
+        let grace = self.shared.config.grace_ms;
+        Ok(Response::new(pb::HeartbeatResponse {
+            lease_ms: self.shared.config.lease_ms,
+            start: starts.into_iter().map(pb_assignment).collect(),
+            stop: stops.into_iter().map(|s| pb_stop(s, grace)).collect(),
+        }))
+    }
+
+    async fn report_task(
+        &self,
+        req: Request<pb::ReportTaskRequest>,
+    ) -> Result<Response<pb::ReportTaskResponse>, Status> {
+        self.admin(&req, "reporting tasks for a node")?;
+        let req = req.into_inner();
+        let key = task_key(req.task.as_ref().ok_or_else(|| ServerError::Invalid {
+            field: "task".into(),
+            reason: "required".into(),
+        })?)?;
+        let what = match pb::TaskPhase::try_from(req.phase) {
+            Ok(pb::TaskPhase::Started) => Report::Started,
+            Ok(pb::TaskPhase::Exited) | Ok(pb::TaskPhase::Stopped) => Report::Exited(req.exit_code),
+            Ok(pb::TaskPhase::FailedToStart) => Report::FailedToStart,
+            _ => {
+                return Err(ServerError::Invalid {
+                    field: "phase".into(),
+                    reason: format!("{} is not a task phase", req.phase),
+                }
+                .into())
+            }
+        };
+        self.apply(|st| Ok(((), st.report(&req.node, &key, what, now_ms()))))
+            .await?;
+        Ok(Response::new(pb::ReportTaskResponse {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.who(&req)?;
+        let st = self.lock();
+        let mut used: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+        for name in &st.running {
+            if let Some(e) = st.jobs.get(name) {
+                for t in &e.rec.tasks {
+                    let u = used.entry(t.node.as_str()).or_default();
+                    u.1 += 1;
+                    if let crate::record::GpuRecord::Whole(ds) = &t.gpu {
+                        u.0 += ds.len() as u32;
+                    } else if !matches!(t.gpu, crate::record::GpuRecord::None) {
+                        u.0 += 1;
+                    }
+                }
+            }
+        }
+        let nodes = st
+            .nodes
+            .iter()
+            .map(|(name, n)| {
+                let models: BTreeSet<String> =
+                    n.rec.node.devices.iter().map(|d| d.model.clone()).collect();
+                let (gpus_used, tasks) = used.get(name.as_str()).copied().unwrap_or_default();
+                pb::NodeStatus {
+                    name: name.clone(),
+                    ready: n.ready,
+                    gpus: n.rec.node.devices.len() as u32,
+                    gpus_used,
+                    models: models.into_iter().collect(),
+                    last_heartbeat_ms: n.last_seen_ms,
+                    running_tasks: tasks,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for Server {
+    async fn get_status(
+        &self,
+        req: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.who(&req)?;
+        let st = self.lock();
+        let totals = st.snap.gpu_totals();
+        let running = st.running.len() as u64;
+        let pending = st
+            .jobs
+            .values()
+            .filter(|e| e.rec.state == JobState::Pending)
+            .count() as u64;
+        Ok(Response::new(pb::ClusterStatus {
+            nodes: st.nodes.len() as u32,
+            nodes_ready: st.nodes.values().filter(|n| n.ready).count() as u32,
+            gpus: totals.devices,
+            gpus_allocated_milli: totals.allocated_milli,
+            pending_jobs: pending,
+            running_jobs: running,
+            cycles: st.counters.cycles,
+            last_cycle_us: st.counters.last_cycle_us,
+        }))
+    }
+}

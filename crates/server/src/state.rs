@@ -1,0 +1,1220 @@
+//! The server's in-memory state: the records (queues, jobs, nodes) and the engine's
+//! [`Snapshot`], kept in step. Every method is synchronous and returns the store [`Op`]s that
+//! make its change durable; the caller hands them to the writer while it still holds the state
+//! lock (so the store sees changes in the order they happened) and awaits them afterwards.
+//!
+//! The snapshot is rebuilt from the records when the node set or the queue tree changes
+//! (`Snapshot::new` takes a whole cluster): every active job is submitted again in submission
+//! order and every running job's recorded tasks are put back with `Snapshot::restore`, which
+//! refuses a device taken twice. A job whose node or devices are gone is requeued whole.
+//! Rebuild cost is O(jobs); node joins and queue edits are rare next to cycles.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use gantry_engine::{schedule, JobId, Profile, Snapshot};
+use gantry_model::queue::check_name;
+use gantry_model::{Cluster, ClusterSpec, JobSpec, Node, QueueSpec, QueueTree, QueuesSpec};
+
+use crate::record::{JobRecord, JobState, NodeRecord, TaskPhase, TaskRecord};
+use crate::store::{Op, Table};
+use crate::ServerError;
+
+/// A task an agent must stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stop {
+    /// Job name.
+    pub job: String,
+    /// Group.
+    pub group: u16,
+    /// Replica.
+    pub index: u32,
+    /// Run of the job.
+    pub attempt: u32,
+    /// Why (preempted, cancelled, node lost, gang member failed).
+    pub why: String,
+}
+
+/// A task an agent must run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// Job name.
+    pub job: String,
+    /// Group.
+    pub group: u16,
+    /// Replica.
+    pub index: u32,
+    /// Run of the job.
+    pub attempt: u32,
+    /// Node.
+    pub node: String,
+    /// GPU or MIG uuids.
+    pub devices: Vec<String>,
+    /// Shared fraction (thousandths), 0 otherwise.
+    pub gpu_milli: u32,
+    /// Millicores.
+    pub cpu_milli: u32,
+    /// MiB.
+    pub memory_mib: u64,
+    /// argv.
+    pub command: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A task an agent reports on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    /// Job name.
+    pub job: String,
+    /// Group.
+    pub group: u16,
+    /// Replica.
+    pub index: u32,
+    /// Run.
+    pub attempt: u32,
+}
+
+/// What an agent says about a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The process started.
+    Started,
+    /// The process ended (exit status; signals as 128 + n).
+    Exited(i32),
+    /// The process could not be started.
+    FailedToStart,
+}
+
+/// Something that happened to a job (for `WatchJobs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Job name.
+    pub job: String,
+    /// `submitted`, `started`, `preempted`, `requeued`, `succeeded`, `failed`, `cancelled`.
+    pub kind: &'static str,
+    /// Details.
+    pub message: String,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// State after the event.
+    pub state: JobState,
+}
+
+/// A job in memory.
+#[derive(Debug, Clone)]
+pub struct JobEntry {
+    /// The record, as last written.
+    pub rec: JobRecord,
+    /// Its id in the current snapshot (active jobs only).
+    pub id: Option<JobId>,
+    /// How many of `rec.tasks` are durable and so may be handed to agents.
+    pub published: usize,
+}
+
+/// A node in memory.
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    /// The record.
+    pub rec: NodeRecord,
+    /// Heartbeating within its lease.
+    pub ready: bool,
+    /// Last heartbeat seen by this process (a restarted server gives every node a fresh lease).
+    pub last_seen_ms: u64,
+}
+
+/// Counters for status and metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    /// Cycles run.
+    pub cycles: u64,
+    /// Duration of the last cycle.
+    pub last_cycle_us: u64,
+    /// Preemptions applied.
+    pub preemptions: u64,
+    /// Jobs requeued because their node was lost.
+    pub lost_requeues: u64,
+}
+
+/// The state. See the module docs.
+#[derive(Debug)]
+pub struct State {
+    /// Queue specs by name.
+    pub queues: BTreeMap<String, QueueSpec>,
+    /// The validated tree.
+    pub tree: QueueTree,
+    /// Registered nodes.
+    pub nodes: BTreeMap<String, NodeEntry>,
+    /// Jobs by name.
+    pub jobs: HashMap<String, JobEntry>,
+    /// Job names by submission sequence.
+    pub order: BTreeMap<u64, String>,
+    /// Running jobs (for agents' assignments without scanning every job).
+    pub running: BTreeSet<String>,
+    /// Names of submissions being made durable (not yet in `jobs`).
+    reserved: HashSet<String>,
+    /// The engine's view.
+    pub snap: Snapshot,
+    /// The snapshot must be rebuilt before it is used.
+    dirty: bool,
+    /// Stops waiting for each node's next heartbeat.
+    stops: HashMap<String, Vec<Stop>>,
+    /// Next submission sequence number.
+    pub next_seq: u64,
+    /// Scheduling policy.
+    pub profile: Profile,
+    /// Events not yet broadcast.
+    pub events: Vec<Event>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+fn tree_of(queues: &BTreeMap<String, QueueSpec>) -> Result<QueueTree, ServerError> {
+    QueuesSpec {
+        queues: queues.values().cloned().collect(),
+        priority_classes: None,
+    }
+    .build()
+    .map_err(|e| ServerError::from_model("spec_json", e))
+}
+
+fn cluster_of<'a>(nodes: impl Iterator<Item = &'a Node>) -> Result<Cluster, ServerError> {
+    ClusterSpec {
+        nodes: nodes.cloned().collect(),
+        ..ClusterSpec::default()
+    }
+    .build()
+    .map_err(|e| ServerError::from_model("node_json", e))
+}
+
+impl State {
+    /// State from what the store held. Every node gets a fresh lease from `now`; running jobs
+    /// get their recorded devices back, or are requeued (the returned ops record that).
+    ///
+    /// # Errors
+    /// Stored queues that no longer form a valid tree (not expected: they were validated).
+    pub fn recover(
+        queues: Vec<QueueSpec>,
+        jobs: Vec<JobRecord>,
+        nodes: Vec<NodeRecord>,
+        profile: Profile,
+        now: u64,
+    ) -> Result<(State, Vec<Op>), ServerError> {
+        let queues: BTreeMap<String, QueueSpec> =
+            queues.into_iter().map(|q| (q.name.clone(), q)).collect();
+        let tree = tree_of(&queues)?;
+        let snap = Snapshot::new(&Cluster::default(), &tree)?;
+        let mut s = State {
+            queues,
+            tree,
+            nodes: nodes
+                .into_iter()
+                .map(|rec| {
+                    let e = NodeEntry {
+                        rec,
+                        ready: true,
+                        last_seen_ms: now,
+                    };
+                    (e.rec.node.name.clone(), e)
+                })
+                .collect(),
+            jobs: HashMap::new(),
+            order: BTreeMap::new(),
+            running: BTreeSet::new(),
+            reserved: HashSet::new(),
+            snap,
+            dirty: true,
+            stops: HashMap::new(),
+            next_seq: 1,
+            profile,
+            events: Vec::new(),
+            counters: Counters::default(),
+        };
+        for rec in jobs {
+            s.next_seq = s.next_seq.max(rec.seq + 1);
+            s.order.insert(rec.seq, rec.name.clone());
+            if rec.state == JobState::Running {
+                s.running.insert(rec.name.clone());
+            }
+            let published = rec.tasks.len();
+            s.jobs.insert(
+                rec.name.clone(),
+                JobEntry {
+                    rec,
+                    id: None,
+                    published,
+                },
+            );
+        }
+        let ops = s.rebuild(now);
+        Ok((s, ops))
+    }
+
+    /// Rebuild the snapshot if something made it stale.
+    pub fn ensure_fresh(&mut self, now: u64) -> Vec<Op> {
+        if self.dirty {
+            self.rebuild(now)
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn rebuild(&mut self, now: u64) -> Vec<Op> {
+        let cluster = match cluster_of(self.nodes.values().map(|n| &n.rec.node)) {
+            Ok(c) => c,
+            Err(e) => {
+                // Each node was validated with the others when it registered; keep going
+                // with no nodes rather than stop scheduling altogether.
+                tracing::error!(error = %e, "registered nodes no longer form a valid cluster");
+                Cluster::default()
+            }
+        };
+        let mut snap = match Snapshot::new(&cluster, &self.tree) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build a snapshot of the registered nodes");
+                match Snapshot::new(&Cluster::default(), &self.tree) {
+                    Ok(s) => s,
+                    Err(_) => return Vec::new(),
+                }
+            }
+        };
+        for (name, n) in &self.nodes {
+            if !n.ready {
+                if let Some(id) = snap.node_by_name(name) {
+                    snap.set_node_ready(id, false);
+                }
+            }
+        }
+        let mut ops = Vec::new();
+        let names: Vec<String> = self.order.values().cloned().collect();
+        for name in names {
+            let Some(e) = self.jobs.get_mut(&name) else {
+                continue;
+            };
+            e.id = None;
+            if !e.rec.state.is_active() {
+                continue;
+            }
+            let job = match e.rec.spec.validate(&self.tree, None) {
+                Ok(j) => j,
+                Err(err) => {
+                    e.rec.state = JobState::Failed;
+                    e.rec.finished_ms = Some(now);
+                    e.rec.reason = format!("no longer valid: {err}");
+                    ops.push(Op::job(&e.rec));
+                    continue;
+                }
+            };
+            let id = match snap.submit(&job, e.rec.submitted_ms) {
+                Ok(id) => id,
+                Err(err) => {
+                    e.rec.state = JobState::Failed;
+                    e.rec.finished_ms = Some(now);
+                    e.rec.reason = format!("engine refused it: {err}");
+                    ops.push(Op::job(&e.rec));
+                    continue;
+                }
+            };
+            e.id = Some(id);
+            if e.rec.state == JobState::Running {
+                let allocs: Option<Vec<_>> =
+                    e.rec.tasks.iter().map(|t| t.to_alloc(&snap)).collect();
+                let restored = match allocs {
+                    Some(a) => snap
+                        .restore(id, a, e.rec.started_ms.unwrap_or(now))
+                        .map_err(|err| err.to_string()),
+                    None => Err("its node or devices are gone".to_string()),
+                };
+                if let Err(why) = restored {
+                    tracing::warn!(job = %name, %why, "requeued on rebuild");
+                    let why = format!("requeued: {why}");
+                    requeue_record(e, &why, &mut self.stops, &mut self.events, now);
+                    self.running.remove(&name);
+                    ops.push(Op::job(&e.rec));
+                }
+            }
+        }
+        self.snap = snap;
+        self.dirty = false;
+        ops
+    }
+
+    // ------------------------------------------------------------------ queues
+
+    fn check_tree(&self, queues: &BTreeMap<String, QueueSpec>) -> Result<QueueTree, ServerError> {
+        let tree = tree_of(queues)?;
+        for e in self.jobs.values().filter(|e| e.rec.state.is_active()) {
+            let q = &e.rec.spec.queue;
+            match tree.find(q) {
+                Some(i) if tree.queues[i].is_leaf() => {}
+                _ => {
+                    return Err(ServerError::Conflict(format!(
+                        "queue {q:?} holds job {:?}: it must stay a leaf queue",
+                        e.rec.name
+                    )))
+                }
+            }
+        }
+        Ok(tree)
+    }
+
+    /// Create a queue.
+    ///
+    /// # Errors
+    /// A bad spec, a taken name, or a change that would turn a queue with jobs into a cohort.
+    pub fn create_queue(&mut self, spec: QueueSpec) -> Result<Vec<Op>, ServerError> {
+        check_name("spec_json.name", &spec.name).map_err(|e| ServerError::from_model("", e))?;
+        if self.queues.contains_key(&spec.name) {
+            return Err(ServerError::AlreadyExists {
+                kind: "queue",
+                name: spec.name,
+            });
+        }
+        self.put_queue(spec)
+    }
+
+    /// Replace a queue's spec.
+    ///
+    /// # Errors
+    /// An unknown queue, a bad spec, or a change that would turn a queue with jobs into a cohort.
+    pub fn update_queue(&mut self, spec: QueueSpec) -> Result<Vec<Op>, ServerError> {
+        if !self.queues.contains_key(&spec.name) {
+            return Err(ServerError::NotFound {
+                kind: "queue",
+                name: spec.name,
+            });
+        }
+        self.put_queue(spec)
+    }
+
+    fn put_queue(&mut self, spec: QueueSpec) -> Result<Vec<Op>, ServerError> {
+        let mut queues = self.queues.clone();
+        queues.insert(spec.name.clone(), spec.clone());
+        self.tree = self.check_tree(&queues)?;
+        self.queues = queues;
+        self.dirty = true;
+        Ok(vec![Op::queue(&spec)])
+    }
+
+    /// Delete a queue with no active jobs and no children.
+    ///
+    /// # Errors
+    /// An unknown queue, one with children, or one with pending or running jobs.
+    pub fn delete_queue(&mut self, name: &str) -> Result<Vec<Op>, ServerError> {
+        if !self.queues.contains_key(name) {
+            return Err(ServerError::NotFound {
+                kind: "queue",
+                name: name.to_string(),
+            });
+        }
+        if let Some(child) = self
+            .queues
+            .values()
+            .find(|q| q.parent.as_deref() == Some(name))
+        {
+            return Err(ServerError::Conflict(format!(
+                "queue {name:?} is the parent of {:?}; delete or move its children first",
+                child.name
+            )));
+        }
+        if self.reserved.iter().next().is_some()
+            || self
+                .jobs
+                .values()
+                .any(|e| e.rec.state.is_active() && e.rec.spec.queue == name)
+        {
+            return Err(ServerError::Conflict(format!(
+                "queue {name:?} has pending or running jobs (or submissions in flight)"
+            )));
+        }
+        let mut queues = self.queues.clone();
+        queues.remove(name);
+        self.tree = self.check_tree(&queues)?;
+        self.queues = queues;
+        self.dirty = true;
+        Ok(vec![Op::Delete(Table::Queues, name.to_string())])
+    }
+
+    // ------------------------------------------------------------------ jobs
+
+    /// Validate a submission and reserve its name. Nothing changes but the reservation; the
+    /// caller makes the returned record durable, then calls [`State::finish_submit`].
+    ///
+    /// # Errors
+    /// An invalid spec (field path under `spec_json`), an unknown queue, a request no node could
+    /// ever satisfy (checked once at least one node has registered), an over-long name, or a
+    /// name in use by an active job.
+    pub fn begin_submit(
+        &mut self,
+        spec: JobSpec,
+        command: Vec<String>,
+        env: BTreeMap<String, String>,
+        now: u64,
+    ) -> Result<JobRecord, ServerError> {
+        let catalog = (!self.nodes.is_empty()).then(|| {
+            cluster_of(self.nodes.values().map(|n| &n.rec.node))
+                .map(|c| c.catalog())
+                .unwrap_or_default()
+        });
+        spec.validate(&self.tree, catalog.as_ref())
+            .map_err(|e| ServerError::from_model("spec_json", e))?;
+        if command.is_empty() {
+            return Err(ServerError::Invalid {
+                field: "command".into(),
+                reason: "must name the program each task runs".into(),
+            });
+        }
+        for (k, _) in env.iter() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(ServerError::Invalid {
+                    field: format!("env[{k:?}]"),
+                    reason: "not a valid environment variable name".into(),
+                });
+            }
+        }
+        let taken = self.reserved.contains(&spec.name)
+            || self
+                .jobs
+                .get(&spec.name)
+                .is_some_and(|e| e.rec.state.is_active());
+        if taken {
+            return Err(ServerError::AlreadyExists {
+                kind: "job",
+                name: spec.name,
+            });
+        }
+        self.reserved.insert(spec.name.clone());
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(JobRecord {
+            name: spec.name.clone(),
+            seq,
+            spec,
+            command,
+            env,
+            state: JobState::Pending,
+            submitted_ms: now,
+            started_ms: None,
+            finished_ms: None,
+            attempt: 0,
+            requeues: 0,
+            tasks: Vec::new(),
+            reason: "waiting for the next scheduling cycle".into(),
+            exit_code: 0,
+        })
+    }
+
+    /// The submission's record is durable (`ok`) or failed to be: add it or drop the reservation.
+    pub fn finish_submit(&mut self, rec: JobRecord, ok: bool) {
+        self.reserved.remove(&rec.name);
+        if !ok {
+            return;
+        }
+        let mut id = None;
+        if !self.dirty {
+            match rec.spec.validate(&self.tree, None) {
+                Ok(job) => match self.snap.submit(&job, rec.submitted_ms) {
+                    Ok(i) => id = Some(i),
+                    Err(_) => self.dirty = true,
+                },
+                Err(_) => self.dirty = true,
+            }
+        }
+        if let Some(old) = self.jobs.get(&rec.name) {
+            self.order.remove(&old.rec.seq);
+        }
+        self.order.insert(rec.seq, rec.name.clone());
+        self.events.push(Event {
+            job: rec.name.clone(),
+            kind: "submitted",
+            message: format!("queue {}", rec.spec.queue),
+            at_ms: rec.submitted_ms,
+            state: JobState::Pending,
+        });
+        self.jobs.insert(
+            rec.name.clone(),
+            JobEntry {
+                rec,
+                id,
+                published: 0,
+            },
+        );
+    }
+
+    /// Cancel a pending or running job; its tasks are told to stop.
+    ///
+    /// # Errors
+    /// An unknown or finished job.
+    pub fn cancel(&mut self, name: &str, now: u64) -> Result<(JobState, Vec<Op>), ServerError> {
+        let mut ops = self.ensure_fresh(now);
+        let e = self
+            .jobs
+            .get_mut(name)
+            .ok_or_else(|| ServerError::NotFound {
+                kind: "job",
+                name: name.to_string(),
+            })?;
+        if !e.rec.state.is_active() {
+            return Err(ServerError::Conflict(format!(
+                "job {name:?} has already finished ({:?})",
+                e.rec.state
+            )));
+        }
+        if let Some(id) = e.id.take() {
+            self.snap.cancel(id)?;
+        }
+        stop_tasks(e, "cancelled", &mut self.stops);
+        e.rec.state = JobState::Cancelled;
+        e.rec.finished_ms = Some(now);
+        e.rec.reason.clear();
+        self.running.remove(name);
+        self.events.push(Event {
+            job: name.to_string(),
+            kind: "cancelled",
+            message: String::new(),
+            at_ms: now,
+            state: JobState::Cancelled,
+        });
+        ops.push(Op::job(&e.rec));
+        Ok((JobState::Cancelled, ops))
+    }
+
+    /// Run one scheduling cycle and apply its plan: binds become task records (handed to agents
+    /// once durable: see [`State::publish`]), victims are requeued with their tasks told to
+    /// stop, and reasons are stored on the waiting jobs.
+    pub fn cycle(&mut self, now: u64) -> Vec<Op> {
+        let mut ops = self.ensure_fresh(now);
+        let t0 = std::time::Instant::now();
+        let plan = schedule(&mut self.snap, &self.profile, now);
+        self.counters.cycles += 1;
+        self.counters.last_cycle_us = t0.elapsed().as_micros() as u64;
+        let mut changed: BTreeSet<String> = BTreeSet::new();
+        for p in &plan.preemptions {
+            let victim = self.snap.job_name(p.victim).to_string();
+            let by = self.snap.job_name(p.preemptor).to_string();
+            if let Some(e) = self.jobs.get_mut(&victim) {
+                let why = format!("preempted by {by} ({:?})", p.cause);
+                requeue_record(e, &why, &mut self.stops, &mut self.events, now);
+                self.running.remove(&victim);
+                self.counters.preemptions += 1;
+                changed.insert(victim);
+            }
+        }
+        for b in &plan.binds {
+            let name = self.snap.job_name(b.job).to_string();
+            let Some(e) = self.jobs.get_mut(&name) else {
+                continue;
+            };
+            e.rec.tasks.extend(
+                b.tasks
+                    .iter()
+                    .map(|t| TaskRecord::from_alloc(&self.snap, t)),
+            );
+            if e.rec.state == JobState::Pending {
+                e.rec.state = JobState::Running;
+                e.rec.started_ms = Some(now);
+                self.events.push(Event {
+                    job: name.clone(),
+                    kind: "started",
+                    message: format!("{} tasks placed", e.rec.tasks.len()),
+                    at_ms: now,
+                    state: JobState::Running,
+                });
+            }
+            e.rec.reason.clear();
+            self.running.insert(name.clone());
+            changed.insert(name);
+        }
+        for (id, r) in &plan.reasons {
+            let name = self.snap.job_name(*id).to_string();
+            if let Some(e) = self.jobs.get_mut(&name) {
+                e.rec.reason = self.snap.describe(r);
+                changed.insert(name);
+            }
+        }
+        for name in changed {
+            if let Some(e) = self.jobs.get(&name) {
+                ops.push(Op::job(&e.rec));
+            }
+        }
+        ops
+    }
+
+    /// After the ops of a cycle are durable: hand every job's tasks to agents.
+    pub fn publish(&mut self, jobs: &[(String, u32, usize)]) {
+        for (name, attempt, n) in jobs {
+            if let Some(e) = self.jobs.get_mut(name) {
+                if e.rec.attempt == *attempt && e.rec.tasks.len() >= *n {
+                    e.published = e.published.max(*n);
+                }
+            }
+        }
+    }
+
+    /// What [`State::publish`] needs for jobs in `ops`.
+    pub fn publish_marks(&self, ops: &[Op]) -> Vec<(String, u32, usize)> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::Put(Table::Jobs, name, _) => self
+                    .jobs
+                    .get(name)
+                    .map(|e| (name.clone(), e.rec.attempt, e.rec.tasks.len())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    // ------------------------------------------------------------------ nodes
+
+    /// Register (or re-register) a node with its inventory. A new or changed inventory makes
+    /// the snapshot stale; it is rebuilt before the next use.
+    ///
+    /// # Errors
+    /// A bad node name or an inventory that does not fit with the other nodes (duplicate device
+    /// uuids, unknown MIG geometry, more than 64 devices).
+    pub fn register(
+        &mut self,
+        node: Node,
+        now: u64,
+    ) -> Result<(Vec<Assignment>, Vec<Op>), ServerError> {
+        check_name("node_json.name", &node.name).map_err(|e| ServerError::from_model("", e))?;
+        let mut ops = Vec::new();
+        let same = self
+            .nodes
+            .get(&node.name)
+            .is_some_and(|n| n.rec.node == node);
+        if !same {
+            let others = self.nodes.values().filter(|n| n.rec.node.name != node.name);
+            let cluster = cluster_of(others.map(|n| &n.rec.node).chain(std::iter::once(&node)))?;
+            Snapshot::new(&cluster, &self.tree).map_err(|e| ServerError::Invalid {
+                field: "node_json.devices".into(),
+                reason: e.to_string(),
+            })?;
+            let registered_ms = self
+                .nodes
+                .get(&node.name)
+                .map_or(now, |n| n.rec.registered_ms);
+            let rec = NodeRecord {
+                node: node.clone(),
+                registered_ms,
+                last_heartbeat_ms: now,
+            };
+            ops.push(Op::node(&rec));
+            self.nodes.insert(
+                node.name.clone(),
+                NodeEntry {
+                    rec,
+                    ready: true,
+                    last_seen_ms: now,
+                },
+            );
+            self.dirty = true;
+        } else {
+            self.mark_seen(&node.name, now);
+        }
+        ops.extend(self.ensure_fresh(now));
+        Ok((self.assignments(&node.name, &BTreeSet::new()), ops))
+    }
+
+    fn mark_seen(&mut self, name: &str, now: u64) {
+        if let Some(n) = self.nodes.get_mut(name) {
+            n.last_seen_ms = now;
+            if !n.ready {
+                n.ready = true;
+                if let Some(id) = self.snap.node_by_name(name) {
+                    self.snap.set_node_ready(id, true);
+                }
+                tracing::info!(node = %name, "node is back");
+            }
+        }
+    }
+
+    /// A heartbeat: renew the lease; answer with tasks to start and tasks to stop.
+    ///
+    /// # Errors
+    /// An unregistered node (the agent registers again).
+    pub fn heartbeat(
+        &mut self,
+        node: &str,
+        running: &BTreeSet<TaskKey>,
+        now: u64,
+    ) -> Result<(Vec<Assignment>, Vec<Stop>), ServerError> {
+        if !self.nodes.contains_key(node) {
+            return Err(ServerError::NotFound {
+                kind: "node",
+                name: node.to_string(),
+            });
+        }
+        self.mark_seen(node, now);
+        let starts = self.assignments(node, running);
+        let mut stops = self.stops.remove(node).unwrap_or_default();
+        for k in running {
+            let known = self.jobs.get(&k.job).is_some_and(|e| {
+                e.rec.state == JobState::Running
+                    && e.rec.attempt == k.attempt
+                    && e.rec.tasks.iter().any(|t| {
+                        t.group == k.group
+                            && t.index == k.index
+                            && t.node == node
+                            && !matches!(t.phase, TaskPhase::Exited(_))
+                    })
+            });
+            let queued = stops.iter().any(|s| {
+                s.job == k.job && s.group == k.group && s.index == k.index && s.attempt == k.attempt
+            });
+            if !known && !queued {
+                stops.push(Stop {
+                    job: k.job.clone(),
+                    group: k.group,
+                    index: k.index,
+                    attempt: k.attempt,
+                    why: "not assigned to this node by the server".into(),
+                });
+            }
+        }
+        Ok((starts, stops))
+    }
+
+    /// Durable tasks assigned to `node` that it does not report running.
+    pub fn assignments(&self, node: &str, running: &BTreeSet<TaskKey>) -> Vec<Assignment> {
+        let node_recs: BTreeMap<String, NodeRecord> = self
+            .nodes
+            .get(node)
+            .map(|n| (node.to_string(), n.rec.clone()))
+            .into_iter()
+            .collect();
+        let mut out = Vec::new();
+        for name in &self.running {
+            let Some(e) = self.jobs.get(name) else {
+                continue;
+            };
+            for t in e.rec.tasks.iter().take(e.published) {
+                if t.node != node || matches!(t.phase, TaskPhase::Exited(_)) {
+                    continue;
+                }
+                let key = TaskKey {
+                    job: name.clone(),
+                    group: t.group,
+                    index: t.index,
+                    attempt: e.rec.attempt,
+                };
+                if running.contains(&key) {
+                    continue;
+                }
+                let (devices, gpu_milli) = t.visible_devices(&node_recs);
+                out.push(Assignment {
+                    job: name.clone(),
+                    group: t.group,
+                    index: t.index,
+                    attempt: e.rec.attempt,
+                    node: node.to_string(),
+                    devices,
+                    gpu_milli,
+                    cpu_milli: t.cpu_milli,
+                    memory_mib: t.memory_mib,
+                    command: e.rec.command.clone(),
+                    env: e.rec.env.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// An agent's report on a task. Reports about older runs, other nodes or unknown tasks are
+    /// ignored (they are late or duplicated). A non-zero exit fails the job and stops its other
+    /// tasks; the job succeeds when every task exited with 0.
+    pub fn report(&mut self, node: &str, key: &TaskKey, what: Report, now: u64) -> Vec<Op> {
+        let mut ops = self.ensure_fresh(now);
+        let Some(e) = self.jobs.get_mut(&key.job) else {
+            return ops;
+        };
+        if e.rec.state != JobState::Running || e.rec.attempt != key.attempt {
+            return ops;
+        }
+        let Some(t) = e
+            .rec
+            .tasks
+            .iter_mut()
+            .find(|t| t.group == key.group && t.index == key.index && t.node == node)
+        else {
+            return ops;
+        };
+        let code = match what {
+            Report::Started => {
+                if t.phase == TaskPhase::Assigned {
+                    t.phase = TaskPhase::Running;
+                    ops.push(Op::job(&e.rec));
+                }
+                return ops;
+            }
+            Report::Exited(c) => c,
+            Report::FailedToStart => 127,
+        };
+        if matches!(t.phase, TaskPhase::Exited(_)) {
+            return ops;
+        }
+        t.phase = TaskPhase::Exited(code);
+        let wanted: u32 = e.rec.spec.tasks.iter().map(|g| g.count).sum();
+        let all_done = e.rec.tasks.len() as u32 >= wanted
+            && e.rec.tasks.iter().all(|t| t.phase == TaskPhase::Exited(0));
+        let outcome = if code != 0 {
+            Some((
+                JobState::Failed,
+                "failed",
+                format!("task {}/{} exited with {code}", key.group, key.index),
+            ))
+        } else if all_done {
+            Some((JobState::Succeeded, "succeeded", String::new()))
+        } else {
+            None
+        };
+        if let Some((state, kind, message)) = outcome {
+            if let Some(id) = e.id.take() {
+                if let Err(err) = self.snap.complete(id) {
+                    tracing::error!(job = %key.job, error = %err, "engine did not know the job");
+                }
+            }
+            stop_tasks(e, &message, &mut self.stops);
+            e.rec.state = state;
+            e.rec.exit_code = code;
+            e.rec.finished_ms = Some(now);
+            self.running.remove(&key.job);
+            self.events.push(Event {
+                job: key.job.clone(),
+                kind,
+                message,
+                at_ms: now,
+                state,
+            });
+        }
+        ops.push(Op::job(&e.rec));
+        ops
+    }
+
+    /// Mark nodes whose lease ran out as lost and requeue their jobs whole (tasks on other
+    /// nodes are told to stop).
+    pub fn reap(&mut self, now: u64, lease_ms: u64) -> Vec<Op> {
+        let mut ops = self.ensure_fresh(now);
+        let lost: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.ready && now.saturating_sub(n.last_seen_ms) > lease_ms)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in lost {
+            tracing::warn!(node = %name, "lease expired: node lost");
+            if let Some(n) = self.nodes.get_mut(&name) {
+                n.ready = false;
+            }
+            let Some(id) = self.snap.node_by_name(&name) else {
+                continue;
+            };
+            for job in self.snap.set_node_ready(id, false) {
+                let jname = self.snap.job_name(job).to_string();
+                if let Err(err) = self.snap.requeue(job) {
+                    tracing::error!(job = %jname, error = %err, "requeue failed");
+                    continue;
+                }
+                if let Some(e) = self.jobs.get_mut(&jname) {
+                    let why = format!("node {name} was lost");
+                    requeue_record(e, &why, &mut self.stops, &mut self.events, now);
+                    self.running.remove(&jname);
+                    self.counters.lost_requeues += 1;
+                    ops.push(Op::job(&e.rec));
+                }
+            }
+        }
+        ops
+    }
+
+    /// An active job's id in the current snapshot (rebuilding it first if stale).
+    pub fn job_id(&mut self, name: &str, now: u64) -> (Option<JobId>, Vec<Op>) {
+        let ops = self.ensure_fresh(now);
+        (self.jobs.get(name).and_then(|e| e.id), ops)
+    }
+}
+
+/// Tell the job's unfinished tasks to stop.
+fn stop_tasks(e: &JobEntry, why: &str, stops: &mut HashMap<String, Vec<Stop>>) {
+    for t in e.rec.tasks.iter().take(e.published) {
+        if matches!(t.phase, TaskPhase::Exited(_)) {
+            continue;
+        }
+        stops.entry(t.node.clone()).or_default().push(Stop {
+            job: e.rec.name.clone(),
+            group: t.group,
+            index: t.index,
+            attempt: e.rec.attempt,
+            why: why.to_string(),
+        });
+    }
+}
+
+/// Put a job's record back to pending: its tasks are told to stop and the next run gets a new
+/// attempt number. (The caller has requeued it in the snapshot.)
+fn requeue_record(
+    e: &mut JobEntry,
+    why: &str,
+    stops: &mut HashMap<String, Vec<Stop>>,
+    events: &mut Vec<Event>,
+    now: u64,
+) {
+    stop_tasks(e, why, stops);
+    e.rec.tasks.clear();
+    e.published = 0;
+    e.rec.attempt += 1;
+    e.rec.requeues += 1;
+    e.rec.state = JobState::Pending;
+    e.rec.started_ms = None;
+    e.rec.reason = why.to_string();
+    events.push(Event {
+        job: e.rec.name.clone(),
+        kind: "requeued",
+        message: why.to_string(),
+        at_ms: now,
+        state: JobState::Pending,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::GpuRecord;
+
+    pub(crate) fn node(name: &str, gpus: u32) -> Node {
+        let devices: Vec<String> = (0..gpus)
+            .map(|i| {
+                format!(
+                    r#"{{"uuid": "GPU-{name}-{i}", "model": "h100-80gb", "memory_mib": 81559}}"#
+                )
+            })
+            .collect();
+        serde_json::from_str(&format!(
+            r#"{{"name": "{name}", "cpu": 64, "memory": "512Gi", "devices": [{}]}}"#,
+            devices.join(",")
+        ))
+        .expect("node")
+    }
+
+    fn spec(json: &str) -> JobSpec {
+        serde_json::from_str(json).expect("spec")
+    }
+
+    fn team_queue() -> QueueSpec {
+        serde_json::from_str(r#"{"name": "team-a", "quotas": {"h100-80gb": {"nominal": 16}}}"#)
+            .expect("queue")
+    }
+
+    fn state() -> State {
+        let (mut s, _) = State::recover(vec![team_queue()], vec![], vec![], Profile::gantry(), 0)
+            .expect("recover");
+        s.register(node("n0", 8), 0).expect("n0");
+        s.register(node("n1", 8), 0).expect("n1");
+        s
+    }
+
+    fn submit(s: &mut State, json: &str) -> Result<(), ServerError> {
+        let rec = s.begin_submit(spec(json), vec!["true".into()], BTreeMap::new(), 1)?;
+        s.finish_submit(rec, true);
+        Ok(())
+    }
+
+    /// Cycle and pretend the ops became durable.
+    fn cycle(s: &mut State, now: u64) {
+        let ops = s.cycle(now);
+        let marks = s.publish_marks(&ops);
+        s.publish(&marks);
+    }
+
+    fn devices(s: &State, job: &str) -> Vec<String> {
+        let mut v: Vec<String> = s.jobs[job]
+            .rec
+            .tasks
+            .iter()
+            .flat_map(|t| match &t.gpu {
+                GpuRecord::Whole(u) => u.clone(),
+                _ => vec![],
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn bad_submissions_name_the_field_and_store_nothing() {
+        let mut s = state();
+        let cases = [
+            (
+                r#"{"name": "a", "queue": "nope", "tasks": [{"count": 1, "gpus": 1}]}"#,
+                "spec_json.queue",
+            ),
+            (
+                r#"{"name": "a", "queue": "team-a", "tasks": [{"count": 1, "gpus": 9}]}"#,
+                "spec_json.tasks[0].gpus",
+            ),
+            (
+                r#"{"name": "a b", "queue": "team-a", "tasks": [{"count": 1, "gpus": 1}]}"#,
+                "spec_json.name",
+            ),
+        ];
+        for (json, field) in cases {
+            let e = submit(&mut s, json).expect_err(json);
+            assert!(
+                matches!(&e, ServerError::Invalid { field: f, .. } if f == field),
+                "{e}"
+            );
+        }
+        let long = "x".repeat(300);
+        let e = submit(
+            &mut s,
+            &format!(r#"{{"name": "{long}", "queue": "team-a", "tasks": [{{"count": 1}}]}}"#),
+        )
+        .expect_err("long");
+        assert!(
+            e.to_string().starts_with("spec_json.name: 300 characters"),
+            "{e}"
+        );
+        assert!(s.jobs.is_empty() && s.reserved.is_empty() && s.next_seq == 1);
+    }
+
+    #[test]
+    fn a_job_runs_on_durable_assignments_and_succeeds_when_every_task_exits_0() {
+        let mut s = state();
+        submit(
+            &mut s,
+            r#"{"name": "g", "queue": "team-a", "tasks": [{"count": 2, "gpus": 8}]}"#,
+        )
+        .expect("submit");
+        let ops = s.cycle(10);
+        assert!(!ops.is_empty());
+        assert_eq!(s.jobs["g"].rec.state, JobState::Running);
+        // Not yet durable: agents get nothing.
+        assert!(s
+            .heartbeat("n0", &BTreeSet::new(), 11)
+            .expect("hb")
+            .0
+            .is_empty());
+        let marks = s.publish_marks(&ops);
+        s.publish(&marks);
+        let (a0, _) = s.heartbeat("n0", &BTreeSet::new(), 12).expect("hb");
+        let (a1, _) = s.heartbeat("n1", &BTreeSet::new(), 12).expect("hb");
+        assert_eq!((a0.len(), a1.len()), (1, 1), "the gang spans both nodes");
+        assert_eq!(a0[0].devices.len(), 8);
+        for a in a0.iter().chain(&a1) {
+            let key = TaskKey {
+                job: a.job.clone(),
+                group: a.group,
+                index: a.index,
+                attempt: a.attempt,
+            };
+            s.report(&a.node, &key, Report::Started, 13);
+            s.report(&a.node, &key, Report::Exited(0), 14);
+        }
+        assert_eq!(s.jobs["g"].rec.state, JobState::Succeeded);
+        assert_eq!(s.snap.gpu_totals().allocated_milli, 0, "devices released");
+    }
+
+    #[test]
+    fn a_lost_node_requeues_the_gang_whole_and_stops_its_other_tasks() {
+        let mut s = state();
+        submit(
+            &mut s,
+            r#"{"name": "g", "queue": "team-a", "tasks": [{"count": 2, "gpus": 8}]}"#,
+        )
+        .expect("submit");
+        cycle(&mut s, 10);
+        assert_eq!(s.jobs["g"].rec.state, JobState::Running);
+        s.heartbeat("n0", &BTreeSet::new(), 5_000).expect("hb");
+        let ops = s.reap(12_000, 10_000);
+        assert!(!ops.is_empty());
+        let g = &s.jobs["g"].rec;
+        assert_eq!((g.state, g.attempt, g.requeues), (JobState::Pending, 1, 1));
+        assert!(g.tasks.is_empty());
+        assert!(g.reason.contains("node n1 was lost"), "{}", g.reason);
+        let (_, stops) = s.heartbeat("n0", &BTreeSet::new(), 12_001).expect("hb");
+        assert_eq!(stops.len(), 1, "n0's half of the gang is stopped");
+        // One 8-GPU node left: the 2x8 gang waits, with a reason.
+        cycle(&mut s, 12_100);
+        assert_eq!(s.jobs["g"].rec.state, JobState::Pending);
+        // n1 comes back: the gang runs again, as attempt 1.
+        s.heartbeat("n1", &BTreeSet::new(), 12_200).expect("back");
+        cycle(&mut s, 12_300);
+        assert_eq!(s.jobs["g"].rec.state, JobState::Running);
+        assert_eq!(s.jobs["g"].rec.tasks.len(), 2);
+    }
+
+    #[test]
+    fn recovery_gives_running_jobs_their_devices_back_and_never_twice() {
+        let mut s = state();
+        submit(
+            &mut s,
+            r#"{"name": "a", "queue": "team-a", "tasks": [{"count": 1, "gpus": 4}]}"#,
+        )
+        .expect("a");
+        cycle(&mut s, 10);
+        let before = devices(&s, "a");
+        assert_eq!(before.len(), 4);
+        // What the store holds, as a restarted server reads it.
+        let jobs: Vec<JobRecord> = s.jobs.values().map(|e| e.rec.clone()).collect();
+        let nodes: Vec<NodeRecord> = s.nodes.values().map(|n| n.rec.clone()).collect();
+        let (mut r, ops) = State::recover(vec![team_queue()], jobs, nodes, Profile::gantry(), 100)
+            .expect("recover");
+        assert!(ops.is_empty(), "nothing to requeue");
+        assert_eq!(r.jobs["a"].rec.state, JobState::Running);
+        assert_eq!(devices(&r, "a"), before);
+        assert_eq!(r.snap.gpu_totals().allocated_milli, 4000);
+        // 12 GPUs are free; a 12-GPU request must not reuse a's devices.
+        submit(
+            &mut r,
+            r#"{"name": "b", "queue": "team-a", "tasks": [{"count": 3, "gpus": 4}]}"#,
+        )
+        .expect("b");
+        cycle(&mut r, 200);
+        let b = devices(&r, "b");
+        assert_eq!(b.len(), 12);
+        assert!(b.iter().all(|d| !before.contains(d)), "{b:?} vs {before:?}");
+    }
+
+    #[test]
+    fn a_node_whose_devices_vanished_gets_its_jobs_requeued_on_rebuild() {
+        let mut s = state();
+        submit(
+            &mut s,
+            r#"{"name": "a", "queue": "team-a", "tasks": [{"count": 1, "gpus": 8}]}"#,
+        )
+        .expect("a");
+        cycle(&mut s, 10);
+        let on = s.jobs["a"].rec.tasks[0].node.clone();
+        let (_, ops) = s.register(node(&on, 2), 20).expect("smaller inventory");
+        assert!(ops.len() >= 2, "node and the requeued job are recorded");
+        assert_eq!(s.jobs["a"].rec.state, JobState::Pending);
+        assert_eq!(s.jobs["a"].rec.attempt, 1);
+    }
+
+    #[test]
+    fn cancel_stops_tasks_and_queue_edits_keep_jobs_valid() {
+        let mut s = state();
+        submit(
+            &mut s,
+            r#"{"name": "a", "queue": "team-a", "tasks": [{"count": 1, "gpus": 1}]}"#,
+        )
+        .expect("a");
+        cycle(&mut s, 10);
+        let e = s.delete_queue("team-a").expect_err("has a job");
+        assert!(matches!(e, ServerError::Conflict(_)), "{e}");
+        let mut child = team_queue();
+        child.name = "sub".into();
+        child.parent = Some("team-a".into());
+        let e = s
+            .create_queue(child)
+            .expect_err("team-a would become a cohort");
+        assert!(e.to_string().contains("must stay a leaf"), "{e}");
+        let (state, _) = s.cancel("a", 20).expect("cancel");
+        assert_eq!(state, JobState::Cancelled);
+        let node = s.jobs["a"].rec.tasks[0].node.clone();
+        let (_, stops) = s.heartbeat(&node, &BTreeSet::new(), 21).expect("hb");
+        assert_eq!(stops.len(), 1);
+        assert!(s.cancel("a", 22).is_err());
+        s.delete_queue("team-a").expect("empty now");
+    }
+}
