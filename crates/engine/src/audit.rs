@@ -15,7 +15,9 @@ impl Snapshot {
     /// - every leaf's quota usage equals what its tasks hold, and stays within nominal +
     ///   borrowing limit; no tree uses more than its pool;
     /// - every running job has at least its gang (`min_available`) placed;
-    /// - a job is in its queue's pending set exactly when it has unplaced tasks.
+    /// - a job is in its queue's pending set exactly when it has unplaced tasks;
+    /// - the running sets hold exactly the jobs with tasks, and the preemptible-priority counts
+    ///   used to rule out victim searches match them.
     ///
     /// # Errors
     /// A description of the first violation found.
@@ -185,6 +187,27 @@ impl Snapshot {
                     ));
                 }
             }
+        }
+        let mut victims: std::collections::BTreeMap<i32, u32> = std::collections::BTreeMap::new();
+        for (q, qs) in self.queues.iter().enumerate() {
+            for &j in &qs.running {
+                let job = &self.jobs[j as usize];
+                if job.queue as usize != q || job.tasks.is_empty() {
+                    return Err(format!(
+                        "job {} in queue {q}'s running set without tasks",
+                        job.name
+                    ));
+                }
+                if job.preemptible {
+                    *victims.entry(job.priority).or_default() += 1;
+                }
+            }
+        }
+        if victims != self.victim_priorities {
+            return Err(format!(
+                "victim priority counts {:?} but running jobs give {victims:?}",
+                self.victim_priorities
+            ));
         }
         for q in 0..self.quota.len() as u32 {
             if !self.quota.is_leaf(q) {

@@ -1122,8 +1122,7 @@ impl Snapshot {
         j.start = Some(start);
         j.reason = None;
         j.eta = None;
-        let q = j.queue as usize;
-        self.queues[q].running.insert(id.0);
+        self.mark_running(id.0, true);
         self.fresh.retain(|&f| f != id.0);
         self.sync_pending(id.0);
         Ok(())
