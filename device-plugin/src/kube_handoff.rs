@@ -169,6 +169,7 @@ mod tests {
     use super::*;
     use crate::fake::FakeInventory;
     use crate::inventory::Inventory;
+    use crate::kube_test::respond;
     use crate::resources::MigStrategy;
     use http::{Request, Response};
     use kube::client::Body;
@@ -180,14 +181,6 @@ mod tests {
             "spec": {"nodeName": "n1", "containers": []},
             "status": {"phase": "Pending"}
         })
-    }
-
-    fn respond(v: &serde_json::Value) -> Response<Body> {
-        Response::builder()
-            .status(200)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(v).expect("json")))
-            .expect("response")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

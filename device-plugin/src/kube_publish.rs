@@ -141,16 +141,9 @@ mod tests {
     use super::*;
     use crate::fake::FakeInventory;
     use crate::inventory::Inventory;
+    use crate::kube_test::respond;
     use http::{Request, Response};
     use kube::client::Body;
-
-    fn respond(v: &serde_json::Value) -> Response<Body> {
-        Response::builder()
-            .status(200)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(v).expect("json")))
-            .expect("response")
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn patches_annotation_and_labels_and_removes_stale_labels() {

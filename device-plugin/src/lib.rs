@@ -38,6 +38,21 @@ pub mod inventory;
 pub mod kube_handoff;
 #[cfg(feature = "kube")]
 pub mod kube_publish;
+#[cfg(all(test, feature = "kube"))]
+mod kube_test {
+    //! What the mock Kubernetes API server answers in the kube tests.
+    use http::Response;
+    use kube::client::Body;
+
+    /// A 200 with `v` as the JSON body.
+    pub(crate) fn respond(v: &serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(v).expect("json")))
+            .expect("response")
+    }
+}
 pub mod kubelet;
 pub mod labels;
 pub mod nvml;

@@ -636,24 +636,7 @@ async fn binary_serves_publishes_and_stops_on_sigterm() {
         .kill_on_drop(true)
         .spawn()
         .expect("start the binary");
-    let regs = kubelet.registrations(4).await;
-    let names: Vec<&str> = regs.iter().map(|r| r.resource_name.as_str()).collect();
-    assert_eq!(
-        names,
-        vec![
-            "nvidia.com/gpu",
-            "nvidia.com/mig-1g.10gb",
-            "nvidia.com/mig-2g.20gb",
-            "nvidia.com/mig-3g.40gb"
-        ]
-    );
-    let mut c = dial(dir.path(), "gantry-mig-1g.10gb.sock").await;
-    let mut st = c
-        .list_and_watch(pb::Empty {})
-        .await
-        .expect("watch")
-        .into_inner();
-    assert_eq!(next_list(&mut st).await.len(), 9);
+    assert_eq!(mixed_a100_registered(&mut kubelet, dir.path()).await, 9);
     let deadline = Instant::now() + WAIT;
     let node: gantry_model::Node = loop {
         if let Ok(text) = std::fs::read_to_string(&published) {
@@ -706,6 +689,13 @@ async fn mig_reconfiguration_is_rediscovered_and_reregistered() {
         "      - {profile: 2g.20gb, start: 0, gpu_instance: 7}",
     );
     fake.replace_inventory(fake_yaml(&reconfigured).discover().expect("d"));
+    assert_eq!(mixed_a100_registered(&mut kubelet, dir.path()).await, 1);
+    plugin.stop().await;
+}
+
+/// The four resources of a mixed-strategy A100 node registered (in this order); returns how
+/// many `1g.10gb` slices the first ListAndWatch message of that resource lists.
+async fn mixed_a100_registered(kubelet: &mut TestKubelet, dir: &std::path::Path) -> usize {
     let regs = kubelet.registrations(4).await;
     let names: Vec<&str> = regs.iter().map(|r| r.resource_name.as_str()).collect();
     assert_eq!(
@@ -717,12 +707,11 @@ async fn mig_reconfiguration_is_rediscovered_and_reregistered() {
             "nvidia.com/mig-3g.40gb"
         ]
     );
-    let mut c = dial(dir.path(), "gantry-mig-1g.10gb.sock").await;
+    let mut c = dial(dir, "gantry-mig-1g.10gb.sock").await;
     let mut st = c
         .list_and_watch(pb::Empty {})
         .await
         .expect("watch")
         .into_inner();
-    assert_eq!(next_list(&mut st).await.len(), 1);
-    plugin.stop().await;
+    next_list(&mut st).await.len()
 }
