@@ -55,6 +55,7 @@ mod backfill;
 mod cycle;
 mod estimate;
 pub mod explain;
+pub mod named;
 mod place;
 pub mod plan;
 mod preempt;
@@ -66,6 +67,7 @@ pub mod testing;
 
 pub use cycle::schedule;
 pub use explain::{fmt_time, Explanation, Reason};
+pub use named::{NamedAlloc, NamedGpu};
 pub use plan::{Bind, CycleStats, Plan, PreemptCause, Preemption, Reservation};
 pub use profile::{History, Ordering, Packing, Profile};
 pub use snapshot::{

@@ -15,6 +15,7 @@ use crate::ModelError;
 
 /// Device health as the device plugin reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Health {
     /// Usable.
     #[default]
@@ -25,6 +26,7 @@ pub enum Health {
 
 /// One MIG instance on a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Slice {
     /// Profile name of the device's model (`3g.40gb`).
@@ -38,6 +40,7 @@ pub struct Slice {
 
 /// How a MIG-enabled device is carved.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MigLayout {
     /// The instances that exist. Empty means the scheduler may place slices at any legal start
@@ -48,6 +51,7 @@ pub struct MigLayout {
 
 /// One whole GPU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Device {
     /// `GPU-…` uuid; generated from the node name and index when a spec leaves it out.

@@ -1,0 +1,356 @@
+//! Writing a cycle's [`Actions`] to the API server.
+//!
+//! - Evictions first (they free devices the binds may use), through the Eviction API so
+//!   PodDisruptionBudgets are honoured.
+//! - Binds: each pod is annotated with its allocation and device uuids (the device plugin reads
+//!   `gantry.dev/devices`), then bound with the `pods/binding` subresource. The engine only
+//!   plans whole gangs, so a gang's pods are all in the same batch; they are bound concurrently.
+//! - Pod conditions (`PodScheduled=False`, reason `Unschedulable`, the engine's message),
+//!   PodGroup and Queue statuses (status subresource), and Events.
+//!
+//! Every request first takes a token from a [`RateLimiter`] (`--qps`, `--burst`), the way
+//! client-go throttles a scheduler. Failures are counted and returned so the mirror can forget
+//! what it assumed.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::api::{EvictParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client};
+
+use crate::crd::{PodGroup, Queue};
+use crate::metrics::Metrics;
+use crate::mirror::{Actions, BindAction, EvictAction, Regarding};
+use crate::translate::{JobKey, PodKey};
+
+/// A token bucket: `qps` tokens per second, at most `burst` saved. `qps <= 0` disables it.
+#[derive(Debug)]
+pub struct RateLimiter {
+    qps: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    /// A bucket that starts full.
+    pub fn new(qps: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        RateLimiter {
+            qps,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// How long to wait before the next request may go, taking its token.
+    fn reserve(&self, now: Instant) -> Duration {
+        if self.qps <= 0.0 {
+            return Duration::ZERO;
+        }
+        let Ok(mut s) = self.state.lock() else {
+            return Duration::ZERO;
+        };
+        let (tokens, last) = *s;
+        let elapsed = now.saturating_duration_since(last).as_secs_f64();
+        let tokens = (tokens + elapsed * self.qps).min(self.burst) - 1.0;
+        *s = (tokens, now.max(last));
+        if tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-tokens / self.qps)
+        }
+    }
+
+    /// Wait for a token.
+    pub async fn acquire(&self) {
+        let wait = self.reserve(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// What did not go through.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ApplyReport {
+    /// Pods bound.
+    pub bound: usize,
+    /// Binds refused: (pod, job, error).
+    pub failed_binds: Vec<(PodKey, JobKey, String)>,
+    /// Evictions made.
+    pub evicted: usize,
+    /// Evictions refused: (pod, job, error). A 404 counts as done (the pod is gone already).
+    pub failed_evictions: Vec<(PodKey, JobKey, String)>,
+    /// Status and event writes that failed (logged; retried on the next change).
+    pub failed_writes: usize,
+}
+
+/// Writes actions with one client.
+pub struct Applier {
+    client: Client,
+    limiter: RateLimiter,
+    recorder: Recorder,
+    metrics: Metrics,
+    concurrency: usize,
+}
+
+impl std::fmt::Debug for Applier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applier")
+            .field("limiter", &self.limiter)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+impl Applier {
+    /// An applier for `client`, throttled to `qps`/`burst`, reporting events as `instance`.
+    pub fn new(client: Client, qps: f64, burst: u32, instance: String, metrics: Metrics) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "gantry-scheduler".into(),
+                instance: Some(instance),
+            },
+        );
+        Applier {
+            client,
+            limiter: RateLimiter::new(qps, burst),
+            recorder,
+            metrics,
+            concurrency: burst.clamp(1, 64) as usize,
+        }
+    }
+
+    async fn bind(&self, b: &BindAction) -> Result<(), String> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &b.pod.ns);
+        let patch = serde_json::json!({"metadata": {"annotations": b.annotations}});
+        self.limiter.acquire().await;
+        api.patch(&b.pod.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| format!("annotate: {e}"))?;
+        let binding = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": b.pod.name, "namespace": b.pod.ns},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": b.node},
+        });
+        self.limiter.acquire().await;
+        api.create_subresource::<_, serde_json::Value>(
+            "binding",
+            &b.pod.name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+        .map_err(|e| format!("bind to {}: {e}", b.node))?;
+        Ok(())
+    }
+
+    async fn evict(&self, e: &EvictAction) -> Result<(), String> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &e.pod.ns);
+        self.limiter.acquire().await;
+        match api.evict(&e.pod.name, &EvictParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(err) if is_not_found(&err) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    fn reference(&self, r: &Regarding) -> ObjectReference {
+        match r {
+            Regarding::Pod(p) => ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: Some(p.ns.clone()),
+                name: Some(p.name.clone()),
+                ..Default::default()
+            },
+            Regarding::PodGroup(ns, name) => ObjectReference {
+                api_version: Some("gantry.dev/v1alpha1".into()),
+                kind: Some("PodGroup".into()),
+                namespace: Some(ns.clone()),
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            Regarding::Queue(name) => ObjectReference {
+                api_version: Some("gantry.dev/v1alpha1".into()),
+                kind: Some("Queue".into()),
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Write everything; never stops at the first failure.
+    pub async fn apply(&self, actions: &Actions) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let evictions: Vec<_> = futures::stream::iter(&actions.evictions)
+            .map(|e| async move { (e, self.evict(e).await) })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        for (e, r) in evictions {
+            match r {
+                Ok(()) => {
+                    report.evicted += 1;
+                    self.metrics.evictions.inc();
+                    tracing::info!(pod = %e.pod, job = %e.job, reason = %e.reason, "evicted");
+                }
+                Err(err) => {
+                    tracing::warn!(pod = %e.pod, error = %err, "eviction refused");
+                    report
+                        .failed_evictions
+                        .push((e.pod.clone(), e.job.clone(), err));
+                }
+            }
+        }
+        let binds: Vec<_> = futures::stream::iter(&actions.binds)
+            .map(|b| async move { (b, self.bind(b).await) })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        for (b, r) in binds {
+            match r {
+                Ok(()) => {
+                    report.bound += 1;
+                    self.metrics.binds.inc();
+                    tracing::info!(pod = %b.pod, job = %b.job, node = %b.node, "bound");
+                }
+                Err(err) => {
+                    self.metrics.bind_errors.inc();
+                    tracing::warn!(pod = %b.pod, job = %b.job, error = %err, "bind failed");
+                    report
+                        .failed_binds
+                        .push((b.pod.clone(), b.job.clone(), err));
+                }
+            }
+        }
+        for (pod, message) in &actions.pod_conditions {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.ns);
+            let patch = serde_json::json!({"status": {"conditions": [{
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": message,
+            }]}});
+            self.limiter.acquire().await;
+            if let Err(e) = api
+                .patch_status(
+                    &pod.name,
+                    &PatchParams::default(),
+                    &Patch::Strategic(&patch),
+                )
+                .await
+            {
+                if !is_not_found(&e) {
+                    report.failed_writes += 1;
+                    tracing::warn!(%pod, error = %e, "cannot set PodScheduled");
+                }
+            }
+        }
+        for ((ns, name), status) in &actions.group_statuses {
+            let api: Api<PodGroup> = Api::namespaced(self.client.clone(), ns);
+            let patch = serde_json::json!({"status": status});
+            self.limiter.acquire().await;
+            if let Err(e) = api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                if !is_not_found(&e) {
+                    report.failed_writes += 1;
+                    tracing::warn!(podgroup = %format!("{ns}/{name}"), error = %e, "cannot write status");
+                }
+            }
+        }
+        for (name, status) in &actions.queue_statuses {
+            let api: Api<Queue> = Api::all(self.client.clone());
+            let patch = serde_json::json!({"status": status});
+            self.limiter.acquire().await;
+            if let Err(e) = api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                if !is_not_found(&e) {
+                    report.failed_writes += 1;
+                    tracing::warn!(queue = %name, error = %e, "cannot write status");
+                }
+            }
+        }
+        for ev in &actions.events {
+            let event = Event {
+                type_: if ev.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: ev.reason.clone(),
+                note: Some(truncate(&ev.note, 1000)),
+                action: "Scheduling".into(),
+                secondary: None,
+            };
+            self.limiter.acquire().await;
+            if let Err(e) = self
+                .recorder
+                .publish(&event, &self.reference(&ev.regarding))
+                .await
+            {
+                report.failed_writes += 1;
+                tracing::debug!(error = %e, "cannot record event");
+            }
+        }
+        report
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_lets_a_burst_through_then_paces_at_qps() {
+        let rl = RateLimiter::new(10.0, 3);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(rl.reserve(t0), Duration::ZERO);
+        }
+        let w = rl.reserve(t0);
+        assert!((w.as_secs_f64() - 0.1).abs() < 1e-9, "{w:?}");
+        let w = rl.reserve(t0);
+        assert!((w.as_secs_f64() - 0.2).abs() < 1e-9, "{w:?}");
+        // A second later the debt is paid and 8 tokens accrued, capped at the burst of 3.
+        let later = t0 + Duration::from_secs(1);
+        for _ in 0..3 {
+            assert_eq!(rl.reserve(later), Duration::ZERO);
+        }
+        assert!(rl.reserve(later) > Duration::ZERO);
+        let off = RateLimiter::new(0.0, 1);
+        for _ in 0..100 {
+            assert_eq!(off.reserve(t0), Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn long_notes_are_cut_on_a_char_boundary() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
+}

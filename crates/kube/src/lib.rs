@@ -1,0 +1,31 @@
+//! gantry's Kubernetes mode.
+//!
+//! gantry runs beside the default scheduler and schedules the pods that ask for it
+//! (`spec.schedulerName: gantry`), with the same engine as `gantry sim` and `gantry serve`.
+//! A tour of the crate:
+//!
+//! - [`crd`]: the `Queue`, `PodGroup` and `NodeInventory` custom resources, and the labels and
+//!   annotations pods carry.
+//! - [`translate`]: pure functions between Kubernetes objects and the engine's model (pods to
+//!   demands and jobs, Nodes plus inventories to nodes, Queues to the queue tree).
+//! - [`mirror`]: the cluster as the watches show it, an engine snapshot kept in step one event
+//!   at a time, and one cycle's plan turned into API writes ([`Actions`]).
+//! - [`apply`]: the writes: annotate and bind, evict, pod conditions, statuses, events, all
+//!   throttled by a client-side token bucket (`--qps`, `--burst`).
+//! - [`leader`]: Lease-based leader election.
+//! - [`controller`]: the watches, the cycle loop and the leader's hand-over.
+//! - [`metrics`]: Prometheus metrics and `/healthz`, `/readyz`.
+//! - [`error`]: the crate's typed errors.
+pub mod apply;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod mirror;
+pub mod translate;
+
+pub use controller::{run, ControllerConfig};
+pub use error::KubeError;
+pub use metrics::Metrics;
+pub use mirror::{Actions, Mirror};
