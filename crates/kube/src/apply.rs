@@ -154,6 +154,14 @@ impl Applier {
         Ok(())
     }
 
+    async fn bind_one<'a>(&self, b: &'a BindAction) -> (&'a BindAction, Result<(), String>) {
+        (b, self.bind(b).await)
+    }
+
+    async fn evict_one<'a>(&self, e: &'a EvictAction) -> (&'a EvictAction, Result<(), String>) {
+        (e, self.evict(e).await)
+    }
+
     async fn evict(&self, e: &EvictAction) -> Result<(), String> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &e.pod.ns);
         self.limiter.acquire().await;
@@ -192,8 +200,14 @@ impl Applier {
     /// Write everything; never stops at the first failure.
     pub async fn apply(&self, actions: &Actions) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let evictions: Vec<_> = futures::stream::iter(&actions.evictions)
-            .map(|e| async move { (e, self.evict(e).await) })
+        // Futures are collected first: a closure inside the stream would make the future
+        // borrow a higher-ranked lifetime that `tokio::spawn` cannot accept.
+        let futs: Vec<_> = actions
+            .evictions
+            .iter()
+            .map(|e| self.evict_one(e))
+            .collect();
+        let evictions: Vec<_> = futures::stream::iter(futs)
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
@@ -212,8 +226,8 @@ impl Applier {
                 }
             }
         }
-        let binds: Vec<_> = futures::stream::iter(&actions.binds)
-            .map(|b| async move { (b, self.bind(b).await) })
+        let futs: Vec<_> = actions.binds.iter().map(|b| self.bind_one(b)).collect();
+        let binds: Vec<_> = futures::stream::iter(futs)
             .buffer_unordered(self.concurrency)
             .collect()
             .await;

@@ -1,0 +1,373 @@
+//! The controller, whole (watches, mirror, engine, applier, leader election), against a fake
+//! API server over a `tower-test` mock transport. Each test is one named scenario.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use gantry_kube::{ControllerConfig, Metrics};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+fn config(identity: &str, leader_elect: bool) -> ControllerConfig {
+    let mut cfg = ControllerConfig::new(identity);
+    cfg.leader_elect = leader_elect;
+    cfg.qps = 0.0;
+    cfg.debounce = Duration::from_millis(10);
+    cfg.tick = Duration::from_millis(200);
+    cfg.lease_duration = Duration::from_millis(1500);
+    cfg.renew_every = Duration::from_millis(200);
+    cfg
+}
+
+fn start(api: &FakeApi, cfg: ControllerConfig) -> Running {
+    let client = api.client();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        gantry_kube::run(client, cfg, Metrics::new(), async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("controller");
+    });
+    Running {
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn cluster(api: &FakeApi, nodes: &[&str], unhealthy: &[u32]) {
+    for (i, n) in nodes.iter().enumerate() {
+        api.apply(CORE, "nodes", node(n, &format!("r{}", i / 2)));
+        api.apply(GANTRY, "nodeinventories", inventory(n, 8, unhealthy));
+    }
+}
+
+fn queues(api: &FakeApi, nominal: Option<f64>) {
+    api.apply(GANTRY, "queues", queue("research", None, None));
+    api.apply(GANTRY, "queues", queue("team-a", Some("research"), nominal));
+    api.apply(GANTRY, "queues", queue("team-b", Some("research"), nominal));
+}
+
+fn bound(api: &FakeApi, ns: &str, names: &[String]) -> usize {
+    names
+        .iter()
+        .filter(|n| node_of(api, ns, n).is_some())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_of_4_is_bound_only_when_all_4_fit() {
+    let api = FakeApi::default();
+    cluster(&api, &["n0", "n1"], &[]);
+    queues(&api, None);
+    let ctl = start(&api, config("a", false));
+    api.apply(
+        GANTRY,
+        "podgroups",
+        pod_group("ml", "llm", 4, "team-a", "training"),
+    );
+    let names: Vec<String> = (0..4).map(|i| format!("llm-{i}")).collect();
+    for n in &names {
+        api.apply(CORE, "pods", pod("ml", n, 8, Some("llm"), None));
+    }
+    // Two 8-GPU nodes hold two of the four: nothing may be bound, and the group says why.
+    let st = api
+        .wait_for(20, "the group to be Unschedulable", |a| {
+            let g = a.get(GANTRY, "podgroups", "ml", "llm")?;
+            (g["status"]["phase"] == "Unschedulable").then_some(g["status"].clone())
+        })
+        .await;
+    assert_eq!(
+        bound(&api, "ml", &names),
+        0,
+        "a partial gang was bound: {st}"
+    );
+    // Two more nodes join: the whole gang is bound, one pod per node, disjoint devices.
+    cluster(&api, &["n0", "n1", "n2", "n3"], &[]);
+    api.wait_for(20, "all four bound", |a| {
+        (bound(a, "ml", &names) == 4).then_some(())
+    })
+    .await;
+    let nodes: BTreeSet<_> = names
+        .iter()
+        .filter_map(|n| node_of(&api, "ml", n))
+        .collect();
+    assert_eq!(nodes.len(), 4);
+    let mut seen = BTreeSet::new();
+    for n in &names {
+        let devs = devices_of(&api, "ml", n);
+        assert_eq!(devs.len(), 8, "{n}: {devs:?}");
+        let node = node_of(&api, "ml", n).unwrap();
+        for d in devs {
+            assert!(
+                d.starts_with(&format!("GPU-{node}-")),
+                "{d} is not on {node}"
+            );
+            assert!(seen.insert(d.clone()), "{d} handed out twice");
+        }
+    }
+    // Annotations are written before the binding, so the device plugin never sees a bound pod
+    // without them.
+    let writes = api.writes();
+    for n in &names {
+        let annotate = writes
+            .iter()
+            .position(|w| w == &format!("PATCH /api/v1/namespaces/ml/pods/{n}"))
+            .unwrap();
+        let bind = writes
+            .iter()
+            .position(|w| w == &format!("POST /api/v1/namespaces/ml/pods/{n}/binding"))
+            .unwrap();
+        assert!(annotate < bind, "{n}: bound before annotated");
+    }
+    api.wait_for(20, "the group Running", |a| {
+        let g = a.get(GANTRY, "podgroups", "ml", "llm")?;
+        (g["status"]["phase"] == "Running" && g["status"]["running"] == 4).then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preemption_evicts_a_whole_gang() {
+    let api = FakeApi::default();
+    cluster(&api, &["n0", "n1"], &[]);
+    queues(&api, None);
+    let ctl = start(&api, config("a", false));
+    api.apply(
+        GANTRY,
+        "podgroups",
+        pod_group("ml", "sweep", 2, "team-a", "batch"),
+    );
+    let low: Vec<String> = (0..2).map(|i| format!("sweep-{i}")).collect();
+    for n in &low {
+        api.apply(CORE, "pods", pod("ml", n, 8, Some("sweep"), None));
+    }
+    api.wait_for(20, "the batch gang bound", |a| {
+        (bound(a, "ml", &low) == 2).then_some(())
+    })
+    .await;
+    // A training gang of the same queue needs both nodes.
+    api.apply(
+        GANTRY,
+        "podgroups",
+        pod_group("ml", "train", 2, "team-a", "training"),
+    );
+    let high: Vec<String> = (0..2).map(|i| format!("train-{i}")).collect();
+    for n in &high {
+        api.apply(CORE, "pods", pod("ml", n, 8, Some("train"), None));
+    }
+    // Both batch pods are evicted (the fake deletes them), never just one of them.
+    api.wait_for(20, "the batch gang evicted", |a| {
+        low.iter()
+            .all(|n| a.get(CORE, "pods", "ml", n).is_none())
+            .then_some(())
+    })
+    .await;
+    let evictions: Vec<_> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.ends_with("/eviction"))
+        .collect();
+    assert_eq!(evictions.len(), 2, "{evictions:?}");
+    api.wait_for(20, "the training gang bound", |a| {
+        (bound(a, "ml", &high) == 2).then_some(())
+    })
+    .await;
+    let events = api.list("apis/events.k8s.io/v1", "events");
+    assert!(
+        events.iter().any(|e| e["reason"] == "Preempted"),
+        "no Preempted event: {events:#?}"
+    );
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_devices_are_avoided() {
+    let api = FakeApi::default();
+    cluster(&api, &["n0"], &[2, 5]);
+    queues(&api, None);
+    let ctl = start(&api, config("a", false));
+    api.apply(CORE, "pods", pod("ml", "big", 8, None, Some("team-a")));
+    api.apply(CORE, "pods", pod("ml", "six", 6, None, Some("team-a")));
+    api.wait_for(20, "six bound", |a| node_of(a, "ml", "six"))
+        .await;
+    let devs: BTreeSet<String> = devices_of(&api, "ml", "six").into_iter().collect();
+    assert_eq!(devs.len(), 6);
+    assert!(
+        !devs.contains("GPU-n0-2") && !devs.contains("GPU-n0-5"),
+        "{devs:?}"
+    );
+    // Eight GPUs do not exist healthy on the node: the pod waits and says so.
+    let msg = api
+        .wait_for(20, "big's PodScheduled=False", |a| {
+            let p = a.get(CORE, "pods", "ml", "big")?;
+            p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+                .map(|c| c["message"].as_str().unwrap_or("").to_string())
+        })
+        .await;
+    assert!(node_of(&api, "ml", "big").is_none());
+    assert!(!msg.is_empty());
+    // The device recovers: an inventory update flips its health and the 8-GPU pod... still
+    // waits, because "six" holds six of them; free "six" and it binds on all eight.
+    api.apply(GANTRY, "nodeinventories", inventory("n0", 8, &[]));
+    api.delete(CORE, "pods", "ml", "six");
+    api.wait_for(20, "big bound after recovery", |a| node_of(a, "ml", "big"))
+        .await;
+    assert_eq!(devices_of(&api, "ml", "big").len(), 8);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_reasons_are_written_to_the_pods_and_the_pod_group() {
+    let api = FakeApi::default();
+    cluster(&api, &["n0", "n1"], &[]);
+    // team-a has 8 H100s of quota; team-b has none to lend (it has no quota either).
+    api.apply(GANTRY, "queues", queue("research", None, None));
+    api.apply(
+        GANTRY,
+        "queues",
+        queue("team-a", Some("research"), Some(8.0)),
+    );
+    let mut b = queue("team-b", Some("research"), Some(0.0));
+    b["spec"]["quotas"]["h100-80gb"]["lendingLimit"] = json!(0);
+    api.apply(GANTRY, "queues", b);
+    let ctl = start(&api, config("a", false));
+    api.apply(
+        GANTRY,
+        "podgroups",
+        pod_group("ml", "big", 2, "team-a", "training"),
+    );
+    for i in 0..2 {
+        api.apply(
+            CORE,
+            "pods",
+            pod("ml", &format!("big-{i}"), 8, Some("big"), None),
+        );
+    }
+    let status = api
+        .wait_for(20, "the group Unschedulable", |a| {
+            let g = a.get(GANTRY, "podgroups", "ml", "big")?;
+            (g["status"]["phase"] == "Unschedulable").then_some(g["status"].clone())
+        })
+        .await;
+    let message = status["message"].as_str().unwrap();
+    assert!(message.contains("quota"), "{message}");
+    let cond = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Unschedulable")
+        .unwrap();
+    assert_eq!(cond["status"], "True");
+    for i in 0..2 {
+        let pod_msg = api
+            .wait_for(20, "the pod's condition", |a| {
+                let p = a.get(CORE, "pods", "ml", &format!("big-{i}"))?;
+                p["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "PodScheduled")
+                    .map(|c| (c["reason"].clone(), c["message"].clone()))
+            })
+            .await;
+        assert_eq!(pod_msg.0, "Unschedulable");
+        assert_eq!(pod_msg.1.as_str(), Some(message));
+    }
+    let events = api.list("apis/events.k8s.io/v1", "events");
+    assert!(
+        events.iter().any(|e| e["reason"] == "Unschedulable"),
+        "{events:#?}"
+    );
+    // A pod with a malformed request is told what is wrong with it.
+    let mut bad = pod("ml", "half", 1, None, Some("team-a"));
+    bad["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = json!("0.5");
+    api.apply(CORE, "pods", bad);
+    let msg = api
+        .wait_for(20, "the malformed pod's condition", |a| {
+            let p = a.get(CORE, "pods", "ml", "half")?;
+            p["status"]["conditions"][0]["message"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .await;
+    assert!(
+        msg.contains("nvidia.com/gpu") && msg.contains("whole number"),
+        "{msg}"
+    );
+    // Queue status shows usage and pending work.
+    api.wait_for(20, "team-a status", |a| {
+        let q = a.get(GANTRY, "queues", "", "team-a")?;
+        (q["status"]["pending"] == 1).then_some(())
+    })
+    .await;
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_election_hands_over() {
+    let api = FakeApi::default();
+    cluster(&api, &["n0"], &[]);
+    queues(&api, None);
+    let a = start(&api, config("replica-a", true));
+    api.wait_for(20, "replica-a to hold the lease", |f| {
+        let l = f.get(LEASES, "leases", "gantry-system", "gantry-scheduler")?;
+        (l["spec"]["holderIdentity"] == "replica-a").then_some(())
+    })
+    .await;
+    let b = start(&api, config("replica-b", true));
+    api.apply(CORE, "pods", pod("ml", "one", 1, None, Some("team-a")));
+    api.wait_for(20, "one bound", |f| node_of(f, "ml", "one"))
+        .await;
+    // Replica b follows: the lease stays with a while a renews.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let l = api
+        .get(LEASES, "leases", "gantry-system", "gantry-scheduler")
+        .unwrap();
+    assert_eq!(l["spec"]["holderIdentity"], "replica-a");
+    // Replica a crashes without releasing: b takes over once the lease expires on its clock.
+    a.task.abort();
+    api.wait_for(20, "replica-b to take the lease", |f| {
+        let l = f.get(LEASES, "leases", "gantry-system", "gantry-scheduler")?;
+        (l["spec"]["holderIdentity"] == "replica-b")
+            .then_some(l["spec"]["leaseTransitions"].clone())
+    })
+    .await;
+    api.apply(CORE, "pods", pod("ml", "two", 1, None, Some("team-a")));
+    api.wait_for(20, "two bound by the new leader", |f| {
+        node_of(f, "ml", "two")
+    })
+    .await;
+    let d1: BTreeSet<_> = devices_of(&api, "ml", "one").into_iter().collect();
+    let d2: BTreeSet<_> = devices_of(&api, "ml", "two").into_iter().collect();
+    assert!(
+        d1.is_disjoint(&d2),
+        "the new leader reused a device: {d1:?} {d2:?}"
+    );
+    // Stopping b releases the lease at once.
+    b.stop().await;
+    let l = api
+        .get(LEASES, "leases", "gantry-system", "gantry-scheduler")
+        .unwrap();
+    assert!(l["spec"]["holderIdentity"].is_null(), "{l}");
+}
