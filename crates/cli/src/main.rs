@@ -4,6 +4,7 @@
 //! crates, and renders tables (default), JSON or YAML. Errors are `anyhow` here and only here.
 
 mod agent;
+mod kube;
 mod output;
 mod plan;
 mod remote;
@@ -53,6 +54,8 @@ enum Command {
     /// Replay a trace (openb, Philly) or a scenario through the engine under one or more
     /// policies; print a summary and write a report with plots.
     Sim(sim::SimArgs),
+    /// Kubernetes mode: print the CRDs, or run gantry as a secondary scheduler.
+    Kube(kube::KubeArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -81,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Command::Cancel(args) => remote::cancel(args),
         Command::Nodes(args) => remote::nodes(args),
         Command::Sim(args) => sim::run(args),
+        Command::Kube(args) => kube::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

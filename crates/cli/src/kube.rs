@@ -1,0 +1,137 @@
+//! `gantry kube`: Kubernetes mode. `crds` prints (or writes) the custom resource definitions;
+//! `controller` runs gantry as a secondary scheduler in a cluster.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use gantry_engine::Profile;
+use gantry_kube::{ControllerConfig, Metrics};
+
+/// Kubernetes mode.
+#[derive(Debug, Args)]
+pub struct KubeArgs {
+    #[command(subcommand)]
+    command: KubeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KubeCommand {
+    /// Print the Queue, PodGroup and NodeInventory CRDs as YAML (or write them with --out).
+    Crds {
+        /// Write `gantry.dev.yaml` into this directory instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run the scheduler: watch pods with `schedulerName: gantry`, bind them, keep statuses.
+    Controller(ControllerArgs),
+}
+
+/// Flags of `gantry kube controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Pods with this `spec.schedulerName` are scheduled by gantry.
+    #[arg(long, default_value = "gantry")]
+    scheduler_name: String,
+    /// Client-side throttle of API writes, requests per second (0: none).
+    #[arg(long, default_value_t = 50.0)]
+    qps: f64,
+    /// Writes allowed at once above the QPS.
+    #[arg(long, default_value_t = 100)]
+    burst: u32,
+    /// Hold a Lease so that only one replica schedules.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the Lease.
+    #[arg(long, default_value = "gantry-system")]
+    lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "gantry-scheduler")]
+    lease_name: String,
+    /// Identity in the Lease (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Lease duration in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_secs: u64,
+    /// Quiet time after a change before a cycle, in ms.
+    #[arg(long, default_value_t = 20)]
+    debounce_ms: u64,
+    /// Engine profile: gantry, best-fit or fifo.
+    #[arg(long, default_value = "gantry")]
+    profile: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    #[arg(long, default_value = "0.0.0.0:7071")]
+    metrics_listen: String,
+}
+
+/// Run `gantry kube …`.
+pub fn run(args: KubeArgs) -> anyhow::Result<()> {
+    match args.command {
+        KubeCommand::Crds { out } => {
+            let yaml = gantry_kube::crd::crds_yaml()?;
+            match out {
+                None => print!("{yaml}"),
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("--out {}", dir.display()))?;
+                    let path = dir.join("gantry.dev.yaml");
+                    std::fs::write(&path, yaml)
+                        .with_context(|| format!("--out: write {}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+            Ok(())
+        }
+        KubeCommand::Controller(a) => controller(a),
+    }
+}
+
+fn controller(a: ControllerArgs) -> anyhow::Result<()> {
+    let profile = Profile::named(&a.profile).with_context(|| {
+        format!(
+            "--profile: unknown profile {:?} (gantry, best-fit, fifo)",
+            a.profile
+        )
+    })?;
+    if a.burst == 0 {
+        anyhow::bail!("--burst: must be at least 1");
+    }
+    if !a.qps.is_finite() || a.qps < 0.0 {
+        anyhow::bail!("--qps: must be a non-negative number, got {}", a.qps);
+    }
+    let identity = a.identity.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("gantry-{}", std::process::id()))
+    });
+    let mut cfg = ControllerConfig::new(identity);
+    cfg.scheduler_name = a.scheduler_name;
+    cfg.qps = a.qps;
+    cfg.burst = a.burst;
+    cfg.leader_elect = a.leader_elect;
+    cfg.lease_namespace = a.lease_namespace;
+    cfg.lease_name = a.lease_name;
+    cfg.lease_duration = Duration::from_secs(a.lease_duration_secs.max(2));
+    cfg.renew_every = cfg.lease_duration / 5;
+    cfg.debounce = Duration::from_millis(a.debounce_ms);
+    cfg.profile = profile;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("no Kubernetes configuration (in-cluster service account or KUBECONFIG)")?;
+        let metrics = Metrics::new();
+        let listener = tokio::net::TcpListener::bind(&a.metrics_listen)
+            .await
+            .with_context(|| format!("--metrics-listen {}", a.metrics_listen))?;
+        tokio::spawn(gantry_kube::metrics::serve(listener, metrics.clone()));
+        tracing::info!(scheduler = %cfg.scheduler_name, identity = %cfg.identity, qps = cfg.qps, "gantry kube controller starting");
+        gantry_kube::run(client, cfg, metrics, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,50 @@
+//! The CRD YAML shipped in `deploy/` is exactly what the Rust types generate.
+
+use std::path::PathBuf;
+
+fn repo_file(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
+#[test]
+fn deploy_crds_match_the_rust_types() {
+    let want = gantry_kube::crd::crds_yaml().unwrap();
+    for rel in [
+        "deploy/crds/gantry.dev.yaml",
+        "deploy/helm/gantry/crds/gantry.dev.yaml",
+    ] {
+        let got = std::fs::read_to_string(repo_file(rel)).unwrap_or_default();
+        assert!(
+            got == want,
+            "{rel} drifted from the Rust types; regenerate with \
+             `cargo run -p gantry -- kube crds --out {}`",
+            rel.trim_end_matches("/gantry.dev.yaml")
+        );
+    }
+}
+
+#[test]
+fn the_example_queues_and_groups_parse_as_the_crds() {
+    let text = std::fs::read_to_string(repo_file("deploy/examples/kube/queues.yaml")).unwrap();
+    let mut queues = 0;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v.get("kind").and_then(|k| k.as_str()) == Some("Queue") {
+            let q: gantry_kube::crd::Queue = serde_yaml::from_value(v).unwrap();
+            assert!(!q.spec.quotas.is_empty() || q.spec.parent.is_none());
+            queues += 1;
+        }
+    }
+    assert!(queues >= 3, "two teams and their cohort");
+    let gang = std::fs::read_to_string(repo_file("deploy/examples/kube/training-gang.yaml")).unwrap();
+    let mut groups = 0;
+    for doc in serde_yaml::Deserializer::from_str(&gang) {
+        let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v.get("kind").and_then(|k| k.as_str()) == Some("PodGroup") {
+            let g: gantry_kube::crd::PodGroup = serde_yaml::from_value(v).unwrap();
+            assert_eq!(g.spec.min_member, 4);
+            groups += 1;
+        }
+    }
+    assert_eq!(groups, 1);
+}
