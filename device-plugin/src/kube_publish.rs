@@ -1,16 +1,18 @@
 //! Publishing the node's inventory to Kubernetes (feature `kube`).
 //!
 //! The scheduler in Kubernetes mode reads each node's exact GPU inventory — devices, NVLink
-//! domains and peers, health, MIG layout — from the Node annotation [`INVENTORY_ANNOTATION`]
-//! (a JSON [`gantry_model::Node`]). The same merge patch sets node labels in the spirit of GPU
-//! feature discovery ([`crate::labels::node_labels`]: product, memory, count, MIG strategy), so
-//! ordinary `nodeSelector`s work too. One patch per change; labels this plugin set before and no
-//! longer computes (a MIG profile that went away) are removed.
+//! domains and peers, health, MIG layout — from a `NodeInventory` object (group `gantry.dev`,
+//! named after the node; the CRD is `gantry_kube::crd::NodeInventory`), written with
+//! server-side apply under the field manager [`FIELD_MANAGER`]. A merge patch of the Node sets
+//! labels in the spirit of GPU feature discovery ([`crate::labels::node_labels`]: product,
+//! memory, count, MIG strategy), so ordinary `nodeSelector`s work too. Labels this plugin set
+//! before and no longer computes (a MIG profile that went away) are removed.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use gantry_kube::crd::{NodeInventory as KubeInventory, NodeInventorySpec};
 use gantry_model::Node;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use kube::api::{Api, Patch, PatchParams};
@@ -21,10 +23,10 @@ use crate::publish::Publisher;
 use crate::resources::MigStrategy;
 use crate::PluginError;
 
-/// The Node annotation holding the inventory (JSON of `gantry_model::Node`).
-pub const INVENTORY_ANNOTATION: &str = "gantry.dev/inventory";
+/// Field manager of the plugin's server-side applies.
+pub const FIELD_MANAGER: &str = "gantry-device-plugin";
 
-/// Writes the inventory annotation and GPU labels to this node's Kubernetes Node object.
+/// Writes the node's `NodeInventory` and the GPU labels of its Kubernetes Node object.
 pub struct KubeNodePublisher {
     client: kube::Client,
     node: String,
@@ -68,8 +70,8 @@ impl KubeNodePublisher {
         }
     }
 
-    /// The merge patch for an inventory: the annotation, the labels, and `null` for labels
-    /// published before that are gone now.
+    /// The Node merge patch for an inventory: the labels, and `null` for labels published
+    /// before that are gone now.
     pub fn patch_for(
         &self,
         inventory: &NodeInventory,
@@ -84,14 +86,8 @@ impl KubeNodePublisher {
         for (k, v) in &labels {
             label_patch.insert(k.clone(), serde_json::Value::String(v.clone()));
         }
-        let inventory_json =
-            serde_json::to_string(node).map_err(|e| err(format!("encode inventory: {e}")))?;
-        let patch = serde_json::json!({
-            "metadata": {
-                "annotations": { INVENTORY_ANNOTATION: inventory_json },
-                "labels": label_patch,
-            }
-        });
+        let _ = node;
+        let patch = serde_json::json!({ "metadata": { "labels": label_patch } });
         Ok((patch, labels))
     }
 
@@ -117,6 +113,22 @@ impl KubeNodePublisher {
         if let Ok(mut l) = self.last_labels.lock() {
             *l = labels;
         }
+        let object = KubeInventory::new(
+            &self.node,
+            NodeInventorySpec::new(node.devices.clone(), inventory.driver.clone()),
+        );
+        let api: Api<KubeInventory> = Api::all(self.client.clone());
+        tokio::time::timeout(
+            self.timeout,
+            api.patch(
+                &self.node,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&object),
+            ),
+        )
+        .await
+        .map_err(|_| err(format!("no answer within {:?}", self.timeout)))?
+        .map_err(|e| err(format!("apply NodeInventory {}: {e}", self.node)))?;
         Ok(())
     }
 }
@@ -146,7 +158,7 @@ mod tests {
     use kube::client::Body;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn patches_annotation_and_labels_and_removes_stale_labels() {
+    async fn applies_the_inventory_patches_labels_and_removes_stale_labels() {
         let y = "node: n1\ngpus:\n  - {name: NVIDIA A100-SXM4-80GB, memory_mib: 81920, count: 2}\nmig:\n  1:\n    slices: [{profile: 3g.40gb, start: 0}]\n";
         let inv = FakeInventory::from_yaml(y, "t")
             .expect("ok")
@@ -160,6 +172,7 @@ mod tests {
         let want_node = node.clone();
         let server = tokio::spawn(async move {
             let mut bodies = Vec::new();
+            let mut applied = Vec::new();
             for _ in 0..2 {
                 let (req, send) = handle.next_request().await.expect("patch");
                 assert_eq!(req.method(), "PATCH");
@@ -170,13 +183,32 @@ mod tests {
                 send.send_response(respond(&serde_json::json!({
                     "apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}
                 })));
+                let (req, send) = handle.next_request().await.expect("apply");
+                assert_eq!(req.method(), "PATCH");
+                assert_eq!(
+                    req.uri().path(),
+                    "/apis/gantry.dev/v1alpha1/nodeinventories/n1"
+                );
+                let q = req.uri().query().unwrap_or_default().to_string();
+                assert!(
+                    q.contains("fieldManager=gantry-device-plugin") && q.contains("force=true"),
+                    "{q}"
+                );
+                assert_eq!(
+                    req.headers()["content-type"],
+                    "application/apply-patch+yaml"
+                );
+                let body = req.into_body().collect_bytes().await.expect("body");
+                let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                send.send_response(respond(&v));
+                applied.push(v);
             }
+            let inv: KubeInventory = serde_json::from_value(applied[0].clone()).expect("inventory");
+            assert_eq!(inv.spec.devices, want_node.devices);
+            assert_eq!(inv.spec.gpus, 2);
+            assert_eq!(inv.spec.models, "a100-80gb");
             let first = &bodies[0]["metadata"];
-            let text = first["annotations"][INVENTORY_ANNOTATION]
-                .as_str()
-                .expect("annotation");
-            let back: Node = serde_json::from_str(text).expect("inventory json");
-            assert_eq!(back, want_node);
+            assert!(first.get("annotations").is_none(), "{first}");
             assert_eq!(first["labels"]["nvidia.com/gpu.count"], "2");
             assert_eq!(first["labels"]["nvidia.com/mig.strategy"], "mixed");
             assert_eq!(first["labels"]["nvidia.com/mig-3g.40gb.count"], "1");

@@ -147,8 +147,9 @@ struct RunArgs {
     /// What Allocate does when the kubelet's devices differ from a pending hand-off.
     #[arg(long, value_enum, default_value_t = MismatchPolicy::Reject)]
     handoff_mismatch: MismatchPolicy,
-    /// Publish the inventory on every change: `stdout`, `kube` (annotation `gantry.dev/inventory`
-    /// and GPU labels on this node's Kubernetes Node; needs the `kube` feature) or a file path.
+    /// Publish the inventory on every change: `stdout`, `kube` (the `NodeInventory` object named
+    /// after this node, and GPU labels on its Kubernetes Node; needs the `kube` feature) or a
+    /// file path.
     #[arg(long, value_name = "stdout|kube|FILE")]
     publish: Option<String>,
     /// Format of published inventories.

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 fn repo_file(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
 }
 
 #[test]
@@ -36,7 +38,8 @@ fn the_example_queues_and_groups_parse_as_the_crds() {
         }
     }
     assert!(queues >= 3, "two teams and their cohort");
-    let gang = std::fs::read_to_string(repo_file("deploy/examples/kube/training-gang.yaml")).unwrap();
+    let gang =
+        std::fs::read_to_string(repo_file("deploy/examples/kube/training-gang.yaml")).unwrap();
     let mut groups = 0;
     for doc in serde_yaml::Deserializer::from_str(&gang) {
         let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
