@@ -2,9 +2,10 @@
 //!
 //! - Evictions first (they free devices the binds may use), through the Eviction API so
 //!   PodDisruptionBudgets are honoured.
-//! - Binds: each pod is annotated with its allocation and device uuids (the device plugin reads
-//!   `gantry.dev/devices`), then bound with the `pods/binding` subresource. The engine only
-//!   plans whole gangs, so a gang's pods are all in the same batch; they are bound concurrently.
+//! - Binds: one `pods/binding` request per pod, whose annotations (the allocation and the device
+//!   uuids the device plugin reads from `gantry.dev/devices`) the API server copies onto the pod
+//!   together with `spec.nodeName`. The engine only plans whole gangs, so a gang's pods are all
+//!   in the same batch; they are bound concurrently.
 //! - Pod conditions (`PodScheduled=False`, reason `Unschedulable`, the engine's message),
 //!   PodGroup and Queue statuses (status subresource), and Events.
 //!
@@ -129,17 +130,14 @@ impl Applier {
         }
     }
 
+    /// One request per pod: the API server copies a Binding's annotations onto the pod as it
+    /// sets `spec.nodeName`, so the device plugin never sees a bound pod without its devices.
     async fn bind(&self, b: &BindAction) -> Result<(), String> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &b.pod.ns);
-        let patch = serde_json::json!({"metadata": {"annotations": b.annotations}});
-        self.limiter.acquire().await;
-        api.patch(&b.pod.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| format!("annotate: {e}"))?;
         let binding = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": b.pod.name, "namespace": b.pod.ns},
+            "metadata": {"name": b.pod.name, "namespace": b.pod.ns, "annotations": b.annotations},
             "target": {"apiVersion": "v1", "kind": "Node", "name": b.node},
         });
         self.limiter.acquire().await;

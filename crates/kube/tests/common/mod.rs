@@ -335,6 +335,12 @@ impl FakeApi {
                     return status(409, "Conflict", "pod is already assigned to a node");
                 }
                 pod["spec"]["nodeName"] = body["target"]["name"].clone();
+                // Like the real API server: the Binding's annotations land on the pod with it.
+                if let Some(a) = body["metadata"]["annotations"].as_object() {
+                    for (k, v) in a {
+                        pod["metadata"]["annotations"][k] = v.clone();
+                    }
+                }
                 st.put(&p.kind, pod, "MODIFIED");
                 respond(
                     StatusCode::CREATED,
@@ -439,6 +445,21 @@ impl FakeApi {
             .get(&Self::kind(prefix, res))
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Pods with a node, counted without copying them.
+    pub fn bound_pods(&self) -> usize {
+        self.store
+            .lock()
+            .unwrap()
+            .objects
+            .get(&Self::kind(CORE, "pods"))
+            .map(|m| {
+                m.values()
+                    .filter(|p| p["spec"]["nodeName"].is_string())
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// Every write so far (`POST /api/v1/namespaces/ml/pods/w-0/binding`, …).
