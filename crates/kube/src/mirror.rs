@@ -985,3 +985,258 @@ fn same_hardware(a: &gantry_model::Node, b: &gantry_model::Node) -> bool {
             *x == y
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str) -> KubeNode {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"allocatable": {"cpu": "96", "memory": "1Ti"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap()
+    }
+
+    fn inventory(node: &str, gpus: u32) -> NodeInventorySpec {
+        let devices = (0..gpus)
+            .map(|i| {
+                serde_json::from_value(
+                    json!({"uuid": format!("GPU-{node}-{i}"), "model": "h100-80gb"}),
+                )
+                .unwrap()
+            })
+            .collect();
+        NodeInventorySpec::new(devices, None)
+    }
+
+    fn pod(
+        name: &str,
+        gpus: u32,
+        labels: serde_json::Value,
+        ann: serde_json::Value,
+        node: Option<&str>,
+    ) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ml", "labels": labels, "annotations": ann},
+            "spec": {"schedulerName": "gantry", "nodeName": node, "containers": [{"name": "c",
+                "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]}
+        }))
+        .unwrap()
+    }
+
+    fn mirror(nodes: &[(&str, u32)]) -> Mirror {
+        let mut m = Mirror::new(Profile::gantry()).unwrap();
+        for (n, g) in nodes {
+            m.upsert_node(node(n));
+            m.upsert_inventory(n, inventory(n, *g));
+        }
+        m.upsert_queue(
+            serde_json::from_value(json!({"metadata": {"name": "q"}, "spec": {}})).unwrap(),
+        );
+        m
+    }
+
+    fn group(min: u32) -> PodGroup {
+        serde_json::from_value(json!({"metadata": {"name": "g", "namespace": "ml"},
+            "spec": {"minMember": min, "queue": "q"}}))
+        .unwrap()
+    }
+
+    /// Each row: what the watches delivered, then what one cycle must write.
+    #[test]
+    fn one_cycle_turns_watched_objects_into_the_right_writes() {
+        type Setup = fn(&mut Mirror);
+        struct Row {
+            what: &'static str,
+            setup: Setup,
+            binds: usize,
+            evictions: usize,
+            condition_contains: Option<&'static str>,
+            group_phase: Option<PodGroupPhase>,
+        }
+        let rows = [
+            Row {
+                what: "a gang short of minMember waits as Pending",
+                setup: |m| {
+                    m.upsert_group(group(3));
+                    m.upsert_pod(&pod(
+                        "a",
+                        1,
+                        json!({"gantry.dev/pod-group": "g"}),
+                        json!({}),
+                        None,
+                    ));
+                },
+                binds: 0,
+                evictions: 0,
+                condition_contains: Some("1 of 3 pods exist"),
+                group_phase: Some(PodGroupPhase::Pending),
+            },
+            Row {
+                what: "a complete gang binds whole",
+                setup: |m| {
+                    m.upsert_group(group(2));
+                    for p in ["a", "b"] {
+                        m.upsert_pod(&pod(
+                            p,
+                            4,
+                            json!({"gantry.dev/pod-group": "g"}),
+                            json!({}),
+                            None,
+                        ));
+                    }
+                },
+                binds: 2,
+                evictions: 0,
+                condition_contains: None,
+                group_phase: Some(PodGroupPhase::Running),
+            },
+            Row {
+                what: "a group pod before its PodGroup names what is missing",
+                setup: |m| {
+                    m.upsert_pod(&pod(
+                        "a",
+                        1,
+                        json!({"gantry.dev/pod-group": "g"}),
+                        json!({}),
+                        None,
+                    ));
+                },
+                binds: 0,
+                evictions: 0,
+                condition_contains: Some("PodGroup ml/g does not exist"),
+                group_phase: None,
+            },
+            Row {
+                what: "a lone pod without a queue label is told which label",
+                setup: |m| m.upsert_pod(&pod("a", 1, json!({}), json!({}), None)),
+                binds: 0,
+                evictions: 0,
+                condition_contains: Some("gantry.dev/queue"),
+                group_phase: None,
+            },
+            Row {
+                what: "a lone pod asking for more than any node has waits with a reason",
+                setup: |m| {
+                    m.upsert_pod(&pod(
+                        "a",
+                        9,
+                        json!({"gantry.dev/queue": "q"}),
+                        json!({}),
+                        None,
+                    ))
+                },
+                binds: 0,
+                evictions: 0,
+                condition_contains: Some(""),
+                group_phase: None,
+            },
+            Row {
+                what: "a pod bound on a node that is gone is evicted so its gang requeues",
+                setup: |m| {
+                    let alloc = json!({"group": 0, "index": 0, "node": "gone", "cpu_milli": 0,
+                        "memory_mib": 0, "gpu": {"Whole": ["GPU-gone-0"]}, "flavor": "h100-80gb", "amount": 1000});
+                    m.upsert_pod(&pod(
+                        "a",
+                        1,
+                        json!({"gantry.dev/queue": "q"}),
+                        json!({"gantry.dev/allocation": alloc.to_string()}),
+                        Some("gone"),
+                    ));
+                },
+                binds: 0,
+                evictions: 1,
+                condition_contains: None,
+                group_phase: None,
+            },
+        ];
+        for row in rows {
+            let mut m = mirror(&[("n0", 8)]);
+            (row.setup)(&mut m);
+            let a = m.cycle(1_000);
+            assert_eq!(a.binds.len(), row.binds, "{}: {a:#?}", row.what);
+            assert_eq!(a.evictions.len(), row.evictions, "{}: {a:#?}", row.what);
+            match row.condition_contains {
+                Some(needle) => assert!(
+                    a.pod_conditions
+                        .iter()
+                        .any(|(_, msg)| msg.contains(needle) && !msg.is_empty()),
+                    "{}: {:?}",
+                    row.what,
+                    a.pod_conditions
+                ),
+                None => assert!(
+                    a.pod_conditions.is_empty(),
+                    "{}: {:?}",
+                    row.what,
+                    a.pod_conditions
+                ),
+            }
+            if let Some(phase) = row.group_phase {
+                assert_eq!(a.group_statuses[0].1.phase, phase, "{}", row.what);
+            }
+        }
+    }
+
+    #[test]
+    fn bound_pods_keep_their_devices_across_a_restart_and_in_flight_binds_are_never_reused() {
+        // A controller restarts: the watch shows a pod bound with gantry's annotation.
+        let mut m = mirror(&[("n0", 8)]);
+        let alloc = json!({"group": 0, "index": 0, "node": "n0", "cpu_milli": 0, "memory_mib": 0,
+            "gpu": {"Whole": ["GPU-n0-0", "GPU-n0-1", "GPU-n0-2", "GPU-n0-3", "GPU-n0-4", "GPU-n0-5"]},
+            "flavor": "h100-80gb", "amount": 6000});
+        m.upsert_pod(&pod(
+            "old",
+            6,
+            json!({"gantry.dev/queue": "q"}),
+            json!({"gantry.dev/allocation": alloc.to_string()}),
+            Some("n0"),
+        ));
+        m.upsert_pod(&pod(
+            "new",
+            2,
+            json!({"gantry.dev/queue": "q"}),
+            json!({}),
+            None,
+        ));
+        let a = m.cycle(1_000);
+        assert_eq!(a.binds.len(), 1, "{a:#?}");
+        let devs: Vec<String> =
+            serde_json::from_str(&a.binds[0].annotations["gantry.dev/devices"]).unwrap();
+        assert_eq!(devs, ["GPU-n0-6", "GPU-n0-7"]);
+        // Before the watch confirms "new", another pod arrives and the job set is resynced:
+        // the two GPUs in flight must not be handed out again.
+        m.upsert_pod(&pod(
+            "third",
+            1,
+            json!({"gantry.dev/queue": "q"}),
+            json!({}),
+            None,
+        ));
+        let a = m.cycle(2_000);
+        assert!(a.binds.is_empty(), "{a:#?}");
+        assert_eq!(m.in_flight(), 1);
+        // The bind fails: the assumption is dropped and exactly those two GPUs are free again.
+        let new = PodKey {
+            ns: "ml".into(),
+            name: "new".into(),
+        };
+        m.bind_failed(&new, &JobKey::Pod(new.clone()));
+        let a = m.cycle(3_000);
+        let reused: Vec<String> = a
+            .binds
+            .iter()
+            .flat_map(|b| {
+                serde_json::from_str::<Vec<String>>(&b.annotations["gantry.dev/devices"]).unwrap()
+            })
+            .collect();
+        assert!(!reused.is_empty(), "{a:#?}");
+        assert!(
+            reused.iter().all(|d| d == "GPU-n0-6" || d == "GPU-n0-7"),
+            "{reused:?}"
+        );
+    }
+}
