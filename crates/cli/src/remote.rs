@@ -174,7 +174,21 @@ struct JobOut {
     tasks: String,
     nodes: Vec<String>,
     requeues: u32,
+    /// Run number (0 for the first run, bumped on every requeue).
+    attempt: u32,
     reason: String,
+    /// Where each placed task runs and the device uuids it holds.
+    placements: Vec<PlacementOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct PlacementOut {
+    group: u32,
+    index: u32,
+    node: String,
+    devices: Vec<String>,
+    /// Thousandths of a shared device, 0 for whole devices.
+    gpu_milli: u32,
 }
 
 /// `gantry jobs`.
@@ -204,6 +218,7 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
             .into_iter()
             .map(|j| {
                 let mut nodes: Vec<String> = j.tasks.iter().map(|t| t.node.clone()).collect();
+                nodes.sort();
                 nodes.dedup();
                 JobOut {
                     name: j.name,
@@ -212,7 +227,19 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                     tasks: format!("{}/{}", j.tasks.len(), j.tasks_wanted),
                     nodes,
                     requeues: j.requeues,
+                    attempt: j.attempt,
                     reason: j.reason,
+                    placements: j
+                        .tasks
+                        .into_iter()
+                        .map(|t| PlacementOut {
+                            group: t.group,
+                            index: t.index,
+                            node: t.node,
+                            devices: t.devices,
+                            gpu_milli: t.gpu_milli,
+                        })
+                        .collect(),
                 }
             })
             .collect();

@@ -469,6 +469,7 @@ fn pb_job(rec: &JobRecord, st: &State) -> pb::Job {
         command: rec.command.clone(),
         spec_json: serde_json::to_string(&rec.spec).unwrap_or_default(),
         exit_code: rec.exit_code,
+        attempt: rec.attempt,
     }
 }
 

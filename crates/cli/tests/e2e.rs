@@ -1,0 +1,170 @@
+//! End to end with real processes on loopback: `gantry serve --no-local-agent`, two
+//! `gantry agent` processes with four fake GPUs each, and a 2×4-GPU gang that only fits by
+//! spanning both. Every task process must see exactly its assigned uuids; then one agent is
+//! killed with SIGKILL and the whole gang must be requeued (the surviving half stopped, the job
+//! pending again with its attempt bumped).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::{alive, client_json, gantry, job, poll, serve, Proc};
+
+fn agent(addr: &str, node: &str) -> Proc {
+    let mut cmd = gantry();
+    cmd.args([
+        "agent",
+        "--server",
+        addr,
+        "--node-name",
+        node,
+        "--fake-gpus",
+        "4xH100-80GB",
+    ]);
+    Proc::spawn(node, cmd)
+}
+
+/// What a task process wrote: its `CUDA_VISIBLE_DEVICES` and its pid.
+fn seen(out: &Path, index: u64) -> Option<(BTreeSet<String>, u32)> {
+    let text = std::fs::read_to_string(out.join(format!("task-{index}-attempt-0"))).ok()?;
+    let (devices, pid) = text.trim().split_once(' ')?;
+    Some((
+        devices.split(',').map(str::to_string).collect(),
+        pid.parse().ok()?,
+    ))
+}
+
+#[test]
+fn a_gang_spans_two_agent_processes_and_a_killed_agent_requeues_it_whole() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let (_server, addr) = serve(
+        data.path(),
+        &[
+            "--no-local-agent",
+            "--lease-ms",
+            "1500",
+            "--grace-ms",
+            "300",
+            "--debounce-ms",
+            "5",
+        ],
+    );
+    let mut agents = [agent(&addr, "e2e-a0"), agent(&addr, "e2e-a1")];
+    poll("both agents registered and ready", || {
+        let nodes = client_json(&addr, &["nodes"]);
+        let ready = nodes
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|n| n["ready"] == true && n["gpus"] == 4)
+            .count();
+        if ready == 2 {
+            Ok(())
+        } else {
+            Err(nodes)
+        }
+    });
+
+    // Each task writes "<CUDA_VISIBLE_DEVICES> <pid>" atomically, then becomes a long sleep
+    // (exec keeps the pid, so the agent's SIGTERM reaches the sleep itself).
+    let script = format!(
+        "f={dir}/task-$GANTRY_TASK_INDEX-attempt-$GANTRY_ATTEMPT; \
+         echo \"$CUDA_VISIBLE_DEVICES $$\" > $f.tmp && mv $f.tmp $f; exec sleep 600",
+        dir = out.path().display()
+    );
+    let spec = serde_json::json!({
+        "name": "gang",
+        "queue": "default",
+        "tasks": [{"count": 2, "gpus": 4}],
+        "command": ["sh", "-c", script],
+    });
+    let file = out.path().join("gang.yaml");
+    std::fs::write(&file, serde_json::to_string(&spec).expect("json")).expect("write");
+    let submitted = client_json(&addr, &["submit", file.to_str().expect("utf-8 path")]);
+    assert_eq!(submitted["job"], "gang");
+
+    let running = poll("the gang running on both nodes", || {
+        let j = job(&addr, "gang").ok_or(serde_json::Value::Null)?;
+        if j["state"] == "running" && j["placements"].as_array().is_some_and(|p| p.len() == 2) {
+            Ok(j)
+        } else {
+            Err(j)
+        }
+    });
+    assert_eq!(running["attempt"], 0);
+    let placements = running["placements"].as_array().expect("placements");
+    let nodes: BTreeSet<&str> = placements
+        .iter()
+        .map(|p| p["node"].as_str().expect("node"))
+        .collect();
+    assert_eq!(nodes.len(), 2, "the gang spans both agents: {placements:?}");
+
+    // Every task process ran and saw exactly its own assigned uuids; the sets are disjoint.
+    let mut pids = Vec::new();
+    let mut all = BTreeSet::new();
+    for p in placements {
+        let index = p["index"].as_u64().expect("index");
+        let assigned: BTreeSet<String> = p["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .map(|d| d.as_str().expect("uuid").to_string())
+            .collect();
+        assert_eq!(assigned.len(), 4, "{p}");
+        let (visible, pid) = poll(&format!("task {index} wrote what it sees"), || {
+            seen(out.path(), index).ok_or(())
+        });
+        assert_eq!(visible, assigned, "task {index} sees its assigned GPUs");
+        assert!(all.is_disjoint(&visible), "{visible:?} overlaps {all:?}");
+        all.extend(visible);
+        pids.push((p["node"].as_str().expect("node").to_string(), pid));
+    }
+
+    // kill -9 the agent of task 0. Its task process is orphaned (the agent never got to stop
+    // it); the guard of the killed agent kills it at the end.
+    let (victim_node, victim_task) = pids[0].clone();
+    let (_, survivor_task) = pids[1].clone();
+    let victim = agents
+        .iter_mut()
+        .find(|a| a.name == victim_node)
+        .expect("the victim's agent");
+    victim.kill9();
+    victim.also_kill.push(victim_task);
+
+    let requeued = poll("the whole gang requeued", || {
+        let j = job(&addr, "gang").ok_or(serde_json::Value::Null)?;
+        if j["state"] == "pending" {
+            Ok(j)
+        } else {
+            Err(j)
+        }
+    });
+    assert_eq!(requeued["attempt"], 1, "{requeued}");
+    assert_eq!(requeued["requeues"], 1, "{requeued}");
+    assert_eq!(requeued["placements"].as_array().map(Vec::len), Some(0));
+    let why = requeued["reason"].as_str().unwrap_or_default();
+    assert!(!why.is_empty(), "a requeued job says why it waits: {requeued}");
+    // The surviving agent stopped its half of the gang.
+    poll("the surviving task process stopped", || {
+        if alive(survivor_task) {
+            Err(survivor_task)
+        } else {
+            Ok(())
+        }
+    });
+    let nodes = client_json(&addr, &["nodes"]);
+    let lost: Vec<&serde_json::Value> = nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["ready"] == false)
+        .collect();
+    assert_eq!(lost.len(), 1, "{nodes}");
+    assert_eq!(lost[0]["name"], victim_node.as_str());
+    // With four GPUs left the 2×4 gang cannot run again: it stays pending.
+    let still = job(&addr, "gang").expect("gang");
+    assert_eq!(still["state"], "pending", "{still}");
+    assert!(seen(out.path(), 0).is_some());
+}
