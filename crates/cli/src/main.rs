@@ -55,9 +55,12 @@ enum Command {
     Sim(sim::SimArgs),
 }
 
-fn init_tracing(format: LogFormat) {
+/// Diagnostics on stderr, filtered by `GANTRY_LOG` (tracing's `EnvFilter` syntax). Without it,
+/// the long-running commands (`serve`, `agent`) log at info level (job events, cycles that
+/// change something), the others only warnings.
+fn init_tracing(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -69,10 +72,15 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let default_filter = match cli.command {
+        Command::Serve(_) | Command::Agent(_) => "info,h2=warn,hyper=warn,tower=warn",
+        _ => "warn",
+    };
+    init_tracing(cli.log_format, default_filter);
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
     let result = match cli.command {
         Command::Plan(args) => plan::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(args, json_logs),
         Command::Agent(args) => agent::run(args),
         Command::Submit(args) => remote::submit(args),
         Command::Jobs(args) => remote::jobs(args),

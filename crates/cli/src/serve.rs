@@ -45,8 +45,20 @@ pub struct ServeArgs {
     fake_gpus: Option<String>,
 }
 
-/// Run until interrupted.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// Say something to the person who started the server: a plain line on stderr, or, with
+/// `--log-format json`, an info event (so every line of stderr is one JSON object).
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if $json {
+            tracing::info!("{}", format!($($arg)*));
+        } else {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
+/// Run until interrupted. With `json_logs`, what it says goes through `tracing` as JSON.
+pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
     let profile = Profile::named(&args.profile)
         .with_context(|| format!("--profile: unknown profile {:?}", args.profile))?;
     let mut config = Config::new(args.data_dir);
@@ -67,9 +79,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let running = Server::start(config).await?;
-        eprintln!("gantry serve: listening on {}", running.addr);
+        say!(json_logs, "gantry serve: listening on {}", running.addr);
         if let Some(m) = running.metrics_addr {
-            eprintln!("gantry serve: metrics on http://{m}/metrics");
+            say!(json_logs, "gantry serve: metrics on http://{m}/metrics");
         }
         if !args.no_local_agent {
             let name = crate::agent::host_name();
@@ -78,7 +90,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 None => match crate::agent::inventory(&name, None, None) {
                     Ok(n) => n,
                     Err(e) => {
-                        eprintln!(
+                        say!(
+                            json_logs,
                             "gantry serve: {e:#}; the local agent uses 8 fake H100-80GB GPUs"
                         );
                         crate::agent::fake_gpus(&name, "8xH100-80GB")?
@@ -89,7 +102,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            eprintln!(
+            say!(
+                json_logs,
                 "gantry serve: local agent {} with {} GPUs",
                 node.name,
                 node.devices.len()
@@ -101,14 +115,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             };
             tokio::spawn(async move {
                 if let Err(e) = gantry_server::agent::run_agent(cfg, std::future::pending()).await {
-                    eprintln!("gantry serve: local agent stopped: {e}");
+                    tracing::error!(error = %e, "gantry serve: local agent stopped");
                 }
             });
         }
         tokio::select! {
             r = tokio::signal::ctrl_c() => {
                 r?;
-                eprintln!("gantry serve: interrupted, stopping");
+                say!(json_logs, "gantry serve: interrupted, stopping");
                 running.shutdown().await?;
             }
         }

@@ -168,3 +168,64 @@ fn a_gang_spans_two_agent_processes_and_a_killed_agent_requeues_it_whole() {
     assert_eq!(still["state"], "pending", "{still}");
     assert!(seen(out.path(), 0).is_some());
 }
+
+/// `gantry serve --log-format json`: every line on stderr is one JSON object, job events name
+/// the job and its queue, and cycles that bind carry their counters.
+#[test]
+fn serve_logs_one_json_object_per_line_naming_the_job() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let (server, addr) = serve(
+        data.path(),
+        &["--log-format", "json", "--fake-gpus", "2xH100-80GB"],
+    );
+    let file = out.path().join("job.yaml");
+    std::fs::write(
+        &file,
+        "name: logged\nqueue: default\ntasks: [{count: 1, gpus: 1}]\ncommand: [\"true\"]\n",
+    )
+    .expect("write");
+    client_json(&addr, &["submit", file.to_str().expect("utf-8 path")]);
+    poll("the job finished", || {
+        let j = job(&addr, "logged").ok_or(serde_json::Value::Null)?;
+        if j["state"] == "succeeded" {
+            Ok(())
+        } else {
+            Err(j)
+        }
+    });
+    let logged = |message: &str| {
+        let lines = server.lines();
+        lines.iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let f = &v["fields"];
+            (f["job"] == "logged" && f["message"] == message).then(|| v.clone())
+        })
+    };
+    for message in ["submitted", "bound", "finished"] {
+        let v = poll(&format!("a JSON line for the job's {message:?} event"), || {
+            logged(message).ok_or_else(|| server.tail())
+        });
+        assert_eq!(v["level"], "INFO", "{v}");
+        assert_eq!(v["fields"]["queue"], "default", "{v}");
+    }
+    let bound = logged("bound").expect("bound");
+    assert_eq!(bound["span"]["name"], "cycle", "bound inside its cycle: {bound}");
+    assert!(bound["span"]["cycle"].is_u64(), "{bound}");
+    let cycle = server
+        .lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "cycle" && v["fields"]["binds"] == 1)
+        .unwrap_or_else(|| panic!("no cycle line with one bind:\n{}", server.tail()));
+    for field in ["cycle", "pending", "evictions", "duration_us"] {
+        assert!(cycle["fields"][field].is_u64(), "{field} in {cycle}");
+    }
+    // Every line of the server's own output is JSON (the task printed nothing).
+    for l in server.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&l).is_ok(),
+            "not JSON: {l}"
+        );
+    }
+}

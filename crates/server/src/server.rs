@@ -313,16 +313,49 @@ impl Server {
             // A periodic cycle too: estimates and reservations move with the clock.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.kick.notified()).await;
             tokio::time::sleep(debounce).await;
-            let span = tracing::debug_span!("cycle");
-            let _g = span.enter();
+            let span = tracing::info_span!(
+                "cycle",
+                cycle = tracing::field::Empty,
+                pending = tracing::field::Empty,
+                binds = tracing::field::Empty,
+                evictions = tracing::field::Empty,
+                duration_us = tracing::field::Empty,
+            );
             let t0 = std::time::Instant::now();
-            let r = self.apply(|st| Ok(((), st.cycle(now_ms())))).await;
-            self.shared
-                .metrics
-                .cycle
-                .observe(t0.elapsed().as_secs_f64());
-            if let Err(e) = r {
-                tracing::error!(error = %e, "cycle could not be recorded");
+            let r = self
+                .apply(|st| {
+                    span.record("cycle", st.counters.cycles + 1);
+                    let _g = span.enter();
+                    let ops = st.cycle(now_ms());
+                    let c = st.counters;
+                    span.record("pending", c.last_pending);
+                    span.record("binds", c.last_binds);
+                    span.record("evictions", c.last_evictions);
+                    Ok((c, ops))
+                })
+                .await;
+            let took = t0.elapsed();
+            self.shared.metrics.cycle.observe(took.as_secs_f64());
+            let _g = span.enter();
+            span.record("duration_us", took.as_micros() as u64);
+            match r {
+                // Engine run plus the durable plan. Quiet cycles (nothing bound or evicted; one
+                // a second) are logged at debug level only.
+                Ok(c) if c.last_binds > 0 || c.last_evictions > 0 => tracing::info!(
+                    cycle = c.cycles,
+                    pending = c.last_pending,
+                    binds = c.last_binds,
+                    evictions = c.last_evictions,
+                    duration_us = took.as_micros() as u64,
+                    "cycle"
+                ),
+                Ok(c) => tracing::debug!(
+                    cycle = c.cycles,
+                    pending = c.last_pending,
+                    duration_us = took.as_micros() as u64,
+                    "cycle"
+                ),
+                Err(e) => tracing::error!(error = %e, "cycle could not be recorded"),
             }
         }
     }

@@ -133,6 +133,12 @@ pub struct Counters {
     pub preemptions: u64,
     /// Jobs requeued because their node was lost.
     pub lost_requeues: u64,
+    /// Pending jobs after the last cycle.
+    pub last_pending: u64,
+    /// Jobs bound (started or grown) by the last cycle.
+    pub last_binds: u64,
+    /// Jobs evicted by the last cycle.
+    pub last_evictions: u64,
 }
 
 /// The state. See the module docs.
@@ -326,7 +332,7 @@ impl State {
                     None => Err("its node or devices are gone".to_string()),
                 };
                 if let Err(why) = restored {
-                    tracing::warn!(job = %name, %why, "requeued on rebuild");
+                    tracing::warn!(job = %name, queue = %e.rec.spec.queue, %why, "requeued on rebuild");
                     let why = format!("requeued: {why}");
                     requeue_record(e, &why, &mut self.stops, &mut self.events, now);
                     self.running.remove(&name);
@@ -524,6 +530,7 @@ impl State {
             self.order.remove(&old.rec.seq);
         }
         self.order.insert(rec.seq, rec.name.clone());
+        tracing::info!(job = %rec.name, queue = %rec.spec.queue, seq = rec.seq, "submitted");
         self.events.push(Event {
             job: rec.name.clone(),
             kind: "submitted",
@@ -564,6 +571,7 @@ impl State {
             self.snap.cancel(id)?;
         }
         stop_tasks(e, "cancelled", &mut self.stops);
+        tracing::info!(job = %name, queue = %e.rec.spec.queue, attempt = e.rec.attempt, "cancelled");
         e.rec.state = JobState::Cancelled;
         e.rec.finished_ms = Some(now);
         e.rec.reason.clear();
@@ -594,6 +602,14 @@ impl State {
             let by = self.snap.job_name(p.preemptor).to_string();
             if let Some(e) = self.jobs.get_mut(&victim) {
                 let why = format!("preempted by {by} ({:?})", p.cause);
+                tracing::info!(
+                    job = %victim,
+                    queue = %e.rec.spec.queue,
+                    attempt = e.rec.attempt,
+                    by = %by,
+                    cause = ?p.cause,
+                    "preempted"
+                );
                 requeue_record(e, &why, &mut self.stops, &mut self.events, now);
                 self.running.remove(&victim);
                 self.counters.preemptions += 1;
@@ -609,6 +625,17 @@ impl State {
                 b.tasks
                     .iter()
                     .map(|t| TaskRecord::from_alloc(&self.snap, t)),
+            );
+            let nodes: BTreeSet<&str> =
+                b.tasks.iter().map(|t| self.snap.node_name(t.node)).collect();
+            let nodes = nodes.into_iter().collect::<Vec<_>>().join(",");
+            tracing::info!(
+                job = %name,
+                queue = %e.rec.spec.queue,
+                attempt = e.rec.attempt,
+                tasks = b.tasks.len(),
+                nodes = %nodes,
+                "bound"
             );
             if e.rec.state == JobState::Pending {
                 e.rec.state = JobState::Running;
@@ -637,6 +664,13 @@ impl State {
                 ops.push(Op::job(&e.rec));
             }
         }
+        self.counters.last_binds = plan.binds.len() as u64;
+        self.counters.last_evictions = plan.preemptions.len() as u64;
+        self.counters.last_pending = self
+            .jobs
+            .values()
+            .filter(|e| e.rec.state == JobState::Pending)
+            .count() as u64;
         ops
     }
 
@@ -875,6 +909,14 @@ impl State {
                 }
             }
             stop_tasks(e, &message, &mut self.stops);
+            tracing::info!(
+                job = %key.job,
+                queue = %e.rec.spec.queue,
+                attempt = e.rec.attempt,
+                state = kind,
+                exit_code = code,
+                "finished"
+            );
             e.rec.state = state;
             e.rec.exit_code = code;
             e.rec.finished_ms = Some(now);
@@ -917,6 +959,13 @@ impl State {
                 }
                 if let Some(e) = self.jobs.get_mut(&jname) {
                     let why = format!("node {name} was lost");
+                    tracing::info!(
+                        job = %jname,
+                        queue = %e.rec.spec.queue,
+                        attempt = e.rec.attempt,
+                        node = %name,
+                        "requeued: its node was lost"
+                    );
                     requeue_record(e, &why, &mut self.stops, &mut self.events, now);
                     self.running.remove(&jname);
                     self.counters.lost_requeues += 1;

@@ -119,16 +119,15 @@ impl Drop for Proc {
     }
 }
 
-/// The gRPC address `gantry serve` says it listens on (text or JSON logs).
+/// The gRPC address `gantry serve` says it listens on (a text line, or the message of a JSON
+/// log line).
 pub fn listen_addr(line: &str) -> Option<String> {
-    if let Some(rest) = line.split("listening on ").nth(1) {
-        return rest.split_whitespace().next().map(str::to_string);
-    }
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    let fields = v.get("fields")?;
-    (fields.get("message")?.as_str()? == "serving gantry.v1")
-        .then(|| fields.get("addr")?.as_str().map(str::to_string))
-        .flatten()
+    let message = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(v) => v["fields"]["message"].as_str()?.to_string(),
+        Err(_) => line.to_string(),
+    };
+    let rest = message.split("gantry serve: listening on ").nth(1)?;
+    rest.split_whitespace().next().map(str::to_string)
 }
 
 /// Start `gantry serve` on free ports with `args`; returns the process and its gRPC address.
