@@ -25,6 +25,15 @@ pub struct Conn {
     /// Bearer token, when the server checks tokens.
     #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) of a server that serves TLS (`gantry serve --tls-cert`); the
+    /// connection then uses https.
+    #[arg(long, env = "GANTRY_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+/// Read a PEM file named by a flag.
+pub fn read_pem(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
 }
 
 /// `gantry submit`.
@@ -87,17 +96,12 @@ async fn connect(conn: &Conn) -> anyhow::Result<(Channel, BearerToken)> {
     Ok((connect_channel(conn).await?, bearer))
 }
 
-async fn connect_channel(conn: &Conn) -> anyhow::Result<Channel> {
-    let uri = if conn.server.contains("://") {
-        conn.server.clone()
-    } else {
-        format!("http://{}", conn.server)
+pub(crate) async fn connect_channel(conn: &Conn) -> anyhow::Result<Channel> {
+    let ca = match &conn.tls_ca {
+        Some(p) => Some(read_pem("--tls-ca", p)?),
+        None => None,
     };
-    Channel::from_shared(uri.clone())
-        .with_context(|| format!("--server {uri:?}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach gantry serve at {uri}"))
+    Ok(gantry_server::client::connect(&conn.server, ca.as_deref()).await?)
 }
 
 fn status(e: tonic::Status) -> anyhow::Error {

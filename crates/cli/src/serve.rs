@@ -43,6 +43,16 @@ pub struct ServeArgs {
     /// GPUs of the local agent when NVML finds no driver (or always, when given): `8xH100-80GB`.
     #[arg(long)]
     fake_gpus: Option<String>,
+    /// Serve the API over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) the local agent checks the server's certificate against (default:
+    /// --tls-cert itself, right for a self-signed certificate).
+    #[arg(long, env = "GANTRY_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
 }
 
 /// Say something to the person who started the server: a plain line on stderr, or, with
@@ -69,6 +79,17 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
     config.profile = profile;
     config.default_queue = !args.no_default_queue;
     config.metrics_listen = Some(args.metrics_listen);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(gantry_server::TlsIdentity {
+            cert_pem: crate::remote::read_pem("--tls-cert", cert)?,
+            key_pem: crate::remote::read_pem("--tls-key", key)?,
+        });
+    }
+    let local_ca = match (&args.tls_ca, &config.tls) {
+        (Some(p), _) => Some(crate::remote::read_pem("--tls-ca", p)?),
+        (None, Some(id)) => Some(id.cert_pem.clone()),
+        (None, None) => None,
+    };
     if let Some(path) = &args.tokens {
         config.auth = Some(std::sync::Arc::new(gantry_server::auth::Auth::load(path)?));
     }
@@ -109,9 +130,10 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
                 node.devices.len()
             );
             let cfg = gantry_server::agent::AgentConfig {
-                server: format!("http://{addr}"),
+                server: gantry_server::client::uri(&addr.to_string(), local_ca.is_some())?,
                 node,
                 token: local_token,
+                tls_ca: local_ca,
             };
             tokio::spawn(async move {
                 if let Err(e) = gantry_server::agent::run_agent(cfg, std::future::pending()).await {

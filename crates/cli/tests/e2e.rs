@@ -229,3 +229,41 @@ fn serve_logs_one_json_object_per_line_naming_the_job() {
         );
     }
 }
+
+/// `gantry serve --tls-cert --tls-key`: the local agent and clients with `--tls-ca` connect over
+/// TLS; a client without it is refused.
+#[test]
+fn serve_over_tls_with_its_local_agent_and_a_client_that_trusts_it() {
+    let data = tempfile::tempdir().expect("tmp");
+    let files = tempfile::tempdir().expect("files");
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("certificate");
+    let (cert, key) = (files.path().join("cert.pem"), files.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("key");
+    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let (_server, addr) = serve(
+        data.path(),
+        &[
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+            "--fake-gpus",
+            "1xH100-80GB",
+        ],
+    );
+    poll("the local agent registered over TLS", || {
+        let nodes = client_json(&addr, &["nodes", "--tls-ca", cert]);
+        match nodes.as_array().map(Vec::as_slice) {
+            Some([n]) if n["ready"] == true && n["gpus"] == 1 => Ok(()),
+            _ => Err(nodes),
+        }
+    });
+    let plain = gantry()
+        .args(["nodes", "--server", &addr])
+        .env_remove("GANTRY_TLS_CA")
+        .output()
+        .expect("run");
+    assert!(!plain.status.success(), "a plain-text client is refused");
+    assert!(String::from_utf8_lossy(&plain.stderr).starts_with("error: "));
+}

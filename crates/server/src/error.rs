@@ -47,6 +47,10 @@ pub enum ServerError {
     /// The store failed; the request may not have been recorded.
     #[error("store: {0}")]
     Store(String),
+    /// The network or TLS failed (a client or agent could not reach the server, or the server
+    /// could not listen).
+    #[error("transport: {0}")]
+    Transport(String),
     /// The engine refused something the server had validated (a bug).
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
@@ -80,6 +84,7 @@ impl ServerError {
             ServerError::AlreadyExists { .. } => "AlreadyExists",
             ServerError::Conflict(_) => "Conflict",
             ServerError::Store(_) => "Store",
+            ServerError::Transport(_) => "Transport",
             ServerError::Engine(_) => "Engine",
         }
     }
@@ -94,7 +99,7 @@ impl ServerError {
             ServerError::NotFound { .. } => tonic::Status::not_found(msg),
             ServerError::AlreadyExists { .. } => tonic::Status::already_exists(msg),
             ServerError::Conflict(_) => tonic::Status::failed_precondition(msg),
-            ServerError::Store(_) => tonic::Status::unavailable(msg),
+            ServerError::Store(_) | ServerError::Transport(_) => tonic::Status::unavailable(msg),
             ServerError::Engine(_) => tonic::Status::internal(msg),
         }
     }

@@ -47,6 +47,26 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Bearer tokens; none: every request is allowed (a lab on a trusted network).
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Serve the API over TLS with this certificate and key; none: plain HTTP/2.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// The server's TLS certificate chain and private key, both PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// Certificate chain (PEM), leaf first.
+    pub cert_pem: Vec<u8>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("TlsIdentity")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -62,6 +82,7 @@ impl Config {
             default_queue: true,
             metrics_listen: None,
             auth: None,
+            tls: None,
         }
     }
 }
@@ -156,6 +177,28 @@ impl Server {
     /// # Errors
     /// The store cannot be opened, or the address cannot be bound.
     pub async fn start(config: Config) -> Result<Running, ServerError> {
+        // Refuse a bad certificate or key before touching the store.
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            for (field, pem, marker) in [
+                ("tls_cert", &tls.cert_pem, "CERTIFICATE-----"),
+                ("tls_key", &tls.key_pem, "PRIVATE KEY-----"),
+            ] {
+                if !String::from_utf8_lossy(pem).contains(marker) {
+                    return Err(ServerError::Invalid {
+                        field: field.into(),
+                        reason: format!("not PEM (no BEGIN ...{marker} block)"),
+                    });
+                }
+            }
+            let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| ServerError::Invalid {
+                    field: "tls_cert".into(),
+                    reason: format!("certificate and key are not usable: {e}"),
+                })?;
+        }
         let dir = config.data_dir.clone();
         let (store, rec) = tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
@@ -228,8 +271,9 @@ impl Server {
         server.shared.kick.notify_one();
         let (tx, rx) = oneshot::channel::<()>();
         let s = server.clone();
+        let tls = server.shared.config.tls.is_some();
         let join = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_service(pb::queues_server::QueuesServer::new(s.clone()))
                 .add_service(pb::jobs_server::JobsServer::new(s.clone()))
                 .add_service(pb::nodes_server::NodesServer::new(s.clone()))
@@ -242,7 +286,7 @@ impl Server {
                 )
                 .await
         });
-        tracing::info!(%addr, "serving gantry.v1");
+        tracing::info!(%addr, tls, "serving gantry.v1");
         Ok(Running {
             addr,
             metrics_addr,
