@@ -62,7 +62,8 @@ pub struct JobsArgs {
 /// `gantry queues`.
 #[derive(Debug, clap::Args)]
 pub struct QueuesArgs {
-    /// Create or update the queues of this file (a queues spec, as for `gantry plan`) first.
+    /// Create or update the queues of this file (a queues spec, as for `gantry plan`) first;
+    /// its `priority_classes`, when given, replace the server's.
     #[arg(long)]
     apply: Option<PathBuf>,
     #[command(flatten)]
@@ -297,6 +298,13 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
             let (ch, b) = connect(&args.conn).await?;
             pb::queues_client::QueuesClient::with_interceptor(ch, b)
         };
+        if let Some(classes) = apply.as_ref().and_then(|s| s.priority_classes.as_ref()) {
+            c.set_priority_classes(pb::SetPriorityClassesRequest {
+                classes_json: serde_json::to_string(classes)?,
+            })
+            .await
+            .map_err(status)?;
+        }
         if let Some(spec) = apply {
             let existing: Vec<String> = c
                 .list_queues(pb::ListQueuesRequest {})
@@ -387,6 +395,28 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
             ]);
         }
         println!("{t}");
+        let classes = c
+            .list_priority_classes(pb::ListPriorityClassesRequest {})
+            .await
+            .map_err(status)?
+            .into_inner();
+        let list: Vec<String> = classes
+            .classes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}{}",
+                    p.name,
+                    p.value,
+                    if p.preemptible { "" } else { " (not preemptible)" }
+                )
+            })
+            .collect();
+        println!(
+            "priority classes{}: {}",
+            if classes.defaults { " (defaults)" } else { "" },
+            list.join(", ")
+        );
         Ok(())
     })
 }

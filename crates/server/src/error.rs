@@ -63,6 +63,8 @@ impl ServerError {
             ModelError::Invalid { field, reason } => ServerError::Invalid {
                 field: if field.is_empty() {
                     prefix.to_string()
+                } else if prefix.is_empty() {
+                    field
                 } else {
                     format!("{prefix}.{field}")
                 },
@@ -125,6 +127,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
         ServerError::Malformed {
             field: if path == "." || path.is_empty() {
                 field.to_string()
+            } else if path.starts_with('[') {
+                format!("{field}{path}")
             } else {
                 format!("{field}.{path}")
             },
@@ -158,5 +162,8 @@ mod tests {
     fn model_errors_keep_their_field() {
         let e = ServerError::from_model("spec", ModelError::invalid("tasks[0].gpus", "too many"));
         assert_eq!(e.to_string(), "spec.tasks[0].gpus: too many");
+        // No prefix: the field as it is (no leading dot).
+        let e = ServerError::from_model("", ModelError::invalid("spec_json.name", "bad"));
+        assert_eq!(e.to_string(), "spec_json.name: bad");
     }
 }

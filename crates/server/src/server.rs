@@ -137,7 +137,8 @@ pub struct Running {
 
 impl Running {
     /// Stop serving: stop accepting, give open calls up to 5 s to finish (a `WatchJobs` stream
-    /// never does), then drop the connections.
+    /// never does), then drop the connections, commit what is in flight and close the store
+    /// (the data directory can be opened again as soon as this returns).
     ///
     /// # Errors
     /// The transport's error.
@@ -149,14 +150,16 @@ impl Running {
             b.abort();
         }
         let finished = tokio::time::timeout(Duration::from_secs(5), &mut self.join).await;
-        let Ok(joined) = finished else {
-            self.join.abort();
-            return Ok(());
+        let result = match finished {
+            Err(_) => {
+                self.join.abort();
+                Ok(())
+            }
+            Ok(Ok(r)) => r.map_err(|e| ServerError::Transport(e.to_string())),
+            Ok(Err(e)) => Err(ServerError::Store(format!("server task: {e}"))),
         };
-        match joined {
-            Ok(r) => r.map_err(|e| ServerError::Store(format!("transport: {e}"))),
-            Err(e) => Err(ServerError::Store(format!("server task: {e}"))),
-        }
+        self.server.shared.writer.close().await;
+        result
     }
 
     /// Wait until the server stops (it does not, unless the transport fails).
@@ -208,7 +211,14 @@ impl Server {
         let now = now_ms();
         let (jobs, nodes) = (rec.jobs.len(), rec.nodes.len());
         let (mut state, mut ops) =
-            State::recover(rec.queues, rec.jobs, rec.nodes, config.profile.clone(), now)?;
+            State::recover(
+                rec.queues,
+                rec.priority_classes,
+                rec.jobs,
+                rec.nodes,
+                config.profile.clone(),
+                now,
+            )?;
         if state.queues.is_empty() && config.default_queue {
             ops.extend(state.create_queue(QueueSpec {
                 name: "default".into(),
@@ -642,6 +652,24 @@ fn pb_queue(spec: &QueueSpec, st: &State) -> pb::Queue {
     }
 }
 
+fn pb_classes(st: &State) -> pb::PriorityClasses {
+    let mut classes: Vec<pb::PriorityClass> = st
+        .tree
+        .priority_classes
+        .values()
+        .map(|c| pb::PriorityClass {
+            name: c.name.clone(),
+            value: c.value,
+            preemptible: c.preemptible,
+        })
+        .collect();
+    classes.sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.name.cmp(&b.name)));
+    pb::PriorityClasses {
+        classes,
+        defaults: st.priority_classes.is_none(),
+    }
+}
+
 // ---------------------------------------------------------------- services
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -698,6 +726,29 @@ impl pb::queues_server::Queues for Server {
         Ok(Response::new(pb::ListQueuesResponse {
             queues: st.queues.values().map(|q| pb_queue(q, &st)).collect(),
         }))
+    }
+
+    async fn set_priority_classes(
+        &self,
+        req: Request<pb::SetPriorityClassesRequest>,
+    ) -> Result<Response<pb::PriorityClasses>, Status> {
+        self.admin(&req, "changing priority classes")?;
+        let classes: Vec<gantry_model::PriorityClass> =
+            parse_json("classes_json", &req.get_ref().classes_json)?;
+        self.apply(|st| Ok(((), st.set_priority_classes(classes)?)))
+            .await?;
+        tracing::info!("priority classes replaced");
+        let st = self.lock();
+        Ok(Response::new(pb_classes(&st)))
+    }
+
+    async fn list_priority_classes(
+        &self,
+        req: Request<pb::ListPriorityClassesRequest>,
+    ) -> Result<Response<pb::PriorityClasses>, Status> {
+        self.who(&req)?;
+        let st = self.lock();
+        Ok(Response::new(pb_classes(&st)))
     }
 }
 
