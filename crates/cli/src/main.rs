@@ -9,6 +9,7 @@ mod plan;
 mod remote;
 mod serve;
 mod sim;
+mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +51,8 @@ enum Command {
     Cancel(remote::JobArgs),
     /// List nodes.
     Nodes(remote::NodesArgs),
+    /// A live view of the cluster, queues, jobs and latest events (`--once`: one frame).
+    Top(top::TopArgs),
     /// Replay a trace (openb, Philly) or a scenario through the engine under one or more
     /// policies; print a summary and write a report with plots.
     Sim(sim::SimArgs),
@@ -88,6 +91,7 @@ fn main() -> std::process::ExitCode {
         Command::Explain(args) => remote::explain(args),
         Command::Cancel(args) => remote::cancel(args),
         Command::Nodes(args) => remote::nodes(args),
+        Command::Top(args) => top::run(args),
         Command::Sim(args) => sim::run(args),
     };
     match result {

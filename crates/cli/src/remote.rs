@@ -13,15 +13,12 @@ use tonic::transport::Channel;
 use crate::output::{print_doc, table, Format};
 use gantry_server::auth::BearerToken;
 
-/// Flags every client command takes.
+/// Where the server is and how to reach it.
 #[derive(Debug, clap::Args)]
-pub struct Conn {
+pub struct Target {
     /// Address of `gantry serve`.
     #[arg(long, env = "GANTRY_SERVER", default_value = "127.0.0.1:7070")]
-    server: String,
-    /// Output format.
-    #[arg(long, short, value_enum, default_value_t = Format::Table)]
-    output: Format,
+    pub server: String,
     /// Bearer token, when the server checks tokens.
     #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -29,6 +26,16 @@ pub struct Conn {
     /// connection then uses https.
     #[arg(long, env = "GANTRY_TLS_CA")]
     tls_ca: Option<PathBuf>,
+}
+
+/// Flags every client command takes.
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    #[command(flatten)]
+    target: Target,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    output: Format,
 }
 
 /// Read a PEM file named by a flag.
@@ -93,23 +100,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(conn: &Conn) -> anyhow::Result<(Channel, BearerToken)> {
-    let bearer = BearerToken::new(conn.token.as_deref())?;
-    Ok((connect_channel(conn).await?, bearer))
+    connect_target(&conn.target).await
 }
 
-pub(crate) async fn connect_channel(conn: &Conn) -> anyhow::Result<Channel> {
-    let ca = match &conn.tls_ca {
+/// Dial the server with the target's TLS settings; the token goes into every call.
+pub(crate) async fn connect_target(t: &Target) -> anyhow::Result<(Channel, BearerToken)> {
+    let bearer = BearerToken::new(t.token.as_deref())?;
+    let ca = match &t.tls_ca {
         Some(p) => Some(read_pem("--tls-ca", p)?),
         None => None,
     };
-    Ok(gantry_server::client::connect(&conn.server, ca.as_deref()).await?)
+    let ch = gantry_server::client::connect(&t.server, ca.as_deref()).await?;
+    Ok((ch, bearer))
 }
 
-fn status(e: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", e.message(), e.code())
 }
 
-fn state_name(s: i32) -> &'static str {
+pub(crate) fn state_name(s: i32) -> &'static str {
     match pb::JobState::try_from(s) {
         Ok(pb::JobState::Pending) => "pending",
         Ok(pb::JobState::Running) => "running",

@@ -267,3 +267,39 @@ fn serve_over_tls_with_its_local_agent_and_a_client_that_trusts_it() {
     assert!(!plain.status.success(), "a plain-text client is refused");
     assert!(String::from_utf8_lossy(&plain.stderr).starts_with("error: "));
 }
+
+/// `gantry top --once` against a live server prints one frame: the cluster line, the queue,
+/// the running job and its events.
+#[test]
+fn top_once_prints_one_frame_of_the_live_cluster() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let (_server, addr) = serve(data.path(), &["--fake-gpus", "2xH100-80GB"]);
+    let file = out.path().join("job.yaml");
+    std::fs::write(
+        &file,
+        "name: watched\nqueue: default\ntasks: [{count: 1, gpus: 2}]\ncommand: [sleep, \"600\"]\n",
+    )
+    .expect("write");
+    client_json(&addr, &["submit", file.to_str().expect("utf-8 path")]);
+    poll("the job running", || {
+        let j = job(&addr, "watched").ok_or(serde_json::Value::Null)?;
+        if j["state"] == "running" {
+            Ok(())
+        } else {
+            Err(j)
+        }
+    });
+    let frame = common::client_text(&addr, &["top", "--once"]);
+    assert!(
+        frame.contains("cluster: nodes 1/1 ready, GPUs 2/2 allocated, jobs 1 running"),
+        "{frame}"
+    );
+    assert!(!frame.contains('\x1b'), "--once prints no escapes");
+    let default_row = frame.lines().find(|l| l.contains("default"));
+    assert!(
+        default_row.is_some_and(|l| l.contains("2/unlimited")),
+        "{frame}"
+    );
+    assert!(frame.contains("watched started"), "{frame}");
+}
