@@ -132,11 +132,19 @@ pub(crate) fn state_name(s: i32) -> &'static str {
 /// Split a job file into the spec (as JSON for the server) and the command and environment.
 fn read_job(path: &PathBuf) -> anyhow::Result<pb::SubmitJobRequest> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
         .with_context(|| format!("{} does not parse", path.display()))?;
+    job_request(doc, &path.display().to_string())
+}
+
+/// A job document (spec plus `command` and `env`) as a submission; `origin` names it in errors.
+pub(crate) fn job_request(
+    mut doc: serde_yaml::Value,
+    origin: &str,
+) -> anyhow::Result<pb::SubmitJobRequest> {
     let map = doc
         .as_mapping_mut()
-        .with_context(|| format!("{}: a job is a mapping", path.display()))?;
+        .with_context(|| format!("{origin}: a job is a mapping"))?;
     let command: Vec<String> = match map.remove("command") {
         Some(v) => serde_yaml::from_value(v).context("command: a list of strings")?,
         None => Vec::new(),

@@ -53,6 +53,67 @@ pub struct ServeArgs {
     /// --tls-cert itself, right for a self-signed certificate).
     #[arg(long, env = "GANTRY_TLS_CA", requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
+    /// Submit a few built-in example jobs (short sleeps: a single task, a gang, and a job that
+    /// waits on its queue's quota) so something is scheduled with no other setup.
+    #[arg(long)]
+    demo: bool,
+}
+
+/// The built-in demo: a queue with a small quota and a handful of jobs.
+const DEMO: &str = include_str!("demo/demo.yaml");
+
+#[derive(serde::Deserialize)]
+struct Demo {
+    queues: Vec<gantry_model::QueueSpec>,
+    jobs: Vec<serde_yaml::Value>,
+}
+
+/// A request as the local admin makes it (with the admin token when tokens are checked).
+fn local_request<T>(msg: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    Ok(req)
+}
+
+/// Create the demo queue and submit the demo jobs through the server's own services;
+/// returns what happened to each job.
+async fn submit_demo(
+    server: &gantry_server::Server,
+    token: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    use gantry_api::gantry::v1 as pb;
+    use pb::jobs_server::Jobs;
+    use pb::queues_server::Queues;
+    let demo: Demo = serde_yaml::from_str(DEMO).context("the built-in demo does not parse")?;
+    for q in demo.queues {
+        let req = pb::QueueRequest {
+            spec_json: serde_json::to_string(&q)?,
+        };
+        match server.create_queue(local_request(req, token)?).await {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => anyhow::bail!("demo queue {}: {}", q.name, s.message()),
+        }
+    }
+    let mut out = Vec::new();
+    for (i, doc) in demo.jobs.into_iter().enumerate() {
+        let req = crate::remote::job_request(doc, &format!("demo job {i}"))?;
+        let name: String = serde_json::from_str::<serde_json::Value>(&req.spec_json)?["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match server.submit_job(local_request(req, token)?).await {
+            Ok(_) => out.push(format!("{name} submitted")),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                out.push(format!("{name} already there"))
+            }
+            Err(s) => out.push(format!("{name} refused: {}", s.message())),
+        }
+    }
+    Ok(out)
 }
 
 /// Say something to the person who started the server: a plain line on stderr, or, with
@@ -71,7 +132,8 @@ macro_rules! say {
 pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
     let profile = Profile::named(&args.profile)
         .with_context(|| format!("--profile: unknown profile {:?}", args.profile))?;
-    let mut config = Config::new(args.data_dir);
+    let data_dir = args.data_dir.clone();
+    let mut config = Config::new(args.data_dir.clone());
     config.listen = args.listen;
     config.lease_ms = args.lease_ms;
     config.debounce_ms = args.debounce_ms;
@@ -97,10 +159,19 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
         .auth
         .as_ref()
         .and_then(|a| a.admin_token().map(str::to_string));
+    let demo_token = local_token.clone();
+    let tls_on = config.tls.is_some();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let running = Server::start(config).await?;
         say!(json_logs, "gantry serve: listening on {}", running.addr);
+        let dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
+        say!(
+            json_logs,
+            "gantry serve: data dir {} (store {})",
+            dir.display(),
+            dir.join("gantry.redb").display()
+        );
         if let Some(m) = running.metrics_addr {
             say!(json_logs, "gantry serve: metrics on http://{m}/metrics");
         }
@@ -140,6 +211,27 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
                     tracing::error!(error = %e, "gantry serve: local agent stopped");
                 }
             });
+        }
+        if args.demo {
+            for line in submit_demo(&running.server, demo_token.as_deref()).await? {
+                say!(json_logs, "gantry serve: demo: {line}");
+            }
+        }
+        if !json_logs {
+            let at = if running.addr == SocketAddr::from(([127, 0, 0, 1], 7070)) {
+                String::new()
+            } else {
+                format!(" --server {}", running.addr)
+            };
+            let tls = if tls_on { " --tls-ca CA.pem" } else { "" };
+            eprintln!(
+                "\nNext, in another terminal:\n  \
+                 gantry submit JOB.yaml{at}{tls}    submit a job file (see crates/server/README.md)\n  \
+                 gantry jobs{at}{tls}               what runs, what waits and why\n  \
+                 gantry explain JOB{at}{tls}        why a job waits and when it should start\n  \
+                 gantry top{at}{tls}                a live view (Ctrl-C quits)\n\
+                 Ctrl-C stops the server; its state stays in the data dir.\n"
+            );
         }
         tokio::select! {
             r = tokio::signal::ctrl_c() => {

@@ -303,3 +303,36 @@ fn top_once_prints_one_frame_of_the_live_cluster() {
     );
     assert!(frame.contains("watched started"), "{frame}");
 }
+
+/// `gantry serve --demo`: says where its data is and what to try next, and the built-in jobs
+/// are scheduled on the local agent, one waiting on its queue's quota with a reason.
+#[test]
+fn serve_demo_schedules_its_jobs_and_one_waits_on_quota() {
+    let data = tempfile::tempdir().expect("tmp");
+    let (mut server, addr) = serve(data.path(), &["--demo", "--fake-gpus", "8xH100-80GB"]);
+    server.wait_line("the next commands", |l| l.contains("gantry explain JOB").then_some(()));
+    let lines = server.lines();
+    assert!(
+        lines.iter().any(|l| l.starts_with("gantry serve: data dir ")),
+        "{lines:?}"
+    );
+    for name in ["demo-hello", "demo-gang", "demo-train"] {
+        poll(&format!("{name} running"), || {
+            let j = job(&addr, name).ok_or(serde_json::Value::Null)?;
+            if j["state"] == "running" {
+                Ok(())
+            } else {
+                Err(j)
+            }
+        });
+    }
+    let x = poll("demo-waits-on-quota explained", || {
+        let x = client_json(&addr, &["explain", "demo-waits-on-quota"]);
+        if x["state"] == "pending" && x["reason"].as_str().is_some_and(|r| r.contains("quota")) {
+            Ok(x)
+        } else {
+            Err(x)
+        }
+    });
+    assert_eq!(x["position"], 1, "{x}");
+}

@@ -109,6 +109,16 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Ask politely first (SIGINT: serve and agent stop their task processes), then SIGKILL.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         self.kill9();
         for pid in &self.also_kill {
             let _ = Command::new("kill")
