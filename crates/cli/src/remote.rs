@@ -425,7 +425,11 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
                     "{} {}{}",
                     p.name,
                     p.value,
-                    if p.preemptible { "" } else { " (not preemptible)" }
+                    if p.preemptible {
+                        ""
+                    } else {
+                        " (not preemptible)"
+                    }
                 )
             })
             .collect();

@@ -61,7 +61,7 @@ fn gpu_milli(j: &pb::Job) -> u64 {
 }
 
 fn gpus(milli: u64) -> String {
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         (milli / 1000).to_string()
     } else {
         format!("{:.1}", milli as f64 / 1000.0)
@@ -95,13 +95,7 @@ fn render(f: &Frame, server: &str, rows: usize, now: u64) -> String {
             *used.entry(j.queue.as_str()).or_default() += gpu_milli(j);
         }
     }
-    let mut t = table(&[
-        "queue",
-        "pending",
-        "running",
-        "GPUs used/nominal",
-        "share",
-    ]);
+    let mut t = table(&["queue", "pending", "running", "GPUs used/nominal", "share"]);
     for q in f.queues.iter().filter(|q| q.leaf) {
         let nominal: u64 = q.quotas.iter().map(|u| u.nominal_milli).sum();
         // Weighted dominant share over the queue's quota flavors.
@@ -163,7 +157,13 @@ fn render(f: &Frame, server: &str, rows: usize, now: u64) -> String {
         .iter()
         .filter(|j| j.state == pb::JobState::Pending as i32)
         .collect();
-    let mut t = table(&["waiting job", "queue", "waiting", "requeues", "why it waits"]);
+    let mut t = table(&[
+        "waiting job",
+        "queue",
+        "waiting",
+        "requeues",
+        "why it waits",
+    ]);
     for j in pending.iter().take(rows) {
         t.add_row(vec![
             j.name.clone(),
@@ -250,7 +250,10 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             // Clear the screen, home the cursor, draw.
-            print!("\x1b[2J\x1b[H{text}\n(every {:.1}s; Ctrl-C quits)\n", args.interval);
+            print!(
+                "\x1b[2J\x1b[H{text}\n(every {:.1}s; Ctrl-C quits)\n",
+                args.interval
+            );
             use std::io::Write;
             std::io::stdout().flush()?;
             tokio::select! {
@@ -285,7 +288,11 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
-            reason: if gpus == 0 { "needs 8 h100-80gb".into() } else { String::new() },
+            reason: if gpus == 0 {
+                "needs 8 h100-80gb".into()
+            } else {
+                String::new()
+            },
             ..Default::default()
         };
         let f = Frame {
@@ -321,7 +328,9 @@ mod tests {
             text.contains("nodes 1/2 ready, GPUs 4/8 allocated"),
             "{text}"
         );
-        let queue_row = text.lines().find(|l| l.contains("team-a") && l.contains("50%"));
+        let queue_row = text
+            .lines()
+            .find(|l| l.contains("team-a") && l.contains("50%"));
         assert!(queue_row.is_some_and(|l| l.contains("4/8")), "{text}");
         assert!(text.contains("needs 8 h100-80gb"), "{text}");
         assert!(text.contains("train started"), "{text}");

@@ -156,7 +156,9 @@ fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
             }
         });
         let snapshot = acked.lock().expect("acked").clone();
-        let c = rt.block_on(check(&addr, &snapshot)).expect("check while running");
+        let c = rt
+            .block_on(check(&addr, &snapshot))
+            .expect("check while running");
         checks += 1;
         most_running = most_running.max(c.running_tasks);
         server.kill9();

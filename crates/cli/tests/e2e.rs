@@ -145,7 +145,10 @@ fn a_gang_spans_two_agent_processes_and_a_killed_agent_requeues_it_whole() {
     assert_eq!(requeued["requeues"], 1, "{requeued}");
     assert_eq!(requeued["placements"].as_array().map(Vec::len), Some(0));
     let why = requeued["reason"].as_str().unwrap_or_default();
-    assert!(!why.is_empty(), "a requeued job says why it waits: {requeued}");
+    assert!(
+        !why.is_empty(),
+        "a requeued job says why it waits: {requeued}"
+    );
     // The surviving agent stopped its half of the gang.
     poll("the surviving task process stopped", || {
         if alive(survivor_task) {
@@ -203,14 +206,18 @@ fn serve_logs_one_json_object_per_line_naming_the_job() {
         })
     };
     for message in ["submitted", "bound", "finished"] {
-        let v = poll(&format!("a JSON line for the job's {message:?} event"), || {
-            logged(message).ok_or_else(|| server.tail())
-        });
+        let v = poll(
+            &format!("a JSON line for the job's {message:?} event"),
+            || logged(message).ok_or_else(|| server.tail()),
+        );
         assert_eq!(v["level"], "INFO", "{v}");
         assert_eq!(v["fields"]["queue"], "default", "{v}");
     }
     let bound = logged("bound").expect("bound");
-    assert_eq!(bound["span"]["name"], "cycle", "bound inside its cycle: {bound}");
+    assert_eq!(
+        bound["span"]["name"], "cycle",
+        "bound inside its cycle: {bound}"
+    );
     assert!(bound["span"]["cycle"].is_u64(), "{bound}");
     let cycle = server
         .lines()
@@ -310,10 +317,14 @@ fn top_once_prints_one_frame_of_the_live_cluster() {
 fn serve_demo_schedules_its_jobs_and_one_waits_on_quota() {
     let data = tempfile::tempdir().expect("tmp");
     let (mut server, addr) = serve(data.path(), &["--demo", "--fake-gpus", "8xH100-80GB"]);
-    server.wait_line("the next commands", |l| l.contains("gantry explain JOB").then_some(()));
+    server.wait_line("the next commands", |l| {
+        l.contains("gantry explain JOB").then_some(())
+    });
     let lines = server.lines();
     assert!(
-        lines.iter().any(|l| l.starts_with("gantry serve: data dir ")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("gantry serve: data dir ")),
         "{lines:?}"
     );
     for name in ["demo-hello", "demo-gang", "demo-train"] {

@@ -66,9 +66,9 @@ pub fn endpoint(server: &str, tls_ca: Option<&[u8]>) -> Result<Endpoint, ServerE
 pub async fn connect(server: &str, tls_ca: Option<&[u8]>) -> Result<Channel, ServerError> {
     let ep = endpoint(server, tls_ca)?;
     let uri = ep.uri().to_string();
-    ep.connect()
-        .await
-        .map_err(|e| ServerError::Transport(format!("cannot reach gantry serve at {uri}: {}", chain(&e))))
+    ep.connect().await.map_err(|e| {
+        ServerError::Transport(format!("cannot reach gantry serve at {uri}: {}", chain(&e)))
+    })
 }
 
 /// An error with its sources, `a: b: c` (tonic's transport errors hide the cause in them).

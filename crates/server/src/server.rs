@@ -210,15 +210,14 @@ impl Server {
         let writer = Writer::spawn(store, stats.clone());
         let now = now_ms();
         let (jobs, nodes) = (rec.jobs.len(), rec.nodes.len());
-        let (mut state, mut ops) =
-            State::recover(
-                rec.queues,
-                rec.priority_classes,
-                rec.jobs,
-                rec.nodes,
-                config.profile.clone(),
-                now,
-            )?;
+        let (mut state, mut ops) = State::recover(
+            rec.queues,
+            rec.priority_classes,
+            rec.jobs,
+            rec.nodes,
+            config.profile.clone(),
+            now,
+        )?;
         if state.queues.is_empty() && config.default_queue {
             ops.extend(state.create_queue(QueueSpec {
                 name: "default".into(),

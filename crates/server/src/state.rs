@@ -479,8 +479,11 @@ impl State {
         }
         let classes = Some(classes);
         let tree = tree_of(&self.queues, &classes)?;
-        let mut active: Vec<&JobEntry> =
-            self.jobs.values().filter(|e| e.rec.state.is_active()).collect();
+        let mut active: Vec<&JobEntry> = self
+            .jobs
+            .values()
+            .filter(|e| e.rec.state.is_active())
+            .collect();
         active.sort_by_key(|e| e.rec.seq);
         for e in active {
             let class = e
@@ -688,8 +691,11 @@ impl State {
                     .iter()
                     .map(|t| TaskRecord::from_alloc(&self.snap, t)),
             );
-            let nodes: BTreeSet<&str> =
-                b.tasks.iter().map(|t| self.snap.node_name(t.node)).collect();
+            let nodes: BTreeSet<&str> = b
+                .tasks
+                .iter()
+                .map(|t| self.snap.node_name(t.node))
+                .collect();
             let nodes = nodes.into_iter().collect::<Vec<_>>().join(",");
             tracing::info!(
                 job = %name,
@@ -1125,7 +1131,7 @@ mod tests {
             Profile::gantry(),
             0,
         )
-            .expect("recover");
+        .expect("recover");
         s.register(node("n0", 8), 0).expect("n0");
         s.register(node("n1", 8), 0).expect("n1");
         s
@@ -1283,7 +1289,7 @@ mod tests {
             Profile::gantry(),
             100,
         )
-            .expect("recover");
+        .expect("recover");
         assert!(ops.is_empty(), "nothing to requeue");
         assert_eq!(r.jobs["a"].rec.state, JobState::Running);
         assert_eq!(devices(&r, "a"), before);

@@ -73,9 +73,15 @@ async fn custom_priority_classes_are_validated_stored_recovered_and_used() {
 
     // Refused, naming the field; nothing changes.
     for (json, field) in [
-        (r#"[{"name": "a", "value": 1}, {"name": "a", "value": 2}]"#, "classes_json[1].name: duplicate"),
+        (
+            r#"[{"name": "a", "value": 1}, {"name": "a", "value": 2}]"#,
+            "classes_json[1].name: duplicate",
+        ),
         (r#"[{"name": "A B", "value": 1}]"#, "classes_json[0].name: "),
-        (r#"[{"name": "a", "value": "high"}]"#, "classes_json[0].value: malformed"),
+        (
+            r#"[{"name": "a", "value": "high"}]"#,
+            "classes_json[0].value: malformed",
+        ),
         (r#"[]"#, "classes_json: at least one"),
     ] {
         let e = queues
