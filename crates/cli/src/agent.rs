@@ -29,6 +29,9 @@ pub struct AgentArgs {
     /// Bearer token (an admin's) when the server checks tokens.
     #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) of a server that serves TLS; the agent then connects with https.
+    #[arg(long, env = "GANTRY_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 /// The host name, or `local`.
@@ -93,11 +96,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         args.fake_gpus.as_deref(),
         args.fake_inventory.as_deref(),
     )?;
-    let server = if args.server.contains("://") {
-        args.server.clone()
-    } else {
-        format!("http://{}", args.server)
+    let tls_ca = match &args.tls_ca {
+        Some(p) => Some(crate::remote::read_pem("--tls-ca", p)?),
+        None => None,
     };
+    let server = gantry_server::client::uri(&args.server, tls_ca.is_some())?;
     eprintln!(
         "gantry agent: node {} with {} GPUs, server {server}",
         node.name,
@@ -110,6 +113,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 server,
                 node,
                 token: args.token,
+                tls_ca,
             },
             async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -10,6 +10,7 @@ mod plan;
 mod remote;
 mod serve;
 mod sim;
+mod top;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +52,8 @@ enum Command {
     Cancel(remote::JobArgs),
     /// List nodes.
     Nodes(remote::NodesArgs),
+    /// A live view of the cluster, queues, jobs and latest events (`--once`: one frame).
+    Top(top::TopArgs),
     /// Replay a trace (openb, Philly) or a scenario through the engine under one or more
     /// policies; print a summary and write a report with plots.
     Sim(sim::SimArgs),
@@ -58,9 +61,12 @@ enum Command {
     Kube(kube::KubeArgs),
 }
 
-fn init_tracing(format: LogFormat) {
+/// Diagnostics on stderr, filtered by `GANTRY_LOG` (tracing's `EnvFilter` syntax). Without it,
+/// the long-running commands (`serve`, `agent`) log at info level (job events, cycles that
+/// change something), the others only warnings.
+fn init_tracing(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -72,10 +78,15 @@ fn init_tracing(format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let default_filter = match cli.command {
+        Command::Serve(_) | Command::Agent(_) => "info,h2=warn,hyper=warn,tower=warn",
+        _ => "warn",
+    };
+    init_tracing(cli.log_format, default_filter);
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
     let result = match cli.command {
         Command::Plan(args) => plan::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(args, json_logs),
         Command::Agent(args) => agent::run(args),
         Command::Submit(args) => remote::submit(args),
         Command::Jobs(args) => remote::jobs(args),
@@ -83,6 +94,7 @@ fn main() -> std::process::ExitCode {
         Command::Explain(args) => remote::explain(args),
         Command::Cancel(args) => remote::cancel(args),
         Command::Nodes(args) => remote::nodes(args),
+        Command::Top(args) => top::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Kube(args) => kube::run(args),
     };

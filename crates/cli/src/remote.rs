@@ -13,18 +13,34 @@ use tonic::transport::Channel;
 use crate::output::{print_doc, table, Format};
 use gantry_server::auth::BearerToken;
 
-/// Flags every client command takes.
+/// Where the server is and how to reach it.
 #[derive(Debug, clap::Args)]
-pub struct Conn {
+pub struct Target {
     /// Address of `gantry serve`.
     #[arg(long, env = "GANTRY_SERVER", default_value = "127.0.0.1:7070")]
-    server: String,
-    /// Output format.
-    #[arg(long, short, value_enum, default_value_t = Format::Table)]
-    output: Format,
+    pub server: String,
     /// Bearer token, when the server checks tokens.
     #[arg(long, env = "GANTRY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) of a server that serves TLS (`gantry serve --tls-cert`); the
+    /// connection then uses https.
+    #[arg(long, env = "GANTRY_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+/// Flags every client command takes.
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    #[command(flatten)]
+    target: Target,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+/// Read a PEM file named by a flag.
+pub fn read_pem(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
 }
 
 /// `gantry submit`.
@@ -53,7 +69,8 @@ pub struct JobsArgs {
 /// `gantry queues`.
 #[derive(Debug, clap::Args)]
 pub struct QueuesArgs {
-    /// Create or update the queues of this file (a queues spec, as for `gantry plan`) first.
+    /// Create or update the queues of this file (a queues spec, as for `gantry plan`) first;
+    /// its `priority_classes`, when given, replace the server's.
     #[arg(long)]
     apply: Option<PathBuf>,
     #[command(flatten)]
@@ -83,28 +100,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn connect(conn: &Conn) -> anyhow::Result<(Channel, BearerToken)> {
-    let bearer = BearerToken::new(conn.token.as_deref())?;
-    Ok((connect_channel(conn).await?, bearer))
+    connect_target(&conn.target).await
 }
 
-async fn connect_channel(conn: &Conn) -> anyhow::Result<Channel> {
-    let uri = if conn.server.contains("://") {
-        conn.server.clone()
-    } else {
-        format!("http://{}", conn.server)
+/// Dial the server with the target's TLS settings; the token goes into every call.
+pub(crate) async fn connect_target(t: &Target) -> anyhow::Result<(Channel, BearerToken)> {
+    let bearer = BearerToken::new(t.token.as_deref())?;
+    let ca = match &t.tls_ca {
+        Some(p) => Some(read_pem("--tls-ca", p)?),
+        None => None,
     };
-    Channel::from_shared(uri.clone())
-        .with_context(|| format!("--server {uri:?}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach gantry serve at {uri}"))
+    let ch = gantry_server::client::connect(&t.server, ca.as_deref()).await?;
+    Ok((ch, bearer))
 }
 
-fn status(e: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", e.message(), e.code())
 }
 
-fn state_name(s: i32) -> &'static str {
+pub(crate) fn state_name(s: i32) -> &'static str {
     match pb::JobState::try_from(s) {
         Ok(pb::JobState::Pending) => "pending",
         Ok(pb::JobState::Running) => "running",
@@ -118,11 +132,19 @@ fn state_name(s: i32) -> &'static str {
 /// Split a job file into the spec (as JSON for the server) and the command and environment.
 fn read_job(path: &PathBuf) -> anyhow::Result<pb::SubmitJobRequest> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text)
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
         .with_context(|| format!("{} does not parse", path.display()))?;
+    job_request(doc, &path.display().to_string())
+}
+
+/// A job document (spec plus `command` and `env`) as a submission; `origin` names it in errors.
+pub(crate) fn job_request(
+    mut doc: serde_yaml::Value,
+    origin: &str,
+) -> anyhow::Result<pb::SubmitJobRequest> {
     let map = doc
         .as_mapping_mut()
-        .with_context(|| format!("{}: a job is a mapping", path.display()))?;
+        .with_context(|| format!("{origin}: a job is a mapping"))?;
     let command: Vec<String> = match map.remove("command") {
         Some(v) => serde_yaml::from_value(v).context("command: a list of strings")?,
         None => Vec::new(),
@@ -174,7 +196,21 @@ struct JobOut {
     tasks: String,
     nodes: Vec<String>,
     requeues: u32,
+    /// Run number (0 for the first run, bumped on every requeue).
+    attempt: u32,
     reason: String,
+    /// Where each placed task runs and the device uuids it holds.
+    placements: Vec<PlacementOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct PlacementOut {
+    group: u32,
+    index: u32,
+    node: String,
+    devices: Vec<String>,
+    /// Thousandths of a shared device, 0 for whole devices.
+    gpu_milli: u32,
 }
 
 /// `gantry jobs`.
@@ -204,6 +240,7 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
             .into_iter()
             .map(|j| {
                 let mut nodes: Vec<String> = j.tasks.iter().map(|t| t.node.clone()).collect();
+                nodes.sort();
                 nodes.dedup();
                 JobOut {
                     name: j.name,
@@ -212,7 +249,19 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                     tasks: format!("{}/{}", j.tasks.len(), j.tasks_wanted),
                     nodes,
                     requeues: j.requeues,
+                    attempt: j.attempt,
                     reason: j.reason,
+                    placements: j
+                        .tasks
+                        .into_iter()
+                        .map(|t| PlacementOut {
+                            group: t.group,
+                            index: t.index,
+                            node: t.node,
+                            devices: t.devices,
+                            gpu_milli: t.gpu_milli,
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -266,6 +315,13 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
             let (ch, b) = connect(&args.conn).await?;
             pb::queues_client::QueuesClient::with_interceptor(ch, b)
         };
+        if let Some(classes) = apply.as_ref().and_then(|s| s.priority_classes.as_ref()) {
+            c.set_priority_classes(pb::SetPriorityClassesRequest {
+                classes_json: serde_json::to_string(classes)?,
+            })
+            .await
+            .map_err(status)?;
+        }
         if let Some(spec) = apply {
             let existing: Vec<String> = c
                 .list_queues(pb::ListQueuesRequest {})
@@ -356,6 +412,32 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
             ]);
         }
         println!("{t}");
+        let classes = c
+            .list_priority_classes(pb::ListPriorityClassesRequest {})
+            .await
+            .map_err(status)?
+            .into_inner();
+        let list: Vec<String> = classes
+            .classes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}{}",
+                    p.name,
+                    p.value,
+                    if p.preemptible {
+                        ""
+                    } else {
+                        " (not preemptible)"
+                    }
+                )
+            })
+            .collect();
+        println!(
+            "priority classes{}: {}",
+            if classes.defaults { " (defaults)" } else { "" },
+            list.join(", ")
+        );
         Ok(())
     })
 }

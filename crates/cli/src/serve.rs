@@ -43,13 +43,97 @@ pub struct ServeArgs {
     /// GPUs of the local agent when NVML finds no driver (or always, when given): `8xH100-80GB`.
     #[arg(long)]
     fake_gpus: Option<String>,
+    /// Serve the API over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) the local agent checks the server's certificate against (default:
+    /// --tls-cert itself, right for a self-signed certificate).
+    #[arg(long, env = "GANTRY_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// Submit a few built-in example jobs (short sleeps: a single task, a gang, and a job that
+    /// waits on its queue's quota) so something is scheduled with no other setup.
+    #[arg(long)]
+    demo: bool,
 }
 
-/// Run until interrupted.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+/// The built-in demo: a queue with a small quota and a handful of jobs.
+const DEMO: &str = include_str!("demo/demo.yaml");
+
+#[derive(serde::Deserialize)]
+struct Demo {
+    queues: Vec<gantry_model::QueueSpec>,
+    jobs: Vec<serde_yaml::Value>,
+}
+
+/// A request as the local admin makes it (with the admin token when tokens are checked).
+fn local_request<T>(msg: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    Ok(req)
+}
+
+/// Create the demo queue and submit the demo jobs through the server's own services;
+/// returns what happened to each job.
+async fn submit_demo(
+    server: &gantry_server::Server,
+    token: Option<&str>,
+) -> anyhow::Result<Vec<String>> {
+    use gantry_api::gantry::v1 as pb;
+    use pb::jobs_server::Jobs;
+    use pb::queues_server::Queues;
+    let demo: Demo = serde_yaml::from_str(DEMO).context("the built-in demo does not parse")?;
+    for q in demo.queues {
+        let req = pb::QueueRequest {
+            spec_json: serde_json::to_string(&q)?,
+        };
+        match server.create_queue(local_request(req, token)?).await {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+            Err(s) => anyhow::bail!("demo queue {}: {}", q.name, s.message()),
+        }
+    }
+    let mut out = Vec::new();
+    for (i, doc) in demo.jobs.into_iter().enumerate() {
+        let req = crate::remote::job_request(doc, &format!("demo job {i}"))?;
+        let name: String = serde_json::from_str::<serde_json::Value>(&req.spec_json)?["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match server.submit_job(local_request(req, token)?).await {
+            Ok(_) => out.push(format!("{name} submitted")),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                out.push(format!("{name} already there"))
+            }
+            Err(s) => out.push(format!("{name} refused: {}", s.message())),
+        }
+    }
+    Ok(out)
+}
+
+/// Say something to the person who started the server: a plain line on stderr, or, with
+/// `--log-format json`, an info event (so every line of stderr is one JSON object).
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if $json {
+            tracing::info!("{}", format!($($arg)*));
+        } else {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
+/// Run until interrupted. With `json_logs`, what it says goes through `tracing` as JSON.
+pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
     let profile = Profile::named(&args.profile)
         .with_context(|| format!("--profile: unknown profile {:?}", args.profile))?;
-    let mut config = Config::new(args.data_dir);
+    let data_dir = args.data_dir.clone();
+    let mut config = Config::new(args.data_dir.clone());
     config.listen = args.listen;
     config.lease_ms = args.lease_ms;
     config.debounce_ms = args.debounce_ms;
@@ -57,6 +141,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     config.profile = profile;
     config.default_queue = !args.no_default_queue;
     config.metrics_listen = Some(args.metrics_listen);
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(gantry_server::TlsIdentity {
+            cert_pem: crate::remote::read_pem("--tls-cert", cert)?,
+            key_pem: crate::remote::read_pem("--tls-key", key)?,
+        });
+    }
+    let local_ca = match (&args.tls_ca, &config.tls) {
+        (Some(p), _) => Some(crate::remote::read_pem("--tls-ca", p)?),
+        (None, Some(id)) => Some(id.cert_pem.clone()),
+        (None, None) => None,
+    };
     if let Some(path) = &args.tokens {
         config.auth = Some(std::sync::Arc::new(gantry_server::auth::Auth::load(path)?));
     }
@@ -64,12 +159,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .auth
         .as_ref()
         .and_then(|a| a.admin_token().map(str::to_string));
+    let demo_token = local_token.clone();
+    let tls_on = config.tls.is_some();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let running = Server::start(config).await?;
-        eprintln!("gantry serve: listening on {}", running.addr);
+        say!(json_logs, "gantry serve: listening on {}", running.addr);
+        let dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
+        say!(
+            json_logs,
+            "gantry serve: data dir {} (store {})",
+            dir.display(),
+            dir.join("gantry.redb").display()
+        );
         if let Some(m) = running.metrics_addr {
-            eprintln!("gantry serve: metrics on http://{m}/metrics");
+            say!(json_logs, "gantry serve: metrics on http://{m}/metrics");
         }
         if !args.no_local_agent {
             let name = crate::agent::host_name();
@@ -78,7 +182,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 None => match crate::agent::inventory(&name, None, None) {
                     Ok(n) => n,
                     Err(e) => {
-                        eprintln!(
+                        say!(
+                            json_logs,
                             "gantry serve: {e:#}; the local agent uses 8 fake H100-80GB GPUs"
                         );
                         crate::agent::fake_gpus(&name, "8xH100-80GB")?
@@ -89,26 +194,49 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
-            eprintln!(
+            say!(
+                json_logs,
                 "gantry serve: local agent {} with {} GPUs",
                 node.name,
                 node.devices.len()
             );
             let cfg = gantry_server::agent::AgentConfig {
-                server: format!("http://{addr}"),
+                server: gantry_server::client::uri(&addr.to_string(), local_ca.is_some())?,
                 node,
                 token: local_token,
+                tls_ca: local_ca,
             };
             tokio::spawn(async move {
                 if let Err(e) = gantry_server::agent::run_agent(cfg, std::future::pending()).await {
-                    eprintln!("gantry serve: local agent stopped: {e}");
+                    tracing::error!(error = %e, "gantry serve: local agent stopped");
                 }
             });
+        }
+        if args.demo {
+            for line in submit_demo(&running.server, demo_token.as_deref()).await? {
+                say!(json_logs, "gantry serve: demo: {line}");
+            }
+        }
+        if !json_logs {
+            let at = if running.addr == SocketAddr::from(([127, 0, 0, 1], 7070)) {
+                String::new()
+            } else {
+                format!(" --server {}", running.addr)
+            };
+            let tls = if tls_on { " --tls-ca CA.pem" } else { "" };
+            eprintln!(
+                "\nNext, in another terminal:\n  \
+                 gantry submit JOB.yaml{at}{tls}    submit a job file (see crates/server/README.md)\n  \
+                 gantry jobs{at}{tls}               what runs, what waits and why\n  \
+                 gantry explain JOB{at}{tls}        why a job waits and when it should start\n  \
+                 gantry top{at}{tls}                a live view (Ctrl-C quits)\n\
+                 Ctrl-C stops the server; its state stays in the data dir.\n"
+            );
         }
         tokio::select! {
             r = tokio::signal::ctrl_c() => {
                 r?;
-                eprintln!("gantry serve: interrupted, stopping");
+                say!(json_logs, "gantry serve: interrupted, stopping");
                 running.shutdown().await?;
             }
         }

@@ -26,6 +26,8 @@ pub struct AgentConfig {
     pub node: Node,
     /// Bearer token (an admin's) when the server checks tokens.
     pub token: Option<String>,
+    /// CA certificate (PEM) of a server that serves TLS; none: plain HTTP/2.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 fn key_of(r: &pb::TaskRef) -> TaskKey {
@@ -47,7 +49,7 @@ fn pb_ref(k: &TaskKey) -> pb::TaskRef {
 }
 
 fn transport(e: impl std::fmt::Display) -> ServerError {
-    ServerError::Store(format!("agent: {e}"))
+    ServerError::Transport(format!("agent: {e}"))
 }
 
 /// A process the agent started; `stop` asks its watcher to stop it within a grace period.
@@ -135,11 +137,7 @@ pub async fn run_agent(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let channel = Channel::from_shared(config.server.clone())
-        .map_err(transport)?
-        .connect()
-        .await
-        .map_err(transport)?;
+    let channel = crate::client::connect(&config.server, config.tls_ca.as_deref()).await?;
     let bearer = crate::auth::BearerToken::new(config.token.as_deref())?;
     let mut nodes = pb::nodes_client::NodesClient::with_interceptor(channel, bearer);
     let node_json = serde_json::to_string(&config.node).map_err(transport)?;

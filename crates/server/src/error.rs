@@ -47,6 +47,10 @@ pub enum ServerError {
     /// The store failed; the request may not have been recorded.
     #[error("store: {0}")]
     Store(String),
+    /// The network or TLS failed (a client or agent could not reach the server, or the server
+    /// could not listen).
+    #[error("transport: {0}")]
+    Transport(String),
     /// The engine refused something the server had validated (a bug).
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
@@ -59,6 +63,8 @@ impl ServerError {
             ModelError::Invalid { field, reason } => ServerError::Invalid {
                 field: if field.is_empty() {
                     prefix.to_string()
+                } else if prefix.is_empty() {
+                    field
                 } else {
                     format!("{prefix}.{field}")
                 },
@@ -80,6 +86,7 @@ impl ServerError {
             ServerError::AlreadyExists { .. } => "AlreadyExists",
             ServerError::Conflict(_) => "Conflict",
             ServerError::Store(_) => "Store",
+            ServerError::Transport(_) => "Transport",
             ServerError::Engine(_) => "Engine",
         }
     }
@@ -94,7 +101,7 @@ impl ServerError {
             ServerError::NotFound { .. } => tonic::Status::not_found(msg),
             ServerError::AlreadyExists { .. } => tonic::Status::already_exists(msg),
             ServerError::Conflict(_) => tonic::Status::failed_precondition(msg),
-            ServerError::Store(_) => tonic::Status::unavailable(msg),
+            ServerError::Store(_) | ServerError::Transport(_) => tonic::Status::unavailable(msg),
             ServerError::Engine(_) => tonic::Status::internal(msg),
         }
     }
@@ -120,6 +127,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
         ServerError::Malformed {
             field: if path == "." || path.is_empty() {
                 field.to_string()
+            } else if path.starts_with('[') {
+                format!("{field}{path}")
             } else {
                 format!("{field}.{path}")
             },
@@ -153,5 +162,8 @@ mod tests {
     fn model_errors_keep_their_field() {
         let e = ServerError::from_model("spec", ModelError::invalid("tasks[0].gpus", "too many"));
         assert_eq!(e.to_string(), "spec.tasks[0].gpus: too many");
+        // No prefix: the field as it is (no leading dot).
+        let e = ServerError::from_model("", ModelError::invalid("spec_json.name", "bad"));
+        assert_eq!(e.to_string(), "spec_json.name: bad");
     }
 }

@@ -13,6 +13,7 @@
 //!   tonic services of `gantry.v1` (queues, jobs, nodes, cluster) over TCP.
 //! - [`agent`]: the node agent — registers an inventory, heartbeats, runs assigned tasks as
 //!   processes with `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES`, reports exits, stops tasks.
+//! - [`client`]: how clients and agents dial the server, over plain HTTP/2 or TLS (rustls).
 //! - [`auth`]: bearer tokens from a file; admins and team-scoped members.
 //! - [`metrics`]: prometheus `/metrics`, `/healthz`, `/readyz` over HTTP.
 //! - [`error`]: [`ServerError`], whose messages name the refused field and which maps to gRPC
@@ -20,6 +21,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod client;
 pub mod error;
 pub mod metrics;
 pub mod record;
@@ -28,4 +30,4 @@ pub mod state;
 pub mod store;
 
 pub use error::ServerError;
-pub use server::{Config, Running, Server};
+pub use server::{Config, Running, Server, TlsIdentity};

@@ -47,6 +47,26 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Bearer tokens; none: every request is allowed (a lab on a trusted network).
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// Serve the API over TLS with this certificate and key; none: plain HTTP/2.
+    pub tls: Option<TlsIdentity>,
+}
+
+/// The server's TLS certificate chain and private key, both PEM.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// Certificate chain (PEM), leaf first.
+    pub cert_pem: Vec<u8>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("TlsIdentity")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -62,6 +82,7 @@ impl Config {
             default_queue: true,
             metrics_listen: None,
             auth: None,
+            tls: None,
         }
     }
 }
@@ -116,7 +137,8 @@ pub struct Running {
 
 impl Running {
     /// Stop serving: stop accepting, give open calls up to 5 s to finish (a `WatchJobs` stream
-    /// never does), then drop the connections.
+    /// never does), then drop the connections, commit what is in flight and close the store
+    /// (the data directory can be opened again as soon as this returns).
     ///
     /// # Errors
     /// The transport's error.
@@ -128,14 +150,16 @@ impl Running {
             b.abort();
         }
         let finished = tokio::time::timeout(Duration::from_secs(5), &mut self.join).await;
-        let Ok(joined) = finished else {
-            self.join.abort();
-            return Ok(());
+        let result = match finished {
+            Err(_) => {
+                self.join.abort();
+                Ok(())
+            }
+            Ok(Ok(r)) => r.map_err(|e| ServerError::Transport(e.to_string())),
+            Ok(Err(e)) => Err(ServerError::Store(format!("server task: {e}"))),
         };
-        match joined {
-            Ok(r) => r.map_err(|e| ServerError::Store(format!("transport: {e}"))),
-            Err(e) => Err(ServerError::Store(format!("server task: {e}"))),
-        }
+        self.server.shared.writer.close().await;
+        result
     }
 
     /// Wait until the server stops (it does not, unless the transport fails).
@@ -156,6 +180,28 @@ impl Server {
     /// # Errors
     /// The store cannot be opened, or the address cannot be bound.
     pub async fn start(config: Config) -> Result<Running, ServerError> {
+        // Refuse a bad certificate or key before touching the store.
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            for (field, pem, marker) in [
+                ("tls_cert", &tls.cert_pem, "CERTIFICATE-----"),
+                ("tls_key", &tls.key_pem, "PRIVATE KEY-----"),
+            ] {
+                if !String::from_utf8_lossy(pem).contains(marker) {
+                    return Err(ServerError::Invalid {
+                        field: field.into(),
+                        reason: format!("not PEM (no BEGIN ...{marker} block)"),
+                    });
+                }
+            }
+            let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| ServerError::Invalid {
+                    field: "tls_cert".into(),
+                    reason: format!("certificate and key are not usable: {e}"),
+                })?;
+        }
         let dir = config.data_dir.clone();
         let (store, rec) = tokio::task::spawn_blocking(move || Store::open(&dir))
             .await
@@ -164,8 +210,14 @@ impl Server {
         let writer = Writer::spawn(store, stats.clone());
         let now = now_ms();
         let (jobs, nodes) = (rec.jobs.len(), rec.nodes.len());
-        let (mut state, mut ops) =
-            State::recover(rec.queues, rec.jobs, rec.nodes, config.profile.clone(), now)?;
+        let (mut state, mut ops) = State::recover(
+            rec.queues,
+            rec.priority_classes,
+            rec.jobs,
+            rec.nodes,
+            config.profile.clone(),
+            now,
+        )?;
         if state.queues.is_empty() && config.default_queue {
             ops.extend(state.create_queue(QueueSpec {
                 name: "default".into(),
@@ -228,8 +280,9 @@ impl Server {
         server.shared.kick.notify_one();
         let (tx, rx) = oneshot::channel::<()>();
         let s = server.clone();
+        let tls = server.shared.config.tls.is_some();
         let join = tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_service(pb::queues_server::QueuesServer::new(s.clone()))
                 .add_service(pb::jobs_server::JobsServer::new(s.clone()))
                 .add_service(pb::nodes_server::NodesServer::new(s.clone()))
@@ -242,7 +295,7 @@ impl Server {
                 )
                 .await
         });
-        tracing::info!(%addr, "serving gantry.v1");
+        tracing::info!(%addr, tls, "serving gantry.v1");
         Ok(Running {
             addr,
             metrics_addr,
@@ -313,16 +366,49 @@ impl Server {
             // A periodic cycle too: estimates and reservations move with the clock.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.kick.notified()).await;
             tokio::time::sleep(debounce).await;
-            let span = tracing::debug_span!("cycle");
-            let _g = span.enter();
+            let span = tracing::info_span!(
+                "cycle",
+                cycle = tracing::field::Empty,
+                pending = tracing::field::Empty,
+                binds = tracing::field::Empty,
+                evictions = tracing::field::Empty,
+                duration_us = tracing::field::Empty,
+            );
             let t0 = std::time::Instant::now();
-            let r = self.apply(|st| Ok(((), st.cycle(now_ms())))).await;
-            self.shared
-                .metrics
-                .cycle
-                .observe(t0.elapsed().as_secs_f64());
-            if let Err(e) = r {
-                tracing::error!(error = %e, "cycle could not be recorded");
+            let r = self
+                .apply(|st| {
+                    span.record("cycle", st.counters.cycles + 1);
+                    let _g = span.enter();
+                    let ops = st.cycle(now_ms());
+                    let c = st.counters;
+                    span.record("pending", c.last_pending);
+                    span.record("binds", c.last_binds);
+                    span.record("evictions", c.last_evictions);
+                    Ok((c, ops))
+                })
+                .await;
+            let took = t0.elapsed();
+            self.shared.metrics.cycle.observe(took.as_secs_f64());
+            let _g = span.enter();
+            span.record("duration_us", took.as_micros() as u64);
+            match r {
+                // Engine run plus the durable plan. Quiet cycles (nothing bound or evicted; one
+                // a second) are logged at debug level only.
+                Ok(c) if c.last_binds > 0 || c.last_evictions > 0 => tracing::info!(
+                    cycle = c.cycles,
+                    pending = c.last_pending,
+                    binds = c.last_binds,
+                    evictions = c.last_evictions,
+                    duration_us = took.as_micros() as u64,
+                    "cycle"
+                ),
+                Ok(c) => tracing::debug!(
+                    cycle = c.cycles,
+                    pending = c.last_pending,
+                    duration_us = took.as_micros() as u64,
+                    "cycle"
+                ),
+                Err(e) => tracing::error!(error = %e, "cycle could not be recorded"),
             }
         }
     }
@@ -469,6 +555,7 @@ fn pb_job(rec: &JobRecord, st: &State) -> pb::Job {
         command: rec.command.clone(),
         spec_json: serde_json::to_string(&rec.spec).unwrap_or_default(),
         exit_code: rec.exit_code,
+        attempt: rec.attempt,
     }
 }
 
@@ -564,6 +651,24 @@ fn pb_queue(spec: &QueueSpec, st: &State) -> pb::Queue {
     }
 }
 
+fn pb_classes(st: &State) -> pb::PriorityClasses {
+    let mut classes: Vec<pb::PriorityClass> = st
+        .tree
+        .priority_classes
+        .values()
+        .map(|c| pb::PriorityClass {
+            name: c.name.clone(),
+            value: c.value,
+            preemptible: c.preemptible,
+        })
+        .collect();
+    classes.sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.name.cmp(&b.name)));
+    pb::PriorityClasses {
+        classes,
+        defaults: st.priority_classes.is_none(),
+    }
+}
+
 // ---------------------------------------------------------------- services
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -620,6 +725,29 @@ impl pb::queues_server::Queues for Server {
         Ok(Response::new(pb::ListQueuesResponse {
             queues: st.queues.values().map(|q| pb_queue(q, &st)).collect(),
         }))
+    }
+
+    async fn set_priority_classes(
+        &self,
+        req: Request<pb::SetPriorityClassesRequest>,
+    ) -> Result<Response<pb::PriorityClasses>, Status> {
+        self.admin(&req, "changing priority classes")?;
+        let classes: Vec<gantry_model::PriorityClass> =
+            parse_json("classes_json", &req.get_ref().classes_json)?;
+        self.apply(|st| Ok(((), st.set_priority_classes(classes)?)))
+            .await?;
+        tracing::info!("priority classes replaced");
+        let st = self.lock();
+        Ok(Response::new(pb_classes(&st)))
+    }
+
+    async fn list_priority_classes(
+        &self,
+        req: Request<pb::ListPriorityClassesRequest>,
+    ) -> Result<Response<pb::PriorityClasses>, Status> {
+        self.who(&req)?;
+        let st = self.lock();
+        Ok(Response::new(pb_classes(&st)))
     }
 }
 

@@ -13,7 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use gantry_engine::{schedule, JobId, Profile, Snapshot};
 use gantry_model::queue::check_name;
-use gantry_model::{Cluster, ClusterSpec, JobSpec, Node, QueueSpec, QueueTree, QueuesSpec};
+use gantry_model::{
+    Cluster, ClusterSpec, JobSpec, Node, PriorityClass, QueueSpec, QueueTree, QueuesSpec,
+};
 
 use crate::record::{JobRecord, JobState, NodeRecord, TaskPhase, TaskRecord};
 use crate::store::{Op, Table};
@@ -133,6 +135,12 @@ pub struct Counters {
     pub preemptions: u64,
     /// Jobs requeued because their node was lost.
     pub lost_requeues: u64,
+    /// Pending jobs after the last cycle.
+    pub last_pending: u64,
+    /// Jobs bound (started or grown) by the last cycle.
+    pub last_binds: u64,
+    /// Jobs evicted by the last cycle.
+    pub last_evictions: u64,
 }
 
 /// The state. See the module docs.
@@ -140,7 +148,9 @@ pub struct Counters {
 pub struct State {
     /// Queue specs by name.
     pub queues: BTreeMap<String, QueueSpec>,
-    /// The validated tree.
+    /// Priority classes set through the API; none: the defaults. Part of [`State::tree`].
+    pub priority_classes: Option<Vec<PriorityClass>>,
+    /// The validated tree (with the priority classes).
     pub tree: QueueTree,
     /// Registered nodes.
     pub nodes: BTreeMap<String, NodeEntry>,
@@ -168,10 +178,13 @@ pub struct State {
     pub counters: Counters,
 }
 
-fn tree_of(queues: &BTreeMap<String, QueueSpec>) -> Result<QueueTree, ServerError> {
+fn tree_of(
+    queues: &BTreeMap<String, QueueSpec>,
+    priority_classes: &Option<Vec<PriorityClass>>,
+) -> Result<QueueTree, ServerError> {
     QueuesSpec {
         queues: queues.values().cloned().collect(),
-        priority_classes: None,
+        priority_classes: priority_classes.clone(),
     }
     .build()
     .map_err(|e| ServerError::from_model("spec_json", e))
@@ -194,6 +207,7 @@ impl State {
     /// Stored queues that no longer form a valid tree (not expected: they were validated).
     pub fn recover(
         queues: Vec<QueueSpec>,
+        priority_classes: Option<Vec<PriorityClass>>,
         jobs: Vec<JobRecord>,
         nodes: Vec<NodeRecord>,
         profile: Profile,
@@ -201,10 +215,11 @@ impl State {
     ) -> Result<(State, Vec<Op>), ServerError> {
         let queues: BTreeMap<String, QueueSpec> =
             queues.into_iter().map(|q| (q.name.clone(), q)).collect();
-        let tree = tree_of(&queues)?;
+        let tree = tree_of(&queues, &priority_classes)?;
         let snap = Snapshot::new(&Cluster::default(), &tree)?;
         let mut s = State {
             queues,
+            priority_classes,
             tree,
             nodes: nodes
                 .into_iter()
@@ -326,7 +341,7 @@ impl State {
                     None => Err("its node or devices are gone".to_string()),
                 };
                 if let Err(why) = restored {
-                    tracing::warn!(job = %name, %why, "requeued on rebuild");
+                    tracing::warn!(job = %name, queue = %e.rec.spec.queue, %why, "requeued on rebuild");
                     let why = format!("requeued: {why}");
                     requeue_record(e, &why, &mut self.stops, &mut self.events, now);
                     self.running.remove(&name);
@@ -342,7 +357,7 @@ impl State {
     // ------------------------------------------------------------------ queues
 
     fn check_tree(&self, queues: &BTreeMap<String, QueueSpec>) -> Result<QueueTree, ServerError> {
-        let tree = tree_of(queues)?;
+        let tree = tree_of(queues, &self.priority_classes)?;
         for e in self.jobs.values().filter(|e| e.rec.state.is_active()) {
             let q = &e.rec.spec.queue;
             match tree.find(q) {
@@ -435,6 +450,62 @@ impl State {
         Ok(vec![Op::Delete(Table::Queues, name.to_string())])
     }
 
+    /// Replace the priority classes (all of them). Jobs are re-prioritised from the next
+    /// cycle on (the snapshot is rebuilt with the new values).
+    ///
+    /// # Errors
+    /// An empty list, a bad or duplicate name (`classes_json[i].name`), or a class missing
+    /// that a pending or running job uses (by name or as its kind's default).
+    pub fn set_priority_classes(
+        &mut self,
+        classes: Vec<PriorityClass>,
+    ) -> Result<Vec<Op>, ServerError> {
+        if classes.is_empty() {
+            return Err(ServerError::Invalid {
+                field: "classes_json".into(),
+                reason: "at least one priority class is needed".into(),
+            });
+        }
+        let mut seen = HashSet::new();
+        for (i, c) in classes.iter().enumerate() {
+            let field = format!("classes_json[{i}].name");
+            check_name(&field, &c.name).map_err(|e| ServerError::from_model("", e))?;
+            if !seen.insert(c.name.as_str()) {
+                return Err(ServerError::Invalid {
+                    field,
+                    reason: format!("duplicate priority class {:?}", c.name),
+                });
+            }
+        }
+        let classes = Some(classes);
+        let tree = tree_of(&self.queues, &classes)?;
+        let mut active: Vec<&JobEntry> = self
+            .jobs
+            .values()
+            .filter(|e| e.rec.state.is_active())
+            .collect();
+        active.sort_by_key(|e| e.rec.seq);
+        for e in active {
+            let class = e
+                .rec
+                .spec
+                .priority_class
+                .as_deref()
+                .unwrap_or(e.rec.spec.kind.default_priority_class());
+            if !tree.priority_classes.contains_key(class) {
+                return Err(ServerError::Conflict(format!(
+                    "job {:?} ({:?}) uses priority class {class:?}, which the new classes lack",
+                    e.rec.name, e.rec.state
+                )));
+            }
+        }
+        let ops = vec![Op::priority_classes(classes.as_deref().unwrap_or_default())];
+        self.tree = tree;
+        self.priority_classes = classes;
+        self.dirty = true;
+        Ok(ops)
+    }
+
     // ------------------------------------------------------------------ jobs
 
     /// Validate a submission and reserve its name. Nothing changes but the reservation; the
@@ -524,6 +595,7 @@ impl State {
             self.order.remove(&old.rec.seq);
         }
         self.order.insert(rec.seq, rec.name.clone());
+        tracing::info!(job = %rec.name, queue = %rec.spec.queue, seq = rec.seq, "submitted");
         self.events.push(Event {
             job: rec.name.clone(),
             kind: "submitted",
@@ -564,6 +636,7 @@ impl State {
             self.snap.cancel(id)?;
         }
         stop_tasks(e, "cancelled", &mut self.stops);
+        tracing::info!(job = %name, queue = %e.rec.spec.queue, attempt = e.rec.attempt, "cancelled");
         e.rec.state = JobState::Cancelled;
         e.rec.finished_ms = Some(now);
         e.rec.reason.clear();
@@ -594,6 +667,14 @@ impl State {
             let by = self.snap.job_name(p.preemptor).to_string();
             if let Some(e) = self.jobs.get_mut(&victim) {
                 let why = format!("preempted by {by} ({:?})", p.cause);
+                tracing::info!(
+                    job = %victim,
+                    queue = %e.rec.spec.queue,
+                    attempt = e.rec.attempt,
+                    by = %by,
+                    cause = ?p.cause,
+                    "preempted"
+                );
                 requeue_record(e, &why, &mut self.stops, &mut self.events, now);
                 self.running.remove(&victim);
                 self.counters.preemptions += 1;
@@ -609,6 +690,20 @@ impl State {
                 b.tasks
                     .iter()
                     .map(|t| TaskRecord::from_alloc(&self.snap, t)),
+            );
+            let nodes: BTreeSet<&str> = b
+                .tasks
+                .iter()
+                .map(|t| self.snap.node_name(t.node))
+                .collect();
+            let nodes = nodes.into_iter().collect::<Vec<_>>().join(",");
+            tracing::info!(
+                job = %name,
+                queue = %e.rec.spec.queue,
+                attempt = e.rec.attempt,
+                tasks = b.tasks.len(),
+                nodes = %nodes,
+                "bound"
             );
             if e.rec.state == JobState::Pending {
                 e.rec.state = JobState::Running;
@@ -637,6 +732,13 @@ impl State {
                 ops.push(Op::job(&e.rec));
             }
         }
+        self.counters.last_binds = plan.binds.len() as u64;
+        self.counters.last_evictions = plan.preemptions.len() as u64;
+        self.counters.last_pending = self
+            .jobs
+            .values()
+            .filter(|e| e.rec.state == JobState::Pending)
+            .count() as u64;
         ops
     }
 
@@ -875,6 +977,14 @@ impl State {
                 }
             }
             stop_tasks(e, &message, &mut self.stops);
+            tracing::info!(
+                job = %key.job,
+                queue = %e.rec.spec.queue,
+                attempt = e.rec.attempt,
+                state = kind,
+                exit_code = code,
+                "finished"
+            );
             e.rec.state = state;
             e.rec.exit_code = code;
             e.rec.finished_ms = Some(now);
@@ -917,6 +1027,13 @@ impl State {
                 }
                 if let Some(e) = self.jobs.get_mut(&jname) {
                     let why = format!("node {name} was lost");
+                    tracing::info!(
+                        job = %jname,
+                        queue = %e.rec.spec.queue,
+                        attempt = e.rec.attempt,
+                        node = %name,
+                        "requeued: its node was lost"
+                    );
                     requeue_record(e, &why, &mut self.stops, &mut self.events, now);
                     self.running.remove(&jname);
                     self.counters.lost_requeues += 1;
@@ -1006,8 +1123,15 @@ mod tests {
     }
 
     fn state() -> State {
-        let (mut s, _) = State::recover(vec![team_queue()], vec![], vec![], Profile::gantry(), 0)
-            .expect("recover");
+        let (mut s, _) = State::recover(
+            vec![team_queue()],
+            None,
+            vec![],
+            vec![],
+            Profile::gantry(),
+            0,
+        )
+        .expect("recover");
         s.register(node("n0", 8), 0).expect("n0");
         s.register(node("n1", 8), 0).expect("n1");
         s
@@ -1157,8 +1281,15 @@ mod tests {
         // What the store holds, as a restarted server reads it.
         let jobs: Vec<JobRecord> = s.jobs.values().map(|e| e.rec.clone()).collect();
         let nodes: Vec<NodeRecord> = s.nodes.values().map(|n| n.rec.clone()).collect();
-        let (mut r, ops) = State::recover(vec![team_queue()], jobs, nodes, Profile::gantry(), 100)
-            .expect("recover");
+        let (mut r, ops) = State::recover(
+            vec![team_queue()],
+            None,
+            jobs,
+            nodes,
+            Profile::gantry(),
+            100,
+        )
+        .expect("recover");
         assert!(ops.is_empty(), "nothing to requeue");
         assert_eq!(r.jobs["a"].rec.state, JobState::Running);
         assert_eq!(devices(&r, "a"), before);

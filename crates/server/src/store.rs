@@ -1,5 +1,6 @@
 //! The embedded store: one [redb] file in the data directory, with a table per kind of record
-//! (queues, jobs, nodes) holding JSON values keyed by name.
+//! (queues, jobs, nodes) holding JSON values keyed by name, and a `settings` table for
+//! cluster-wide documents (the priority classes).
 //!
 //! # Guarantees
 //! - Every write goes through one writer task ([`Writer`]), in the order it was handed over, and
@@ -18,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::record::{JobRecord, NodeRecord};
 use crate::ServerError;
-use gantry_model::QueueSpec;
+use gantry_model::{PriorityClass, QueueSpec};
 
 /// Most writes one transaction takes.
 pub const MAX_BATCH: usize = 4096;
@@ -32,11 +33,18 @@ pub enum Table {
     Jobs,
     /// Node records by name.
     Nodes,
+    /// Cluster-wide settings by key ([`PRIORITY_CLASSES`]).
+    Settings,
 }
+
+/// Key of the priority classes (a JSON list of `PriorityClass`) in [`Table::Settings`]; absent:
+/// the defaults.
+pub const PRIORITY_CLASSES: &str = "priority_classes";
 
 const QUEUES: TableDefinition<&str, &[u8]> = TableDefinition::new("queues");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
 impl Table {
     fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
@@ -44,6 +52,7 @@ impl Table {
             Table::Queues => QUEUES,
             Table::Jobs => JOBS,
             Table::Nodes => NODES,
+            Table::Settings => SETTINGS,
         }
     }
 }
@@ -70,6 +79,10 @@ impl Op {
     pub fn queue(spec: &QueueSpec) -> Op {
         Op::Put(Table::Queues, spec.name.clone(), to_json(spec))
     }
+    /// Put the priority classes.
+    pub fn priority_classes(classes: &[PriorityClass]) -> Op {
+        Op::Put(Table::Settings, PRIORITY_CLASSES.into(), to_json(&classes))
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -91,6 +104,8 @@ pub struct Recovered {
     pub jobs: Vec<JobRecord>,
     /// Node records.
     pub nodes: Vec<NodeRecord>,
+    /// Priority classes set through the API; none: the defaults.
+    pub priority_classes: Option<Vec<PriorityClass>>,
 }
 
 /// The open database.
@@ -112,7 +127,7 @@ impl Store {
         let path = dir.join("gantry.redb");
         let db = Database::create(&path).map_err(db_err)?;
         let tx = db.begin_write().map_err(db_err)?;
-        for t in [QUEUES, JOBS, NODES] {
+        for t in [QUEUES, JOBS, NODES, SETTINGS] {
             tx.open_table(t).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
@@ -124,6 +139,7 @@ impl Store {
             queues: store.read_all(Table::Queues)?,
             jobs: store.read_all(Table::Jobs)?,
             nodes: store.read_all(Table::Nodes)?,
+            priority_classes: store.read_setting(PRIORITY_CLASSES)?,
         };
         rec.jobs.sort_by_key(|j| j.seq);
         Ok((store, rec))
@@ -151,6 +167,20 @@ impl Store {
         Ok(out)
     }
 
+    fn read_setting<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, ServerError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(SETTINGS).map_err(db_err)?;
+        let Some(v) = table.get(key).map_err(db_err)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| ServerError::Store(format!("setting {key:?} does not parse: {e}")))
+    }
+
     /// Apply `ops` in one durable transaction.
     ///
     /// # Errors
@@ -161,6 +191,7 @@ impl Store {
             let mut q = tx.open_table(QUEUES).map_err(db_err)?;
             let mut j = tx.open_table(JOBS).map_err(db_err)?;
             let mut n = tx.open_table(NODES).map_err(db_err)?;
+            let mut s = tx.open_table(SETTINGS).map_err(db_err)?;
             for op in ops {
                 let (t, key) = match op {
                     Op::Put(t, k, _) | Op::Delete(t, k) => (*t, k.as_str()),
@@ -169,6 +200,7 @@ impl Store {
                     Table::Queues => &mut q,
                     Table::Jobs => &mut j,
                     Table::Nodes => &mut n,
+                    Table::Settings => &mut s,
                 };
                 match op {
                     Op::Put(_, _, v) => {
@@ -189,12 +221,19 @@ struct Request {
     done: oneshot::Sender<Result<(), ServerError>>,
 }
 
-/// The handle to the writer task. Cloning is cheap; the task ends when every handle is dropped.
+enum Msg {
+    Write(Request),
+    /// Commit what came before, close the database, then answer.
+    Close(oneshot::Sender<()>),
+}
+
+/// The handle to the writer task. Cloning is cheap; the task ends when every handle is dropped
+/// or [`Writer::close`] is called.
 #[derive(Debug, Clone)]
 pub struct Writer {
     // Unbounded so that handing over a write never blocks: callers hand writes over while they
     // hold the server's state lock, which fixes the store's order to the order of the changes.
-    tx: mpsc::UnboundedSender<Request>,
+    tx: mpsc::UnboundedSender<Msg>,
 }
 
 /// Commit counters, for metrics and the benchmark.
@@ -206,18 +245,32 @@ pub struct WriterStats {
     pub writes: std::sync::atomic::AtomicU64,
 }
 
+fn stopped() -> ServerError {
+    ServerError::Store("the writer has stopped".into())
+}
+
 impl Writer {
     /// Start the writer task on the current tokio runtime.
     pub fn spawn(store: Store, stats: Arc<WriterStats>) -> Writer {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Request>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
+            let mut close = None;
+            while close.is_none() {
+                let Some(first) = rx.recv().await else { break };
+                let mut batch = Vec::new();
+                match first {
+                    Msg::Write(r) => batch.push(r),
+                    Msg::Close(c) => close = Some(c),
+                }
+                while close.is_none() && batch.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(r) => batch.push(r),
+                        Ok(Msg::Write(r)) => batch.push(r),
+                        Ok(Msg::Close(c)) => close = Some(c),
                         Err(_) => break,
                     }
+                }
+                if batch.is_empty() {
+                    continue;
                 }
                 let ops: Vec<Op> = batch.iter_mut().flat_map(|r| r.ops.drain(..)).collect();
                 let s = store.clone();
@@ -234,6 +287,22 @@ impl Writer {
                     let _ = r.done.send(result.clone());
                 }
             }
+            // Closed: refuse what arrived after the close, release the database file, answer.
+            rx.close();
+            while let Ok(m) = rx.try_recv() {
+                match m {
+                    Msg::Write(r) => {
+                        let _ = r.done.send(Err(stopped()));
+                    }
+                    Msg::Close(c) => {
+                        let _ = c.send(());
+                    }
+                }
+            }
+            drop(store);
+            if let Some(c) = close {
+                let _ = c.send(());
+            }
         });
         Writer { tx }
     }
@@ -241,12 +310,21 @@ impl Writer {
     /// Hand `ops` over (never blocks); await the result for durability.
     pub fn write(&self, ops: Vec<Op>) -> oneshot::Receiver<Result<(), ServerError>> {
         let (done, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(r)) = self.tx.send(Request { ops, done }) {
-            let _ = r
-                .done
-                .send(Err(ServerError::Store("the writer has stopped".into())));
+        if let Err(mpsc::error::SendError(Msg::Write(r))) =
+            self.tx.send(Msg::Write(Request { ops, done }))
+        {
+            let _ = r.done.send(Err(stopped()));
         }
         rx
+    }
+
+    /// Commit every write handed over before this call, then close the database (the file can
+    /// be opened again once this returns). Later writes fail with [`ServerError::Store`].
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -293,10 +371,12 @@ mod tests {
             "200 writes handed over at once share commits: {}",
             stats.commits.load(Relaxed)
         );
-        drop(w);
         drop(store);
-        // Let the writer task see its channel close and drop its handle on the database.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        w.close().await;
+        let e = durable(w.write(vec![Op::Delete(Table::Queues, "q8".into())]))
+            .await
+            .expect_err("closed");
+        assert_eq!(e, stopped());
         let (_, rec) = Store::open(dir.path()).expect("reopen");
         assert_eq!(rec.queues.len(), 199);
         assert!(rec.queues.iter().all(|q| q.name != "q7"));

@@ -69,6 +69,7 @@ async fn two_agents_run_a_gang_and_a_lost_agent_requeues_it_whole() {
             server: uri.clone(),
             node: node(n, 2),
             token: None,
+            tls_ca: None,
         };
         let h = tokio::spawn(run_agent(cfg, async {
             let _ = rx.await;

@@ -273,7 +273,6 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
     let before = g.tasks.clone();
     drop((queues, jobs, nodes, ch, watch));
     running.shutdown().await.expect("shutdown");
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let running = Server::start(config(dir.path())).await.expect("restart");
     let ch = channel(running.addr).await;
     let mut jobs = JobsClient::new(ch.clone());

@@ -1,0 +1,177 @@
+//! Crash safety of `gantry serve` with SIGKILL: while clients stream submissions over gRPC, the
+//! server (with its local agent on 8 fake GPUs) is killed with `kill -9` and restarted on the
+//! same data directory, again and again. After every restart, and just before every kill:
+//! - every submission the server acknowledged is present;
+//! - no device uuid is held by two running tasks at once (compared by uuid).
+//!
+//! `cargo test` runs 5 kills; `GANTRY_CRASH_KILLS=50 cargo test -p gantry --test crash --
+//! --nocapture` runs more and prints the figures.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::{poll, serve};
+use gantry_api::gantry::v1 as pb;
+use pb::jobs_client::JobsClient;
+
+/// Concurrent submitters.
+const CLIENTS: usize = 8;
+
+/// What the store gave back, checked against the acknowledgements.
+#[derive(Debug, Default)]
+struct Check {
+    jobs: usize,
+    running_tasks: usize,
+    devices_held: usize,
+}
+
+async fn check(addr: &str, acked: &[String]) -> Result<Check, String> {
+    let mut c = JobsClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let jobs = c
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .map_err(|e| format!("list: {e}"))?
+        .into_inner()
+        .jobs;
+    let names: BTreeSet<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|n| !names.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged submissions are missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let mut holder: BTreeMap<&str, String> = BTreeMap::new();
+    let mut out = Check {
+        jobs: jobs.len(),
+        ..Check::default()
+    };
+    for j in &jobs {
+        if j.state != pb::JobState::Running as i32 {
+            continue;
+        }
+        for t in &j.tasks {
+            out.running_tasks += 1;
+            for d in &t.devices {
+                let me = format!("{}/{}/{}", j.name, t.group, t.index);
+                if let Some(other) = holder.insert(d.as_str(), me.clone()) {
+                    panic!("device {d} is held by two running tasks: {other} and {me}");
+                }
+            }
+        }
+    }
+    out.devices_held = holder.len();
+    assert!(out.devices_held <= 8, "{out:?}: only 8 GPUs exist");
+    Ok(out)
+}
+
+#[test]
+fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
+    let kills: usize = std::env::var("GANTRY_CRASH_KILLS")
+        .ok()
+        .map(|v| v.parse().expect("GANTRY_CRASH_KILLS: a number"))
+        .unwrap_or(5);
+    let data = tempfile::tempdir().expect("tmp");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (mut checks, mut most_running, mut stored) = (0usize, 0usize, 0usize);
+    for round in 0..=kills {
+        let (mut server, addr) = serve(
+            data.path(),
+            &[
+                "--fake-gpus",
+                "8xH100-80GB",
+                "--lease-ms",
+                "3000",
+                "--grace-ms",
+                "200",
+                "--debounce-ms",
+                "5",
+            ],
+        );
+        let snapshot = acked.lock().expect("acked").clone();
+        let c = poll("the restarted server answers", || {
+            rt.block_on(check(&addr, &snapshot))
+        });
+        checks += 1;
+        most_running = most_running.max(c.running_tasks);
+        stored = c.jobs;
+        if round == kills {
+            break;
+        }
+        // Stream submissions from several clients until the server dies under them.
+        let stop = Arc::new(AtomicBool::new(false));
+        let this_round = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|w| {
+                let (addr, acked, stop, this_round) =
+                    (addr.clone(), acked.clone(), stop.clone(), this_round.clone());
+                rt.spawn(async move {
+                    let Ok(mut c) = JobsClient::connect(format!("http://{addr}")).await else {
+                        return;
+                    };
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let name = format!("r{round}-c{w}-{i}");
+                        let req = pb::SubmitJobRequest {
+                            spec_json: format!(
+                                r#"{{"name": "{name}", "queue": "default", "tasks": [{{"count": 1, "gpus": 1}}]}}"#
+                            ),
+                            command: vec!["sleep".into(), "1".into()],
+                            env: Default::default(),
+                        };
+                        match c.submit_job(req).await {
+                            Ok(_) => {
+                                acked.lock().expect("acked").push(name);
+                                this_round.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // The server is gone (killed): unacknowledged, not counted.
+                            Err(_) => break,
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Kill at a different point in each round.
+        let target = 20 + (round * 37) % 60;
+        poll("submissions acknowledged in this round", || {
+            let n = this_round.load(Ordering::Relaxed);
+            if n >= target {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        });
+        let snapshot = acked.lock().expect("acked").clone();
+        let c = rt
+            .block_on(check(&addr, &snapshot))
+            .expect("check while running");
+        checks += 1;
+        most_running = most_running.max(c.running_tasks);
+        server.kill9();
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            rt.block_on(w).expect("worker");
+        }
+    }
+    let n = acked.lock().expect("acked").len();
+    println!(
+        "crash test: {kills} kill -9 of gantry serve; {n} acknowledged submissions, all present \
+         at each of {checks} checks ({stored} jobs stored at the end); at most {most_running} \
+         running tasks at once, no GPU held twice"
+    );
+    assert!(n > 0);
+}
