@@ -80,7 +80,7 @@ impl ControllerConfig {
 /// One watched change.
 #[derive(Debug)]
 enum Change {
-    Node(Node),
+    Node(Box<Node>),
     NodeGone(String),
     Inventory(Box<NodeInventory>),
     InventoryGone(String),
@@ -175,7 +175,7 @@ fn start_watches(
             "nodes",
             watcher(Api::<Node>::all(client.clone()), cfg()).default_backoff(),
             tx.clone(),
-            Change::Node,
+            |o| Change::Node(Box::new(o)),
             |_, n| Change::NodeGone(n),
         ),
         forward(
@@ -222,7 +222,7 @@ where
 
 fn apply_change(m: &mut Mirror, c: Change) {
     match c {
-        Change::Node(n) => m.upsert_node(n),
+        Change::Node(n) => m.upsert_node(*n),
         Change::NodeGone(n) => m.delete_node(&n),
         Change::Inventory(i) => {
             let name = i.name_any();

@@ -103,11 +103,14 @@ impl Actions {
     }
 }
 
+/// Each live pod of a job and the allocation the snapshot was given for it (if bound).
+type BoundPods = Vec<(PodKey, Option<NamedAlloc>)>;
+
 #[derive(Debug, Default)]
 struct JobEntry {
     id: Option<JobId>,
     /// The translation the snapshot holds, and the allocations it was given back.
-    current: Option<(JobTranslation, Vec<(PodKey, Option<NamedAlloc>)>)>,
+    current: Option<(JobTranslation, BoundPods)>,
     /// Why it is not in the snapshot, or why it waits.
     reason: Option<String>,
 }
@@ -536,7 +539,7 @@ impl Mirror {
             }
         };
         // What is bound, or assumed bound: the allocation the pod carries or the one in flight.
-        let bound: Vec<(PodKey, Option<NamedAlloc>)> = live
+        let bound: BoundPods = live
             .iter()
             .map(|p| {
                 let a = self
@@ -918,7 +921,7 @@ impl Mirror {
 }
 
 fn fmt_milli(v: u64) -> String {
-    if v % 1000 == 0 {
+    if v.is_multiple_of(1000) {
         (v / 1000).to_string()
     } else {
         format!("{:.2}", v as f64 / 1000.0)

@@ -584,7 +584,9 @@ mod tests {
 
     #[test]
     fn quantities_follow_kubernetes_units() {
-        let cases: &[(&str, Result<u32, ()>, Result<u64, ()>)] = &[
+        // (quantity, millicores, MiB); `Err(())` where it must be refused.
+        type Case = (&'static str, Result<u32, ()>, Result<u64, ()>);
+        let cases: &[Case] = &[
             ("2", Ok(2000), Ok(1)),
             ("500m", Ok(500), Ok(1)),
             ("1.5", Ok(1500), Ok(1)),
