@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use gantry_engine::{GpuAlloc, Snapshot, TaskAlloc};
+use gantry_engine::{NamedAlloc, NamedGpu, Snapshot, TaskAlloc};
 use gantry_model::{JobSpec, Node};
 use serde::{Deserialize, Serialize};
 
@@ -30,30 +30,8 @@ impl JobState {
     }
 }
 
-/// What one task holds, by uuid.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum GpuRecord {
-    /// No GPU.
-    None,
-    /// Whole devices.
-    Whole(Vec<String>),
-    /// A fraction of a device, in thousandths.
-    Shared {
-        /// Device uuid.
-        uuid: String,
-        /// Thousandths.
-        milli: u16,
-    },
-    /// A MIG slice of a device.
-    Mig {
-        /// Parent device uuid.
-        uuid: String,
-        /// Profile index in the model's geometry.
-        profile: u8,
-        /// First memory slice.
-        start: u8,
-    },
-}
+/// What one task holds, by uuid (the engine's by-name form, shared with Kubernetes mode).
+pub type GpuRecord = NamedGpu;
 
 /// How far a task got on its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,126 +44,40 @@ pub enum TaskPhase {
     Exited(i32),
 }
 
-/// One placed task.
+/// One placed task: the engine's by-name allocation (stored flat, as before) and how far the
+/// task got on its node. Reads of the allocation's fields go through `Deref`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
-    /// Task group.
-    pub group: u16,
-    /// Replica index in the group.
-    pub index: u32,
-    /// Node name.
-    pub node: String,
-    /// Millicores.
-    pub cpu_milli: u32,
-    /// MiB.
-    pub memory_mib: u64,
-    /// GPUs.
-    pub gpu: GpuRecord,
-    /// Quota flavor charged, by name.
-    pub flavor: Option<String>,
-    /// Quota charged, thousandths.
-    pub amount: u64,
+    /// Node, devices and quota charged, by name.
+    #[serde(flatten)]
+    pub alloc: NamedAlloc,
     /// Progress.
     pub phase: TaskPhase,
+}
+
+impl std::ops::Deref for TaskRecord {
+    type Target = NamedAlloc;
+    fn deref(&self) -> &NamedAlloc {
+        &self.alloc
+    }
 }
 
 impl TaskRecord {
     /// Record an engine allocation by names.
     pub fn from_alloc(snap: &Snapshot, t: &TaskAlloc) -> TaskRecord {
-        let gpu = match &t.gpu {
-            GpuAlloc::None => GpuRecord::None,
-            GpuAlloc::Whole(ds) => GpuRecord::Whole(
-                ds.iter()
-                    .map(|&d| snap.device_uuid(d).to_string())
-                    .collect(),
-            ),
-            GpuAlloc::Shared { device, milli } => GpuRecord::Shared {
-                uuid: snap.device_uuid(*device).to_string(),
-                milli: *milli,
-            },
-            GpuAlloc::Mig {
-                device,
-                profile,
-                start,
-            } => GpuRecord::Mig {
-                uuid: snap.device_uuid(*device).to_string(),
-                profile: *profile,
-                start: *start,
-            },
-        };
-        let flavor = (t.flavor.0 != u32::MAX).then(|| snap.flavor_name(t.flavor).to_string());
         TaskRecord {
-            group: t.group,
-            index: t.index,
-            node: snap.node_name(t.node).to_string(),
-            cpu_milli: t.cpu_milli,
-            memory_mib: t.memory_mib,
-            gpu,
-            flavor,
-            amount: t.amount,
+            alloc: NamedAlloc::from_alloc(snap, t),
             phase: TaskPhase::Assigned,
         }
     }
 
-    /// Map back onto a snapshot; `None` when its node, a device or its flavor is gone.
-    pub fn to_alloc(&self, snap: &Snapshot) -> Option<TaskAlloc> {
-        let node = snap.node_by_name(&self.node)?;
-        let gpu = match &self.gpu {
-            GpuRecord::None => GpuAlloc::None,
-            GpuRecord::Whole(us) => GpuAlloc::Whole(
-                us.iter()
-                    .map(|u| snap.device_by_uuid(u))
-                    .collect::<Option<Vec<_>>>()?,
-            ),
-            GpuRecord::Shared { uuid, milli } => GpuAlloc::Shared {
-                device: snap.device_by_uuid(uuid)?,
-                milli: *milli,
-            },
-            GpuRecord::Mig {
-                uuid,
-                profile,
-                start,
-            } => GpuAlloc::Mig {
-                device: snap.device_by_uuid(uuid)?,
-                profile: *profile,
-                start: *start,
-            },
-        };
-        let flavor = match &self.flavor {
-            None => gantry_engine::FlavorId(u32::MAX),
-            Some(f) => snap.flavor_by_name(f)?,
-        };
-        Some(TaskAlloc {
-            group: self.group,
-            index: self.index,
-            node,
-            cpu_milli: self.cpu_milli,
-            memory_mib: self.memory_mib,
-            gpu,
-            flavor,
-            amount: self.amount,
-        })
-    }
-
     /// The uuids the task's process may see (`CUDA_VISIBLE_DEVICES`), and its shared fraction.
     pub fn visible_devices(&self, nodes: &BTreeMap<String, NodeRecord>) -> (Vec<String>, u32) {
-        match &self.gpu {
-            GpuRecord::None => (Vec::new(), 0),
-            GpuRecord::Whole(us) => (us.clone(), 0),
-            GpuRecord::Shared { uuid, milli } => (vec![uuid.clone()], u32::from(*milli)),
-            GpuRecord::Mig { uuid, start, .. } => {
-                // A fixed layout names each slice's uuid; slices created on demand have none
-                // yet, so the parent device is named.
-                let slice = nodes
-                    .get(&self.node)
-                    .and_then(|n| n.node.devices.iter().find(|d| &d.uuid == uuid))
-                    .and_then(|d| d.mig.as_ref())
-                    .and_then(|m| m.slices.iter().find(|s| s.start == *start))
-                    .map(|s| s.uuid.clone())
-                    .filter(|u| !u.is_empty());
-                (vec![slice.unwrap_or_else(|| uuid.clone())], 0)
-            }
-        }
+        let devices = nodes
+            .get(&self.alloc.node)
+            .map(|n| n.node.devices.as_slice())
+            .unwrap_or(&[]);
+        self.alloc.visible_uuids(devices)
     }
 }
 
