@@ -170,6 +170,28 @@ impl Applier {
         }
     }
 
+    /// Merge-patch an object's status subresource; false when the API refused (a 404 means the
+    /// object is gone, which is not a failure).
+    async fn write_status<K, S>(&self, api: &Api<K>, name: &str, status: &S) -> bool
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        S: serde::Serialize,
+    {
+        let patch = serde_json::json!({ "status": status });
+        self.limiter.acquire().await;
+        match api
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => true,
+            Err(e) if is_not_found(&e) => true,
+            Err(e) => {
+                tracing::warn!(object = %name, error = %e, "cannot write status");
+                false
+            }
+        }
+    }
+
     fn reference(&self, r: &Regarding) -> ObjectReference {
         match r {
             Regarding::Pod(p) => ObjectReference {
@@ -270,30 +292,14 @@ impl Applier {
         }
         for ((ns, name), status) in &actions.group_statuses {
             let api: Api<PodGroup> = Api::namespaced(self.client.clone(), ns);
-            let patch = serde_json::json!({"status": status});
-            self.limiter.acquire().await;
-            if let Err(e) = api
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                if !is_not_found(&e) {
-                    report.failed_writes += 1;
-                    tracing::warn!(podgroup = %format!("{ns}/{name}"), error = %e, "cannot write status");
-                }
+            if !self.write_status(&api, name, status).await {
+                report.failed_writes += 1;
             }
         }
         for (name, status) in &actions.queue_statuses {
             let api: Api<Queue> = Api::all(self.client.clone());
-            let patch = serde_json::json!({"status": status});
-            self.limiter.acquire().await;
-            if let Err(e) = api
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                if !is_not_found(&e) {
-                    report.failed_writes += 1;
-                    tracing::warn!(queue = %name, error = %e, "cannot write status");
-                }
+            if !self.write_status(&api, name, status).await {
+                report.failed_writes += 1;
             }
         }
         for ev in &actions.events {
