@@ -116,7 +116,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 tls_ca,
             },
             async {
-                let _ = tokio::signal::ctrl_c().await;
+                crate::signal::terminated().await;
             },
         )
         .await

@@ -129,7 +129,8 @@ fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         tokio::spawn(gantry_kube::metrics::serve(listener, metrics.clone()));
         tracing::info!(scheduler = %cfg.scheduler_name, identity = %cfg.identity, qps = cfg.qps, "gantry kube controller starting");
         gantry_kube::run(client, cfg, metrics, async {
-            let _ = tokio::signal::ctrl_c().await;
+            let sig = crate::signal::terminated().await;
+            tracing::info!(signal = sig, "stopping; releasing the lease");
         })
         .await?;
         Ok(())

@@ -9,6 +9,7 @@ mod output;
 mod plan;
 mod remote;
 mod serve;
+mod signal;
 mod sim;
 mod top;
 

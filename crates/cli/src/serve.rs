@@ -230,13 +230,12 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
                  gantry jobs{at}{tls}               what runs, what waits and why\n  \
                  gantry explain JOB{at}{tls}        why a job waits and when it should start\n  \
                  gantry top{at}{tls}                a live view (Ctrl-C quits)\n\
-                 Ctrl-C stops the server; its state stays in the data dir.\n"
+                 Ctrl-C (or SIGTERM) stops the server; its state stays in the data dir.\n"
             );
         }
         tokio::select! {
-            r = tokio::signal::ctrl_c() => {
-                r?;
-                say!(json_logs, "gantry serve: interrupted, stopping");
+            sig = crate::signal::terminated() => {
+                say!(json_logs, "gantry serve: {sig}, stopping");
                 running.shutdown().await?;
             }
         }

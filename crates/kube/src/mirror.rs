@@ -756,10 +756,14 @@ impl Mirror {
                 note: format!("{placed} pods placed by gantry"),
             });
         }
-        for (id, r) in &plan.reasons {
-            if let Some(key) = key_of(&self.snap, *id) {
-                if let Some(e) = self.jobs.get_mut(&key) {
-                    e.reason = Some(self.snap.describe(r));
+        // Every waiting job's reason as the engine sees it now: the plan's reasons, and for a
+        // queue the cycle skipped whole (out of quota), the queue's reason.
+        for e in self.jobs.values_mut() {
+            if let Some(id) = e.id {
+                if self.snap.job_phase(id) == JobPhase::Pending {
+                    if let Some(r) = self.snap.reason(id) {
+                        e.reason = Some(self.snap.describe(&r));
+                    }
                 }
             }
         }
@@ -1182,6 +1186,42 @@ mod tests {
                 assert_eq!(a.group_statuses[0].1.phase, phase, "{}", row.what);
             }
         }
+    }
+
+    #[test]
+    fn a_pod_arriving_at_a_queue_out_of_quota_is_told_why() {
+        let mut m = mirror(&[("n0", 8)]);
+        m.upsert_queue(
+            serde_json::from_value(json!({"metadata": {"name": "q"},
+                "spec": {"quotas": {"h100-80gb": {"nominal": 1}}}}))
+            .unwrap(),
+        );
+        m.upsert_pod(&pod(
+            "a",
+            1,
+            json!({"gantry.dev/queue": "q"}),
+            json!({}),
+            None,
+        ));
+        assert_eq!(m.cycle(1_000).binds.len(), 1);
+        // The queue is now full, so the next cycle skips it whole: the new pod still gets the
+        // queue's reason.
+        m.upsert_pod(&pod(
+            "b",
+            1,
+            json!({"gantry.dev/queue": "q"}),
+            json!({}),
+            None,
+        ));
+        let a = m.cycle(2_000);
+        assert!(a.binds.is_empty());
+        assert!(
+            a.pod_conditions
+                .iter()
+                .any(|(p, msg)| p.name == "b" && msg.contains("quota")),
+            "{:?}",
+            a.pod_conditions
+        );
     }
 
     #[test]

@@ -550,7 +550,15 @@ fn pb_job(rec: &JobRecord, st: &State) -> pb::Job {
                 }
             })
             .collect(),
-        reason: rec.reason.clone(),
+        // A pending job's reason comes from the engine as of now (a queue skipped whole, for
+        // example one out of quota, stores its reason once for the queue, not on each job).
+        reason: st
+            .jobs
+            .get(&rec.name)
+            .filter(|e| e.rec.state == JobState::Pending && e.rec.attempt == rec.attempt)
+            .and_then(|e| e.id)
+            .and_then(|id| st.snap.reason(id))
+            .map_or_else(|| rec.reason.clone(), |r| st.snap.describe(&r)),
         requeues: rec.requeues,
         command: rec.command.clone(),
         spec_json: serde_json::to_string(&rec.spec).unwrap_or_default(),
