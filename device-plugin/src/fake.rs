@@ -174,11 +174,35 @@ impl FakeInventory {
     /// # Errors
     /// The file cannot be read, or [`FakeInventory::from_yaml`]'s errors.
     pub fn load(path: &Path) -> Result<Self, PluginError> {
+        Self::load_as(path, None)
+    }
+
+    /// Load a fake inventory file as node `node` (when given) instead of the file's `node`, so
+    /// one file can serve every node of a DaemonSet: uuids derive from the node name, so each
+    /// node gets its own.
+    ///
+    /// # Errors
+    /// As [`FakeInventory::load`].
+    pub fn load_as(path: &Path, node: Option<&str>) -> Result<Self, PluginError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| PluginError::FakeFile {
+        let mut text = std::fs::read_to_string(path).map_err(|e| PluginError::FakeFile {
             origin: origin.clone(),
             message: format!("cannot read: {e}"),
         })?;
+        if let Some(n) = node.filter(|n| !n.trim().is_empty()) {
+            let mut doc: serde_yaml::Value =
+                serde_yaml::from_str(&text).map_err(|e| PluginError::FakeFile {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                })?;
+            if let Some(m) = doc.as_mapping_mut() {
+                m.insert("node".into(), n.trim().into());
+            }
+            text = serde_yaml::to_string(&doc).map_err(|e| PluginError::FakeFile {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?;
+        }
         Self::from_yaml(&text, &origin)
     }
 
@@ -535,6 +559,34 @@ fn poisoned() -> PluginError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn one_file_serves_many_nodes_with_their_own_names_and_uuids() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("f.yaml");
+        std::fs::write(
+            &path,
+            "node: template\ngpus:\n  - {name: NVIDIA H100 80GB HBM3, memory_mib: 81559, count: 2}\n",
+        )
+        .expect("write");
+        let a = FakeInventory::load_as(&path, Some("gpu-a"))
+            .expect("a")
+            .discover()
+            .expect("a");
+        let b = FakeInventory::load_as(&path, Some("gpu-b"))
+            .expect("b")
+            .discover()
+            .expect("b");
+        let plain = FakeInventory::load(&path)
+            .expect("p")
+            .discover()
+            .expect("p");
+        assert_eq!(
+            (a.node.as_str(), b.node.as_str(), plain.node.as_str()),
+            ("gpu-a", "gpu-b", "template")
+        );
+        assert_ne!(a.gpus[0].uuid, b.gpus[0].uuid);
+    }
     use super::*;
 
     const SMALL: &str = r#"

@@ -28,10 +28,11 @@ struct Cli {
     /// Use a fake inventory from this YAML file instead of NVML (development and tests).
     #[arg(long, global = true, value_name = "FILE")]
     fake: Option<PathBuf>,
-    /// Path of the NVML library (default: libnvidia-ml.so from the loader path).
+    /// Path of the NVML library (default: libnvidia-ml.so.1 from the loader path).
     #[arg(long, global = true, value_name = "PATH")]
     nvml_lib: Option<OsString>,
-    /// Node name (default: $NODE_NAME, else the host name; a fake file's `node` wins).
+    /// Node name (default: $NODE_NAME, else the host name). With --fake, an explicit name or
+    /// $NODE_NAME replaces the file's `node` (and so its uuids); otherwise the file's is used.
     #[arg(long, global = true)]
     node_name: Option<String>,
     /// Log format on stderr.
@@ -172,7 +173,13 @@ fn node_name(cli: &Cli) -> String {
 
 fn open_inventory(cli: &Cli) -> Result<Arc<dyn Inventory>> {
     Ok(match &cli.fake {
-        Some(path) => Arc::new(FakeInventory::load(path)?),
+        Some(path) => {
+            let explicit = cli
+                .node_name
+                .clone()
+                .or_else(|| std::env::var("NODE_NAME").ok());
+            Arc::new(FakeInventory::load_as(path, explicit.as_deref())?)
+        }
         None => Arc::new(NvmlInventory::open(
             cli.nvml_lib.as_deref(),
             node_name(cli),

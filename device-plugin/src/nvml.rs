@@ -75,7 +75,7 @@ pub struct NvmlInventory {
 }
 
 impl NvmlInventory {
-    /// Load NVML (from `lib_path`, or the default `libnvidia-ml.so`) and subscribe to XID and
+    /// Load NVML (from `lib_path`, or the default `libnvidia-ml.so.1`) and subscribe to XID and
     /// double-bit ECC events on every GPU.
     ///
     /// # Errors
