@@ -99,3 +99,42 @@ fn a_bad_job_file_names_the_field_and_fails() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("/nonexistent.yaml: cannot read"));
 }
+
+#[test]
+fn kube_crds_prints_the_three_definitions_and_writes_them_with_out() {
+    let out = gantry(&["kube", "crds"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    for name in [
+        "queues.gantry.dev",
+        "podgroups.gantry.dev",
+        "nodeinventories.gantry.dev",
+    ] {
+        assert!(text.contains(&format!("name: {name}")), "{name} missing");
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let out = gantry(&["kube", "crds", "--out", &dir.path().display().to_string()]);
+    assert!(out.status.success());
+    let written = std::fs::read_to_string(dir.path().join("gantry.dev.yaml")).expect("file");
+    assert_eq!(written, text);
+}
+
+#[test]
+fn kube_controller_refuses_bad_flags_by_name_before_connecting() {
+    for (args, needle) in [
+        (vec!["--qps=-1"], "--qps"),
+        (vec!["--burst", "0"], "--burst"),
+        (vec!["--profile", "random"], "--profile"),
+    ] {
+        let mut all = vec!["kube", "controller"];
+        all.extend(args);
+        let out = gantry(&all);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
