@@ -9,35 +9,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use gantry_engine::JobPhase;
-use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
-};
+use gantry_metrics::SchedulerMetrics;
+use prometheus::{GaugeVec, IntCounter, IntGauge};
 
 use crate::mirror::Mirror;
 
-/// The controller's metrics. Cheap to clone (shared handles).
+/// The controller's metrics: the shared set (through `Deref`) and Kubernetes mode's own.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    registry: Registry,
-    /// Pending jobs per queue.
-    pub pending: IntGaugeVec,
-    /// Running jobs per queue.
-    pub running: IntGaugeVec,
+    core: SchedulerMetrics,
     /// GPUs used per queue and flavor.
     pub queue_gpus: GaugeVec,
     /// Dominant share per queue.
     pub queue_share: GaugeVec,
-    /// Duration of scheduling cycles (engine plus the writes they cause).
-    pub cycle: Histogram,
-    /// GPUs allocated.
-    pub gpus_allocated: IntGauge,
-    /// GPUs known from inventories.
-    pub gpus: IntGauge,
-    /// Nodes that take pods.
-    pub nodes_ready: IntGauge,
-    /// Jobs preempted.
-    pub preemptions: IntCounter,
     /// Pods bound.
     pub binds: IntCounter,
     /// Binds refused by the API.
@@ -49,11 +33,10 @@ pub struct Metrics {
     ready: Arc<AtomicBool>,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    // Names and labels below are fixed and valid; registration of distinct names cannot fail.
-    match r {
-        Ok(v) => v,
-        Err(e) => unreachable!("metric definition: {e}"),
+impl std::ops::Deref for Metrics {
+    type Target = SchedulerMetrics;
+    fn deref(&self) -> &SchedulerMetrics {
+        &self.core
     }
 }
 
@@ -66,73 +49,28 @@ impl Default for Metrics {
 impl Metrics {
     /// Define and register every metric.
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let pending = must(IntGaugeVec::new(
-            Opts::new("gantry_queue_pending_jobs", "Pending jobs per queue"),
-            &["queue"],
-        ));
-        let running = must(IntGaugeVec::new(
-            Opts::new("gantry_queue_running_jobs", "Running jobs per queue"),
-            &["queue"],
-        ));
-        let queue_gpus = must(GaugeVec::new(
-            Opts::new("gantry_queue_gpus_used", "GPUs used per queue and flavor"),
-            &["queue", "flavor"],
-        ));
-        let queue_share = must(GaugeVec::new(
-            Opts::new("gantry_queue_share", "Dominant share per queue"),
-            &["queue"],
-        ));
-        let cycle = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "gantry_schedule_cycle_duration_seconds",
-                "Scheduling cycle duration (engine and API writes)",
-            )
-            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default()),
-        ));
-        let gauge = |n: &str, h: &str| must(IntGauge::new(n, h));
-        let counter = |n: &str, h: &str| must(IntCounter::new(n, h));
-        let gpus_allocated = gauge("gantry_gpus_allocated", "GPUs allocated");
-        let gpus = gauge("gantry_gpus", "GPUs known from node inventories");
-        let nodes_ready = gauge("gantry_nodes_ready", "Nodes that take pods");
-        let preemptions = counter("gantry_preemptions_total", "Jobs preempted");
-        let binds = counter("gantry_binds_total", "Pods bound");
-        let bind_errors = counter("gantry_bind_errors_total", "Binds refused by the API");
-        let evictions = counter("gantry_evictions_total", "Pods evicted");
-        let is_leader = gauge("gantry_is_leader", "1 while this replica holds the lease");
-        for c in [
-            Box::new(pending.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(running.clone()),
-            Box::new(queue_gpus.clone()),
-            Box::new(queue_share.clone()),
-            Box::new(cycle.clone()),
-            Box::new(gpus_allocated.clone()),
-            Box::new(gpus.clone()),
-            Box::new(nodes_ready.clone()),
-            Box::new(preemptions.clone()),
-            Box::new(binds.clone()),
-            Box::new(bind_errors.clone()),
-            Box::new(evictions.clone()),
-            Box::new(is_leader.clone()),
-        ] {
-            must(registry.register(c));
-        }
+        let core = SchedulerMetrics::new(
+            "Scheduling cycle duration (engine and API writes)",
+            "GPUs known from node inventories",
+            "Nodes that take pods",
+        );
         Metrics {
-            registry,
-            pending,
-            running,
-            queue_gpus,
-            queue_share,
-            cycle,
-            gpus_allocated,
-            gpus,
-            nodes_ready,
-            preemptions,
-            binds,
-            bind_errors,
-            evictions,
-            is_leader,
+            queue_gpus: core.gauge_vec(
+                "gantry_queue_gpus_used",
+                "GPUs used per queue and flavor",
+                &["queue", "flavor"],
+            ),
+            queue_share: core.gauge_vec(
+                "gantry_queue_share",
+                "Dominant share per queue",
+                &["queue"],
+            ),
+            binds: core.counter("gantry_binds_total", "Pods bound"),
+            bind_errors: core.counter("gantry_bind_errors_total", "Binds refused by the API"),
+            evictions: core.counter("gantry_evictions_total", "Pods evicted"),
+            is_leader: core.gauge("gantry_is_leader", "1 while this replica holds the lease"),
             ready: Arc::new(AtomicBool::new(false)),
+            core,
         }
     }
 
@@ -190,35 +128,16 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            return format!("# encoding failed: {e}\n");
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        self.core.render()
     }
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `listener` until the task is dropped.
+/// Serve `/metrics`, `/healthz` and `/readyz` (caches synced) on `listener` until the task is
+/// dropped.
 ///
 /// # Errors
 /// The listener failed.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> std::io::Result<()> {
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let m1 = metrics.clone();
-    let m2 = metrics;
-    let app = axum::Router::new()
-        .route("/metrics", get(move || async move { m1.render() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || async move {
-                if m2.is_ready() {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
-                }
-            }),
-        );
-    axum::serve(listener, app).await
+    let m = metrics.clone();
+    gantry_metrics::serve(listener, move || m.render(), move || metrics.is_ready()).await
 }

@@ -257,20 +257,11 @@ impl Server {
                 l.local_addr()
                     .map_err(|e| ServerError::Store(e.to_string()))?,
             );
-            let app = axum::Router::new()
-                .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-                .route("/readyz", axum::routing::get(|| async { "ready\n" }))
-                .route(
-                    "/metrics",
-                    axum::routing::get(
-                        |axum::extract::State(s): axum::extract::State<Server>| async move {
-                            s.render_metrics()
-                        },
-                    ),
-                )
-                .with_state(server.clone());
+            let s = server.clone();
             background.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, app).await {
+                // Ready as soon as this runs: `start` serves only after recovery.
+                if let Err(e) = gantry_metrics::serve(l, move || s.render_metrics(), || true).await
+                {
                     tracing::error!(error = %e, "metrics endpoint stopped");
                 }
             }));
