@@ -27,8 +27,8 @@ use crate::crd::{
 };
 use crate::error::KubeError;
 use crate::translate::{
-    bind_annotations, job_spec, node_of, pod_info, queue_specs, JobKey, JobTranslation, NodeView,
-    PodInfo, PodKey, PodState,
+    bind_annotations, created_ms, job_spec, node_of, pod_info, queue_specs, JobKey, JobTranslation,
+    NodeView, PodInfo, PodKey, PodState,
 };
 
 /// A pod to bind.
@@ -305,12 +305,7 @@ impl Mirror {
         if let Some(st) = &g.status {
             self.observed_group.insert(key.clone(), st.clone());
         }
-        let created = g
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_millisecond().max(0) as u64)
-            .unwrap_or(0);
+        let created = created_ms(&g.metadata);
         let changed = self.groups.get(&key).is_none_or(|(s, _)| s != &g.spec);
         self.groups.insert(key.clone(), (g.spec, created));
         if changed {

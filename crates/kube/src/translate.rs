@@ -276,6 +276,14 @@ fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// An object's creation time in ms since the epoch (0 when unset).
+pub fn created_ms(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_millisecond().max(0) as u64)
+        .unwrap_or(0)
+}
+
 /// Read a pod.
 ///
 /// # Errors
@@ -322,12 +330,7 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, String> {
     } else {
         PodState::Live
     };
-    let created_ms = pod
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0.as_millisecond().max(0) as u64)
-        .unwrap_or(0);
+    let created_ms = created_ms(&pod.metadata);
     Ok(PodInfo {
         queue: label(pod, QUEUE_LABEL).map(str::to_string),
         priority_class: label(pod, PRIORITY_CLASS_LABEL).map(str::to_string),

@@ -65,6 +65,16 @@ fn queues(api: &FakeApi, nominal: Option<f64>) {
     api.apply(GANTRY, "queues", queue("team-b", Some("research"), nominal));
 }
 
+/// A PodGroup `name` in namespace `ml` with `n` pods of `gpus` GPUs each; the pods' names.
+fn gang(api: &FakeApi, name: &str, n: u32, gpus: u32, queue: &str, class: &str) -> Vec<String> {
+    api.apply(GANTRY, "podgroups", pod_group("ml", name, n, queue, class));
+    let names: Vec<String> = (0..n).map(|i| format!("{name}-{i}")).collect();
+    for p in &names {
+        api.apply(CORE, "pods", pod("ml", p, gpus, Some(name), None));
+    }
+    names
+}
+
 fn bound(api: &FakeApi, ns: &str, names: &[String]) -> usize {
     names
         .iter()
@@ -78,15 +88,7 @@ async fn a_gang_of_4_is_bound_only_when_all_4_fit() {
     cluster(&api, &["n0", "n1"], &[]);
     queues(&api, None);
     let ctl = start(&api, config("a", false));
-    api.apply(
-        GANTRY,
-        "podgroups",
-        pod_group("ml", "llm", 4, "team-a", "training"),
-    );
-    let names: Vec<String> = (0..4).map(|i| format!("llm-{i}")).collect();
-    for n in &names {
-        api.apply(CORE, "pods", pod("ml", n, 8, Some("llm"), None));
-    }
+    let names = gang(&api, "llm", 4, 8, "team-a", "training");
     // Two 8-GPU nodes hold two of the four: nothing may be bound, and the group says why.
     let st = api
         .wait_for(20, "the group to be Unschedulable", |a| {
@@ -144,29 +146,13 @@ async fn preemption_evicts_a_whole_gang() {
     cluster(&api, &["n0", "n1"], &[]);
     queues(&api, None);
     let ctl = start(&api, config("a", false));
-    api.apply(
-        GANTRY,
-        "podgroups",
-        pod_group("ml", "sweep", 2, "team-a", "batch"),
-    );
-    let low: Vec<String> = (0..2).map(|i| format!("sweep-{i}")).collect();
-    for n in &low {
-        api.apply(CORE, "pods", pod("ml", n, 8, Some("sweep"), None));
-    }
+    let low = gang(&api, "sweep", 2, 8, "team-a", "batch");
     api.wait_for(20, "the batch gang bound", |a| {
         (bound(a, "ml", &low) == 2).then_some(())
     })
     .await;
     // A training gang of the same queue needs both nodes.
-    api.apply(
-        GANTRY,
-        "podgroups",
-        pod_group("ml", "train", 2, "team-a", "training"),
-    );
-    let high: Vec<String> = (0..2).map(|i| format!("train-{i}")).collect();
-    for n in &high {
-        api.apply(CORE, "pods", pod("ml", n, 8, Some("train"), None));
-    }
+    let high = gang(&api, "train", 2, 8, "team-a", "training");
     // Both batch pods are evicted (the fake deletes them), never just one of them.
     api.wait_for(20, "the batch gang evicted", |a| {
         low.iter()
@@ -246,18 +232,7 @@ async fn pending_reasons_are_written_to_the_pods_and_the_pod_group() {
     b["spec"]["quotas"]["h100-80gb"]["lendingLimit"] = json!(0);
     api.apply(GANTRY, "queues", b);
     let ctl = start(&api, config("a", false));
-    api.apply(
-        GANTRY,
-        "podgroups",
-        pod_group("ml", "big", 2, "team-a", "training"),
-    );
-    for i in 0..2 {
-        api.apply(
-            CORE,
-            "pods",
-            pod("ml", &format!("big-{i}"), 8, Some("big"), None),
-        );
-    }
+    gang(&api, "big", 2, 8, "team-a", "training");
     let status = api
         .wait_for(20, "the group Unschedulable", |a| {
             let g = a.get(GANTRY, "podgroups", "ml", "big")?;

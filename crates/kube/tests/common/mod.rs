@@ -160,6 +160,13 @@ fn send_to(w: &Watcher, kind: &Kind, ev: &Value) -> bool {
 }
 
 impl Store {
+    fn object(&self, kind: &Kind, ns: &str, name: &str) -> Option<Value> {
+        self.objects
+            .get(kind)
+            .and_then(|m| m.get(&(ns.to_string(), name.to_string())))
+            .cloned()
+    }
+
     fn emit(&mut self, kind: &Kind, ty: &str, obj: &Value) {
         let ev = json!({"type": ty, "object": obj});
         self.history.push((self.rv, kind.clone(), ev.clone()));
@@ -323,12 +330,7 @@ impl FakeApi {
                 if st.refuse_bind.contains(name) {
                     return status(500, "InternalError", "binding refused by the test");
                 }
-                let Some(mut pod) = st
-                    .objects
-                    .get(&p.kind)
-                    .and_then(|m| m.get(&(ns.clone(), name.clone())))
-                    .cloned()
-                else {
+                let Some(mut pod) = st.object(&p.kind, &ns, name) else {
                     return status(404, "NotFound", "no such pod");
                 };
                 if pod["spec"]["nodeName"].is_string() {
@@ -355,11 +357,7 @@ impl FakeApi {
                 None => status(404, "NotFound", "no such pod"),
             },
             (&Method::PUT, Some(name), _) => {
-                let current = st
-                    .objects
-                    .get(&p.kind)
-                    .and_then(|m| m.get(&(ns.clone(), name.clone())))
-                    .cloned();
+                let current = st.object(&p.kind, &ns, name);
                 let Some(current) = current else {
                     return status(404, "NotFound", "not found");
                 };
@@ -374,12 +372,7 @@ impl FakeApi {
                 respond(StatusCode::OK, &v)
             }
             (&Method::PATCH, Some(name), _) => {
-                let Some(mut obj) = st
-                    .objects
-                    .get(&p.kind)
-                    .and_then(|m| m.get(&(ns.clone(), name.clone())))
-                    .cloned()
-                else {
+                let Some(mut obj) = st.object(&p.kind, &ns, name) else {
                     return status(404, "NotFound", "not found");
                 };
                 merge(&mut obj, &body, ct.contains("strategic"));
