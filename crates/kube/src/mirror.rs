@@ -345,10 +345,10 @@ impl Mirror {
         match pod_info(pod) {
             Ok(info) => {
                 self.bad_pods.remove(&key);
-                if let (Some(a), Some(b)) = (self.in_flight.get(&key), &info.allocation) {
-                    if a == b && info.node.is_some() {
-                        self.in_flight.remove(&key);
-                    }
+                // Bound: the API's word replaces any assumption (ours confirmed, or another
+                // leader's bind seen after a lost lease).
+                if info.node.is_some() {
+                    self.in_flight.remove(&key);
                 }
                 let old = self.pods.get(&key);
                 if old == Some(&info) {
@@ -537,11 +537,10 @@ impl Mirror {
         let bound: BoundPods = live
             .iter()
             .map(|p| {
-                let a = self
-                    .in_flight
-                    .get(&p.key)
-                    .cloned()
-                    .or_else(|| p.node.as_ref().and(p.allocation.clone()));
+                let a = match &p.node {
+                    Some(_) => p.allocation.clone(),
+                    None => self.in_flight.get(&p.key).cloned(),
+                };
                 (p.key.clone(), a)
             })
             .collect();
@@ -1217,6 +1216,52 @@ mod tests {
             "{:?}",
             a.pod_conditions
         );
+    }
+
+    #[test]
+    fn a_bind_seen_in_the_api_replaces_what_this_replica_assumed() {
+        let mut m = mirror(&[("n0", 8)]);
+        m.upsert_pod(&pod(
+            "x",
+            2,
+            json!({"gantry.dev/queue": "q"}),
+            json!({}),
+            None,
+        ));
+        let planned: Vec<String> =
+            serde_json::from_str(&m.cycle(1_000).binds[0].annotations["gantry.dev/devices"])
+                .unwrap();
+        // Another replica (which held the lease meanwhile) bound x elsewhere on the node.
+        let theirs: Vec<String> = (0..8)
+            .map(|i| format!("GPU-n0-{i}"))
+            .filter(|d| !planned.contains(d))
+            .take(2)
+            .collect();
+        let alloc = json!({"group": 0, "index": 0, "node": "n0", "cpu_milli": 0, "memory_mib": 0,
+            "gpu": {"Whole": theirs}, "flavor": "h100-80gb", "amount": 2000});
+        m.upsert_pod(&pod(
+            "x",
+            2,
+            json!({"gantry.dev/queue": "q"}),
+            json!({"gantry.dev/allocation": alloc.to_string()}),
+            Some("n0"),
+        ));
+        assert_eq!(m.in_flight(), 0);
+        m.upsert_pod(&pod(
+            "y",
+            6,
+            json!({"gantry.dev/queue": "q"}),
+            json!({}),
+            None,
+        ));
+        let a = m.cycle(2_000);
+        let got: Vec<String> =
+            serde_json::from_str(&a.binds[0].annotations["gantry.dev/devices"]).unwrap();
+        assert!(
+            got.iter().all(|d| !theirs.contains(d)),
+            "{got:?} overlaps {theirs:?}"
+        );
+        assert_eq!(got.len(), 6);
     }
 
     #[test]
