@@ -31,8 +31,6 @@ pub const QUEUE_LABEL: &str = "gantry.dev/queue";
 pub const PRIORITY_CLASS_LABEL: &str = "gantry.dev/priority-class";
 /// Annotation with the device uuids the scheduler chose (read by the device plugin).
 pub const DEVICES_ANNOTATION: &str = "gantry.dev/devices";
-/// Annotation with the MIG slice the scheduler chose (`<profile>@<start>` on the parent uuid).
-pub const MIG_ANNOTATION: &str = "gantry.dev/mig-slice";
 
 /// Quota of one flavor.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
