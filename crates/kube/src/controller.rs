@@ -20,12 +20,13 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::apply::Applier;
+use crate::apply::{Applier, ApplyReport};
 use crate::crd::{NodeInventory, PodGroup, Queue};
 use crate::error::KubeError;
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
-use crate::mirror::Mirror;
+use crate::mirror::{Actions, Mirror};
+use crate::translate::{JobKey, PodKey};
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -239,6 +240,45 @@ fn apply_change(m: &mut Mirror, c: Change) {
     }
 }
 
+/// A gang whose placement was only partly bound (the API refused a member) is rolled back:
+/// the members bound in this batch are evicted, so no gang is left partly running.
+fn roll_back_partial_gangs(
+    mirror: &mut Mirror,
+    actions: &Actions,
+    report: &ApplyReport,
+) -> Actions {
+    let mut out = Actions::default();
+    let failed: BTreeSet<&JobKey> = report
+        .failed_binds
+        .iter()
+        .map(|(_, job, _)| job)
+        .filter(|j| matches!(j, JobKey::Group(..)))
+        .collect();
+    for job in failed {
+        let refused: BTreeSet<&PodKey> = report
+            .failed_binds
+            .iter()
+            .filter(|(_, j, _)| j == job)
+            .map(|(p, _, _)| p)
+            .collect();
+        let bound: Vec<PodKey> = actions
+            .binds
+            .iter()
+            .filter(|b| &b.job == job && !refused.contains(&b.pod))
+            .map(|b| b.pod.clone())
+            .collect();
+        let why = report
+            .failed_binds
+            .iter()
+            .find(|(_, j, _)| j == job)
+            .map(|(p, _, e)| format!("binding {p} failed: {e}"))
+            .unwrap_or_default();
+        out.evictions
+            .extend(mirror.roll_back_gang(job, &bound, &why));
+    }
+    out
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -361,6 +401,13 @@ pub async fn run(
                 let report = applier.apply(&actions).await;
                 for (pod, job, _) in &report.failed_binds {
                     mirror.bind_failed(pod, job);
+                }
+                let rollback = roll_back_partial_gangs(&mut mirror, &actions, &report);
+                if !rollback.evictions.is_empty() {
+                    let r = applier.apply(&rollback).await;
+                    for (pod, job, _) in &r.failed_evictions {
+                        mirror.evict_failed(pod, job);
+                    }
                 }
                 for (pod, job, _) in &report.failed_evictions {
                     mirror.evict_failed(pod, job);

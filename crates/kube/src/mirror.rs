@@ -405,6 +405,30 @@ impl Mirror {
         self.dirty.insert(job.clone());
     }
 
+    /// A gang member's bind was refused after other members of the same placement were bound:
+    /// those are evicted, so the gang is never left partly running; it is placed again whole.
+    /// Returns the evictions to apply.
+    pub fn roll_back_gang(
+        &mut self,
+        job: &JobKey,
+        bound: &[PodKey],
+        why: &str,
+    ) -> Vec<EvictAction> {
+        let mut out = Vec::new();
+        for pod in bound {
+            self.in_flight.remove(pod);
+            if self.evicting.insert(pod.clone()) {
+                out.push(EvictAction {
+                    pod: pod.clone(),
+                    job: job.clone(),
+                    reason: format!("gang rolled back: {why}"),
+                });
+            }
+        }
+        self.dirty.insert(job.clone());
+        out
+    }
+
     /// The API refused an eviction: the pod stays where it is, so count it again.
     pub fn evict_failed(&mut self, pod: &PodKey, job: &JobKey) {
         self.evicting.remove(pod);

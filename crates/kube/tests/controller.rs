@@ -339,3 +339,24 @@ async fn leader_election_hands_over() {
         .unwrap();
     assert!(l["spec"]["holderIdentity"].is_null(), "{l}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_bind_rolls_the_rest_of_the_gang_back() {
+    let api = FakeApi::default();
+    cluster(&api, &["n0", "n1"], &[]);
+    queues(&api, None);
+    api.refuse_bind("pair-1");
+    let ctl = start(&api, config("a", false));
+    let names = gang(&api, "pair", 2, 8, "team-a", "training");
+    // pair-0 is bound in the same batch as pair-1, whose binding the API refuses: pair-0 is then
+    // evicted, so the gang never runs half.
+    api.wait_for(20, "the bound member rolled back", |a| {
+        let evicted = a
+            .writes()
+            .contains(&"POST /api/v1/namespaces/ml/pods/pair-0/eviction".to_string());
+        (evicted && a.get(CORE, "pods", "ml", "pair-0").is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(bound(&api, "ml", &names), 0);
+    ctl.stop().await;
+}
