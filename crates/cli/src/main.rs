@@ -80,7 +80,9 @@ fn init_tracing(format: LogFormat, default: &str) {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Serve(_) | Command::Agent(_) => "info,h2=warn,hyper=warn,tower=warn",
+        Command::Serve(_) | Command::Agent(_) | Command::Kube(_) => {
+            "info,h2=warn,hyper=warn,tower=warn,kube=warn,rustls=warn"
+        }
         _ => "warn",
     };
     init_tracing(cli.log_format, default_filter);
