@@ -85,8 +85,10 @@ pub struct ApplyReport {
     pub evicted: usize,
     /// Evictions refused: (pod, job, error). A 404 counts as done (the pod is gone already).
     pub failed_evictions: Vec<(PodKey, JobKey, String)>,
-    /// Status and event writes that failed (logged; retried on the next change).
+    /// Status and event writes that failed (logged).
     pub failed_writes: usize,
+    /// The status writes among them, so the mirror writes them again next cycle.
+    pub failed_status: Vec<Regarding>,
 }
 
 /// Writes actions with one client.
@@ -96,6 +98,7 @@ pub struct Applier {
     recorder: Recorder,
     metrics: Metrics,
     concurrency: usize,
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -127,12 +130,27 @@ impl Applier {
             recorder,
             metrics,
             concurrency: burst.clamp(1, 64) as usize,
+            leader: None,
         }
+    }
+
+    /// Check `leader` before every bind and eviction (leader election on).
+    pub fn with_leader(mut self, leader: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.leader = Some(leader);
+        self
+    }
+
+    fn leading(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| *l.borrow())
     }
 
     /// One request per pod: the API server copies a Binding's annotations onto the pod as it
     /// sets `spec.nodeName`, so the device plugin never sees a bound pod without its devices.
     async fn bind(&self, b: &BindAction) -> Result<(), String> {
+        // A throttled batch can outlast the lease: every bind checks it still leads.
+        if !self.leading() {
+            return Err("this replica no longer holds the lease".into());
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &b.pod.ns);
         let binding = serde_json::json!({
             "apiVersion": "v1",
@@ -161,6 +179,9 @@ impl Applier {
     }
 
     async fn evict(&self, e: &EvictAction) -> Result<(), String> {
+        if !self.leading() {
+            return Err("this replica no longer holds the lease".into());
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &e.pod.ns);
         self.limiter.acquire().await;
         match api.evict(&e.pod.name, &EvictParams::default()).await {
@@ -286,6 +307,7 @@ impl Applier {
             {
                 if !is_not_found(&e) {
                     report.failed_writes += 1;
+                    report.failed_status.push(Regarding::Pod(pod.clone()));
                     tracing::warn!(%pod, error = %e, "cannot set PodScheduled");
                 }
             }
@@ -294,12 +316,16 @@ impl Applier {
             let api: Api<PodGroup> = Api::namespaced(self.client.clone(), ns);
             if !self.write_status(&api, name, status).await {
                 report.failed_writes += 1;
+                report
+                    .failed_status
+                    .push(Regarding::PodGroup(ns.clone(), name.clone()));
             }
         }
         for (name, status) in &actions.queue_statuses {
             let api: Api<Queue> = Api::all(self.client.clone());
             if !self.write_status(&api, name, status).await {
                 report.failed_writes += 1;
+                report.failed_status.push(Regarding::Queue(name.clone()));
             }
         }
         for ev in &actions.events {

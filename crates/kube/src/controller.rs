@@ -289,16 +289,22 @@ fn now_ms() -> u64 {
 /// Keep trying for the lease; publish whether this replica holds it. A holder that cannot
 /// renew within the lease duration steps down.
 async fn elect(mut lock: LeaseLock, cfg: ControllerConfig, tx: watch::Sender<bool>) {
-    let mut last_ok = tokio::time::Instant::now();
+    // client-go's renew deadline: stop leading well before a standby may take over (it waits a
+    // whole lease duration from the last renewal it saw, which is no earlier than `sent`).
+    let renew_deadline = cfg.lease_duration * 2 / 3;
+    let mut last_renewal_sent = tokio::time::Instant::now();
     loop {
+        let sent = tokio::time::Instant::now();
         let leader = match lock.try_acquire_or_renew().await {
             Ok(l) => {
-                last_ok = tokio::time::Instant::now();
+                if l {
+                    last_renewal_sent = sent;
+                }
                 l
             }
             Err(e) => {
                 tracing::warn!(error = %e, "lease call failed");
-                *tx.borrow() && last_ok.elapsed() < cfg.lease_duration
+                *tx.borrow() && last_renewal_sent.elapsed() < renew_deadline
             }
         };
         if tx.send_replace(leader) != leader && !leader {
@@ -344,13 +350,16 @@ pub async fn run(
         drop(lead_tx);
         None
     };
-    let applier = Arc::new(Applier::new(
-        client.clone(),
-        cfg.qps,
-        cfg.burst,
-        cfg.identity.clone(),
-        metrics.clone(),
-    ));
+    let applier = Arc::new(
+        Applier::new(
+            client.clone(),
+            cfg.qps,
+            cfg.burst,
+            cfg.identity.clone(),
+            metrics.clone(),
+        )
+        .with_leader(lead_rx.clone()),
+    );
     let mut synced: BTreeSet<&'static str> = BTreeSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut pending_change = true;
@@ -412,9 +421,11 @@ pub async fn run(
                 for (pod, job, _) in &report.failed_evictions {
                     mirror.evict_failed(pod, job);
                 }
+                mirror.status_writes_failed(&report.failed_status);
+                // Failures are retried on the next tick, not at once: a refusal (a
+                // PodDisruptionBudget, a lost lease) does not clear in milliseconds.
                 if !report.failed_binds.is_empty() || !report.failed_evictions.is_empty() {
                     pending_change = true;
-                    due = Some(tokio::time::Instant::now() + cfg.debounce);
                 }
                 metrics.preemptions.inc_by(
                     actions
@@ -441,6 +452,8 @@ pub async fn run(
     for w in watches {
         w.abort();
     }
+    // The elector releases the lease once no one listens to it any more.
+    drop(applier);
     drop(lead_rx);
     if let Some(e) = elector {
         let _ = tokio::time::timeout(Duration::from_secs(5), e).await;

@@ -130,6 +130,13 @@ pub struct Mirror {
     jobs: BTreeMap<JobKey, JobEntry>,
     in_flight: BTreeMap<PodKey, NamedAlloc>,
     evicting: BTreeSet<PodKey>,
+    /// Devices (whole uuids, `uuid@start` for MIG slices) that pods present in the API hold by
+    /// their recorded allocation, running or terminating. A bind never goes out for a device
+    /// another pod still claims: the API, not the snapshot, has the last word.
+    claims: HashMap<String, PodKey>,
+    /// Binds planned onto devices another pod still claims (a preempted pod in its grace
+    /// period, a pod being deleted), sent once the claim is gone.
+    held: BTreeMap<PodKey, BindAction>,
     snap: Snapshot,
     tree: QueueTree,
     tree_error: Option<String>,
@@ -170,6 +177,8 @@ impl Mirror {
             pods_of: BTreeMap::new(),
             jobs: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            claims: HashMap::new(),
+            held: BTreeMap::new(),
             evicting: BTreeSet::new(),
             snap,
             tree,
@@ -354,6 +363,15 @@ impl Mirror {
                 if old == Some(&info) {
                     return;
                 }
+                if old.is_some_and(|o| o.uid != info.uid) {
+                    // Deleted and re-created under the same name while the watch was away: what
+                    // was assumed about the old pod does not apply to the new one.
+                    self.in_flight.remove(&key);
+                    self.evicting.remove(&key);
+                    self.held.remove(&key);
+                }
+                self.set_claims(&key, Some(&info));
+                let old = self.pods.get(&key);
                 if let Some(o) = old {
                     if o.job != info.job {
                         self.unlink(&key);
@@ -368,6 +386,7 @@ impl Mirror {
             }
             Err(e) => {
                 self.unlink(&key);
+                self.set_claims(&key, None);
                 self.pods.remove(&key);
                 self.bad_pods.insert(key, e);
             }
@@ -381,11 +400,73 @@ impl Mirror {
             name: name.to_string(),
         };
         self.unlink(&key);
+        self.set_claims(&key, None);
         self.pods.remove(&key);
         self.bad_pods.remove(&key);
         self.in_flight.remove(&key);
+        self.held.remove(&key);
         self.evicting.remove(&key);
         self.observed_pod_reason.remove(&key);
+    }
+
+    /// Record the devices `info` holds by its allocation (none when it is gone or unbound).
+    fn set_claims(&mut self, key: &PodKey, info: Option<&PodInfo>) {
+        if let Some(old) = self.pods.get(key).and_then(|p| p.allocation.as_ref()) {
+            for k in claim_keys(old) {
+                if self.claims.get(&k) == Some(key) {
+                    self.claims.remove(&k);
+                }
+            }
+        }
+        if let Some(i) = info.filter(|i| i.node.is_some() && i.state.holds()) {
+            if let Some(a) = &i.allocation {
+                for k in claim_keys(a) {
+                    self.claims.insert(k, key.clone());
+                }
+            }
+        }
+    }
+
+    /// Whether a bind for `pod` would take a device another present pod still holds.
+    fn claimed_by_other(&self, pod: &PodKey, alloc: &NamedAlloc) -> bool {
+        claim_keys(alloc)
+            .iter()
+            .any(|k| self.claims.get(k).is_some_and(|holder| holder != pod))
+    }
+
+    /// Held binds whose devices are free now, for this cycle; held binds that no longer apply
+    /// (the pod is gone, bound, or its placement was dropped) are forgotten.
+    fn release_held(&mut self, actions: &mut Actions) {
+        let held = std::mem::take(&mut self.held);
+        let mut by_job: BTreeMap<JobKey, Vec<BindAction>> = BTreeMap::new();
+        for (pod, b) in held {
+            let still = self
+                .pods
+                .get(&pod)
+                .is_some_and(|p| p.node.is_none() && p.state == PodState::Live)
+                && self.in_flight.contains_key(&pod);
+            if still {
+                by_job.entry(b.job.clone()).or_default().push(b);
+            }
+        }
+        for (_, binds) in by_job {
+            let free = binds.iter().all(|b| {
+                self.in_flight
+                    .get(&b.pod)
+                    .is_some_and(|a| !self.claimed_by_other(&b.pod, a))
+            });
+            if free {
+                actions.binds.extend(binds);
+            } else {
+                self.held
+                    .extend(binds.into_iter().map(|b| (b.pod.clone(), b)));
+            }
+        }
+    }
+
+    /// Pods whose binds wait for devices that terminating pods still hold.
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     fn unlink(&mut self, key: &PodKey) {
@@ -427,6 +508,24 @@ impl Mirror {
         }
         self.dirty.insert(job.clone());
         out
+    }
+
+    /// Status writes the API refused: forget that they were written, so the next cycle sends
+    /// them again.
+    pub fn status_writes_failed(&mut self, failed: &[Regarding]) {
+        for r in failed {
+            match r {
+                Regarding::Pod(p) => {
+                    self.observed_pod_reason.remove(p);
+                }
+                Regarding::PodGroup(ns, name) => {
+                    self.observed_group.remove(&(ns.clone(), name.clone()));
+                }
+                Regarding::Queue(name) => {
+                    self.observed_queue.remove(name);
+                }
+            }
+        }
     }
 
     /// The API refused an eviction: the pod stays where it is, so count it again.
@@ -509,7 +608,10 @@ impl Mirror {
             .flatten()
             .filter(|k| !self.evicting.contains(*k))
             .filter_map(|k| self.pods.get(k))
-            .filter(|p| p.state == PodState::Live)
+            .filter(|p| p.state.holds())
+            // Bound without gantry's allocation (bound by hand): its devices are unknown, so it
+            // is left out of its job and never bound again.
+            .filter(|p| p.node.is_none() || p.allocation.is_some())
             .collect()
     }
 
@@ -537,8 +639,13 @@ impl Mirror {
             JobKey::Group(ns, name) => self.groups.get(&(ns.clone(), name.clone())).cloned(),
             JobKey::Pod(_) => None,
         };
+        let has_bound = live
+            .iter()
+            .any(|p| p.node.is_some() || self.in_flight.contains_key(&p.key));
         if let (JobKey::Group(..), Some((g, _))) = (key, &group) {
-            if (live.len() as u32) < g.min_member {
+            // A running gang that lost members keeps what it holds; only a gang with nothing
+            // bound waits for minMember.
+            if (live.len() as u32) < g.min_member && !has_bound {
                 let why = format!(
                     "{} of {} pods exist; waiting for minMember",
                     live.len(),
@@ -567,11 +674,6 @@ impl Mirror {
                 };
                 (p.key.clone(), a)
             })
-            .collect();
-        let unknown_bound: Vec<PodKey> = live
-            .iter()
-            .filter(|p| p.node.is_some() && p.allocation.is_none())
-            .map(|p| p.key.clone())
             .collect();
         let entry = self.jobs.entry(key.clone()).or_default();
         if let Some((cur_tr, cur_bound)) = &entry.current {
@@ -614,9 +716,6 @@ impl Mirror {
                 Some(t) => tasks.push(t),
                 None => lost.push(pod.clone()),
             }
-        }
-        for pod in unknown_bound {
-            tracing::warn!(%pod, "bound without a gantry allocation; its devices are unknown to gantry");
         }
         let restored = if tasks.is_empty() {
             Ok(())
@@ -676,6 +775,7 @@ impl Mirror {
                 self.sync_job(&key, now_ms, &mut actions);
             }
         }
+        self.release_held(&mut actions);
         let plan = schedule(&mut self.snap, &self.profile, now_ms);
         let names: HashMap<String, JobKey> = self
             .jobs
@@ -732,7 +832,8 @@ impl Mirror {
                 continue;
             };
             entry.reason = None;
-            let mut placed = 0;
+            let (mut placed, mut waiting) = (0usize, 0usize);
+            let mut batch = Vec::new();
             for t in &b.tasks {
                 let Some(pod) = tr
                     .tasks
@@ -759,19 +860,39 @@ impl Mirror {
                     slot.1 = Some(alloc.clone());
                 }
                 self.in_flight.insert(pod.clone(), alloc.clone());
-                actions.binds.push(BindAction {
-                    pod,
+                // Devices a preempted or deleted pod still holds (its grace period) are waited
+                // for: the bind goes out once that pod is gone.
+                let claimed = claim_keys(&alloc)
+                    .iter()
+                    .any(|k| self.claims.get(k).is_some_and(|h| h != &pod));
+                waiting += usize::from(claimed);
+                placed += 1;
+                batch.push(BindAction {
+                    pod: pod.clone(),
                     job: key.clone(),
                     node: alloc.node.clone(),
                     annotations,
                 });
-                placed += 1;
+            }
+            // A gang goes out whole: if one member waits, all of this placement waits.
+            if waiting > 0 {
+                for b in batch {
+                    self.held.insert(b.pod.clone(), b);
+                }
+            } else {
+                actions.binds.extend(batch);
             }
             actions.events.push(EventAction {
                 regarding: regarding_of(&key),
                 warning: false,
-                reason: "Scheduled".into(),
-                note: format!("{placed} pods placed by gantry"),
+                reason: if waiting > 0 { "Nominated" } else { "Scheduled" }.into(),
+                note: if waiting > 0 {
+                    format!(
+                        "{placed} pods placed by gantry; bound once preempted or deleted pods release {waiting} of their placements"
+                    )
+                } else {
+                    format!("{placed} pods placed by gantry")
+                },
             });
         }
         // Every waiting job's reason as the engine sees it now: the plan's reasons, and for a
@@ -834,7 +955,11 @@ impl Mirror {
                 .count() as u32
                 + pods
                     .iter()
-                    .filter(|p| p.node.is_none() && self.in_flight.contains_key(&p.key))
+                    .filter(|p| {
+                        p.node.is_none()
+                            && self.in_flight.contains_key(&p.key)
+                            && !self.held.contains_key(&p.key)
+                    })
                     .count() as u32;
             let live = pods.iter().filter(|p| p.state == PodState::Live).count();
             let entry = self.jobs.get(&jkey);
@@ -939,6 +1064,16 @@ impl Mirror {
                 actions.queue_statuses.push((name, want));
             }
         }
+    }
+}
+
+/// The exclusive units an allocation takes: whole devices, and MIG slices by parent and start.
+/// Shared fractions are left to the engine's accounting.
+fn claim_keys(a: &NamedAlloc) -> Vec<String> {
+    match &a.gpu {
+        gantry_engine::NamedGpu::Whole(us) => us.clone(),
+        gantry_engine::NamedGpu::Mig { uuid, start, .. } => vec![format!("{uuid}@{start}")],
+        gantry_engine::NamedGpu::Shared { .. } | gantry_engine::NamedGpu::None => Vec::new(),
     }
 }
 
@@ -1242,6 +1377,88 @@ mod tests {
         );
     }
 
+    fn bound_pod(name: &str, gpus: u32, labels: serde_json::Value, terminating: bool) -> Pod {
+        let uuids: Vec<String> = (0..gpus).map(|i| format!("GPU-n0-{i}")).collect();
+        let alloc = json!({"group": 0, "index": 0, "node": "n0", "cpu_milli": 0, "memory_mib": 0,
+            "gpu": {"Whole": uuids}, "flavor": "h100-80gb", "amount": gpus * 1000});
+        let mut p = pod(
+            name,
+            gpus,
+            labels,
+            json!({"gantry.dev/allocation": alloc.to_string()}),
+            Some("n0"),
+        );
+        if terminating {
+            p.metadata.deletion_timestamp =
+                Some(serde_json::from_value(json!("2026-11-21T10:00:00Z")).unwrap());
+        }
+        p
+    }
+
+    #[test]
+    fn a_terminating_pod_holds_its_devices_until_it_is_deleted() {
+        let mut m = mirror(&[("n0", 8)]);
+        m.upsert_pod(&bound_pod("old", 8, json!({"gantry.dev/queue": "q"}), true));
+        m.upsert_pod(&pod(
+            "new",
+            8,
+            json!({"gantry.dev/queue": "q"}),
+            json!({}),
+            None,
+        ));
+        assert!(
+            m.cycle(1_000).binds.is_empty(),
+            "bound onto a terminating pod's GPUs"
+        );
+        m.delete_pod("ml", "old");
+        let a = m.cycle(2_000);
+        assert_eq!(a.binds.len(), 1, "{a:#?}");
+    }
+
+    #[test]
+    fn a_preemptor_is_bound_only_once_its_victims_are_gone() {
+        let mut m = mirror(&[("n0", 8)]);
+        m.upsert_pod(&bound_pod(
+            "low",
+            8,
+            json!({"gantry.dev/queue": "q", "gantry.dev/priority-class": "batch"}),
+            false,
+        ));
+        m.upsert_pod(&pod(
+            "high",
+            8,
+            json!({"gantry.dev/queue": "q", "gantry.dev/priority-class": "training"}),
+            json!({}),
+            None,
+        ));
+        let a = m.cycle(1_000);
+        assert_eq!(a.evictions.len(), 1, "{a:#?}");
+        assert!(
+            a.binds.is_empty(),
+            "bound while the victim still runs: {a:#?}"
+        );
+        assert_eq!(m.held(), 1);
+        assert!(
+            a.events.iter().any(|e| e.reason == "Nominated"),
+            "{:?}",
+            a.events
+        );
+        // The eviction starts the victim's grace period: still nothing is bound.
+        m.upsert_pod(&bound_pod(
+            "low",
+            8,
+            json!({"gantry.dev/queue": "q", "gantry.dev/priority-class": "batch"}),
+            true,
+        ));
+        assert!(m.cycle(2_000).binds.is_empty());
+        // The victim is deleted: the preemptor goes out, on the devices it was given.
+        m.delete_pod("ml", "low");
+        let a = m.cycle(3_000);
+        assert_eq!(a.binds.len(), 1, "{a:#?}");
+        assert_eq!(a.binds[0].pod.name, "high");
+        assert_eq!(m.held(), 0);
+    }
+
     #[test]
     fn a_bind_seen_in_the_api_replaces_what_this_replica_assumed() {
         let mut m = mirror(&[("n0", 8)]);
@@ -1323,6 +1540,9 @@ mod tests {
             json!({}),
             None,
         ));
+        // A node joins, so the snapshot is rebuilt from scratch: "new" must come back from the
+        // in-flight assumption, not from the old snapshot.
+        m.upsert_node(node("n1"));
         let a = m.cycle(2_000);
         assert!(a.binds.is_empty(), "{a:#?}");
         assert_eq!(m.in_flight(), 1);

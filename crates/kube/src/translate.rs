@@ -87,10 +87,20 @@ impl std::fmt::Display for JobKey {
 pub enum PodState {
     /// Not bound, or bound and not finished.
     Live,
+    /// Bound and being deleted: its containers may still run, so it holds its devices until the
+    /// delete event arrives.
+    Terminating,
     /// Exited 0 (phase Succeeded).
     Succeeded,
-    /// Failed, or being deleted.
+    /// Failed (its containers are stopped), or deleted before it was bound.
     Gone,
+}
+
+impl PodState {
+    /// Holds (or will hold) devices: live, or bound and still terminating.
+    pub fn holds(self) -> bool {
+        matches!(self, PodState::Live | PodState::Terminating)
+    }
 }
 
 /// What one pod asks for.
@@ -111,6 +121,8 @@ pub struct PodDemand {
 pub struct PodInfo {
     /// Namespace and name.
     pub key: PodKey,
+    /// `metadata.uid`: a pod re-created under the same name is another pod.
+    pub uid: String,
     /// The job it belongs to.
     pub job: JobKey,
     /// Queue of a lone pod (`gantry.dev/queue`); groups take theirs from the PodGroup.
@@ -323,15 +335,20 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, String> {
         })
         .transpose()?;
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    let state = if pod.metadata.deletion_timestamp.is_some() || phase == Some("Failed") {
-        PodState::Gone
-    } else if phase == Some("Succeeded") {
-        PodState::Succeeded
-    } else {
-        PodState::Live
+    let state = match (
+        phase,
+        pod.metadata.deletion_timestamp.is_some(),
+        node.is_some(),
+    ) {
+        (Some("Failed"), _, _) => PodState::Gone,
+        (Some("Succeeded"), _, _) => PodState::Succeeded,
+        (_, true, true) => PodState::Terminating,
+        (_, true, false) => PodState::Gone,
+        _ => PodState::Live,
     };
     let created_ms = created_ms(&pod.metadata);
     Ok(PodInfo {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
         queue: label(pod, QUEUE_LABEL).map(str::to_string),
         priority_class: label(pod, PRIORITY_CLASS_LABEL).map(str::to_string),
         key,
@@ -698,7 +715,14 @@ mod tests {
         }));
         let info = pod_info(&p).unwrap();
         assert_eq!(info.demand.cpu_milli, 3000);
-        assert_eq!(info.state, PodState::Gone);
+        assert_eq!(info.state, PodState::Gone, "deleted before it was bound");
+        let mut bound = p.clone();
+        bound.spec.as_mut().unwrap().node_name = Some("n0".into());
+        assert_eq!(
+            pod_info(&bound).unwrap().state,
+            PodState::Terminating,
+            "bound and deleted: still holds its devices"
+        );
         let mut done = p.clone();
         done.metadata.deletion_timestamp = None;
         done.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());

@@ -37,7 +37,10 @@ fn config(identity: &str, leader_elect: bool) -> ControllerConfig {
 }
 
 fn start(api: &FakeApi, cfg: ControllerConfig) -> Running {
-    let client = api.client();
+    start_with(api.client(), cfg)
+}
+
+fn start_with(client: kube::Client, cfg: ControllerConfig) -> Running {
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         gantry_kube::run(client, cfg, Metrics::new(), async {
@@ -141,8 +144,9 @@ async fn a_gang_of_4_is_bound_only_when_all_4_fit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn preemption_evicts_a_whole_gang() {
+async fn preemption_evicts_a_whole_gang_and_binds_only_once_it_is_gone() {
     let api = FakeApi::default();
+    api.graceful_evictions();
     cluster(&api, &["n0", "n1"], &[]);
     queues(&api, None);
     let ctl = start(&api, config("a", false));
@@ -151,25 +155,49 @@ async fn preemption_evicts_a_whole_gang() {
         (bound(a, "ml", &low) == 2).then_some(())
     })
     .await;
-    // A training gang of the same queue needs both nodes.
+    // A PodDisruptionBudget refuses one victim's eviction at first.
+    api.refuse_evict("sweep-1", true);
     let high = gang(&api, "train", 2, 8, "team-a", "training");
-    // Both batch pods are evicted (the fake deletes them), never just one of them.
-    api.wait_for(20, "the batch gang evicted", |a| {
-        low.iter()
-            .all(|n| a.get(CORE, "pods", "ml", n).is_none())
+    api.wait_for(20, "an eviction refused", |a| {
+        a.writes()
+            .contains(&"POST /api/v1/namespaces/ml/pods/sweep-1/eviction".to_string())
             .then_some(())
     })
     .await;
-    let evictions: Vec<_> = api
-        .writes()
-        .into_iter()
-        .filter(|w| w.ends_with("/eviction"))
-        .collect();
-    assert_eq!(evictions.len(), 2, "{evictions:?}");
+    // While a victim runs (refused) or terminates, the training gang must wait.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        bound(&api, "ml", &high),
+        0,
+        "bound onto GPUs a victim still holds"
+    );
+    assert!(api.devices_held_twice().is_empty());
+    // The budget allows it now; both victims terminate (grace period): still nothing bound.
+    api.refuse_evict("sweep-1", false);
+    api.wait_for(20, "both victims terminating", |a| {
+        low.iter()
+            .all(|n| {
+                a.get(CORE, "pods", "ml", n)
+                    .is_some_and(|p| p["metadata"]["deletionTimestamp"].is_string())
+            })
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        bound(&api, "ml", &high),
+        0,
+        "bound during the victims' grace period"
+    );
+    // The kubelet finishes them: the training gang is bound, whole, on their GPUs.
+    for n in &low {
+        api.delete(CORE, "pods", "ml", n);
+    }
     api.wait_for(20, "the training gang bound", |a| {
         (bound(a, "ml", &high) == 2).then_some(())
     })
     .await;
+    assert!(api.devices_held_twice().is_empty());
     let events = api.list("apis/events.k8s.io/v1", "events");
     assert!(
         events.iter().any(|e| e["reason"] == "Preempted"),
@@ -297,7 +325,8 @@ async fn leader_election_hands_over() {
     let api = FakeApi::default();
     cluster(&api, &["n0"], &[]);
     queues(&api, None);
-    let a = start(&api, config("replica-a", true));
+    let (client_a, cable_a) = api.client_with_switch();
+    let a = start_with(client_a, config("replica-a", true));
     api.wait_for(20, "replica-a to hold the lease", |f| {
         let l = f.get(LEASES, "leases", "gantry-system", "gantry-scheduler")?;
         (l["spec"]["holderIdentity"] == "replica-a").then_some(())
@@ -313,14 +342,25 @@ async fn leader_election_hands_over() {
         .get(LEASES, "leases", "gantry-system", "gantry-scheduler")
         .unwrap();
     assert_eq!(l["spec"]["holderIdentity"], "replica-a");
-    // Replica a crashes without releasing: b takes over once the lease expires on its clock.
+    // Replica a dies without a word: its connection goes first, so it cannot release the lease.
+    cable_a.store(true, std::sync::atomic::Ordering::SeqCst);
+    let crashed = tokio::time::Instant::now();
     a.task.abort();
-    api.wait_for(20, "replica-b to take the lease", |f| {
-        let l = f.get(LEASES, "leases", "gantry-system", "gantry-scheduler")?;
-        (l["spec"]["holderIdentity"] == "replica-b")
-            .then_some(l["spec"]["leaseTransitions"].clone())
-    })
-    .await;
+    let transitions = api
+        .wait_for(20, "replica-b to take the lease", |f| {
+            let l = f.get(LEASES, "leases", "gantry-system", "gantry-scheduler")?;
+            (l["spec"]["holderIdentity"] == "replica-b")
+                .then_some(l["spec"]["leaseTransitions"].clone())
+        })
+        .await;
+    // b took over on its own clock: only after the record stood still for a lease duration
+    // (1.5 s; a renewed at most one renew period, 0.2 s, before it died).
+    let waited = crashed.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1_250),
+        "took over after {waited:?}, before the lease expired"
+    );
+    assert_eq!(transitions, 1);
     api.apply(CORE, "pods", pod("ml", "two", 1, None, Some("team-a")));
     api.wait_for(20, "two bound by the new leader", |f| {
         node_of(f, "ml", "two")

@@ -39,6 +39,10 @@ struct Store {
     writes: Vec<String>,
     /// Pods whose binding is refused (to test failed binds).
     refuse_bind: Vec<String>,
+    /// Pods whose eviction is refused with 429, as a PodDisruptionBudget does.
+    refuse_evict: Vec<String>,
+    /// Evictions start a grace period (deletionTimestamp set) instead of deleting at once.
+    graceful: bool,
     /// Every watch event with its resourceVersion, replayed to watches that start behind.
     history: Vec<(u64, Kind, Value)>,
 }
@@ -213,16 +217,28 @@ impl Store {
 impl FakeApi {
     /// A kube client talking to this fake through a `tower-test` mock service.
     pub fn client(&self) -> kube::Client {
+        self.client_with_switch().0
+    }
+
+    /// A client and its network cable: once the flag is set, every request from this client
+    /// fails as if the process had died mid-call (nothing reaches the fake any more).
+    pub fn client_with_switch(&self) -> (kube::Client, Arc<std::sync::atomic::AtomicBool>) {
         let (mock, mut handle) =
             tower_test::mock::pair::<Request<kube::client::Body>, Response<RespBody>>();
         let me = self.clone();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut2 = cut.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
+                if cut2.load(std::sync::atomic::Ordering::SeqCst) {
+                    send.send_error("connection lost");
+                    continue;
+                }
                 let resp = me.handle(req).await;
                 send.send_response(resp);
             }
         });
-        kube::Client::new(mock, "default")
+        (kube::Client::new(mock, "default"), cut)
     }
 
     async fn handle(&self, req: Request<kube::client::Body>) -> Response<RespBody> {
@@ -349,13 +365,33 @@ impl FakeApi {
                     &json!({"kind": "Status", "status": "Success"}),
                 )
             }
-            (&Method::POST, Some(name), Some("eviction")) => match st.remove(&p.kind, &ns, name) {
-                Some(_) => respond(
-                    StatusCode::CREATED,
-                    &json!({"kind": "Status", "status": "Success"}),
-                ),
-                None => status(404, "NotFound", "no such pod"),
-            },
+            (&Method::POST, Some(name), Some("eviction")) => {
+                if st.refuse_evict.contains(name) {
+                    return status(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                    );
+                }
+                if st.graceful {
+                    let Some(mut pod) = st.object(&p.kind, &ns, name) else {
+                        return status(404, "NotFound", "no such pod");
+                    };
+                    pod["metadata"]["deletionTimestamp"] = json!("2026-11-21T10:00:30Z");
+                    st.put(&p.kind, pod, "MODIFIED");
+                    return respond(
+                        StatusCode::CREATED,
+                        &json!({"kind": "Status", "status": "Success"}),
+                    );
+                }
+                match st.remove(&p.kind, &ns, name) {
+                    Some(_) => respond(
+                        StatusCode::CREATED,
+                        &json!({"kind": "Status", "status": "Success"}),
+                    ),
+                    None => status(404, "NotFound", "no such pod"),
+                }
+            }
             (&Method::PUT, Some(name), _) => {
                 let current = st.object(&p.kind, &ns, name);
                 let Some(current) = current else {
@@ -458,6 +494,41 @@ impl FakeApi {
     /// Every write so far (`POST /api/v1/namespaces/ml/pods/w-0/binding`, …).
     pub fn writes(&self) -> Vec<String> {
         self.store.lock().unwrap().writes.clone()
+    }
+
+    /// Refuse (true) or allow again (false) the eviction of this pod name.
+    pub fn refuse_evict(&self, pod: &str, refuse: bool) {
+        let mut st = self.store.lock().unwrap();
+        st.refuse_evict.retain(|p| p != pod);
+        if refuse {
+            st.refuse_evict.push(pod.to_string());
+        }
+    }
+
+    /// Evictions leave the pod terminating (deletionTimestamp set) until the test deletes it.
+    pub fn graceful_evictions(&self) {
+        self.store.lock().unwrap().graceful = true;
+    }
+
+    /// Every device uuid held by two pods present in the store (bound or terminating).
+    pub fn devices_held_twice(&self) -> Vec<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut twice = Vec::new();
+        for p in self.list(CORE, "pods") {
+            if !p["spec"]["nodeName"].is_string() {
+                continue;
+            }
+            let devs: Vec<String> = p["metadata"]["annotations"]["gantry.dev/devices"]
+                .as_str()
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or_default();
+            for d in devs {
+                if !seen.insert(d.clone()) {
+                    twice.push(d);
+                }
+            }
+        }
+        twice
     }
 
     /// Refuse the binding of this pod name from now on.
