@@ -94,7 +94,8 @@ impl LeaseLock {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
-            lease_duration_seconds: Some(self.duration.as_secs().max(1) as i32),
+            // Rounded up: a standby must never wait less than the holder assumes.
+            lease_duration_seconds: Some(self.duration.as_secs_f64().ceil().max(1.0) as i32),
             acquire_time: Some(acquired.unwrap_or_else(|| now.clone())),
             renew_time: Some(now),
             lease_transitions: Some(transitions),
@@ -122,12 +123,19 @@ impl LeaseLock {
                 now
             }
         };
+        // The holder's own lease duration, as it wrote it, decides when it has expired.
+        let duration = current
+            .as_ref()
+            .and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.lease_duration_seconds)
+            .filter(|s| *s > 0)
+            .map_or(self.duration, |s| Duration::from_secs(s as u64));
         let decision = decide(
             current.as_ref().and_then(|l| l.spec.as_ref()),
             &self.identity,
             observed_at,
             now,
-            self.duration,
+            duration,
         );
         let result = match (decision, current) {
             (Decision::Follow, _) => return Ok(false),
