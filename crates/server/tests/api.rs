@@ -2,6 +2,9 @@
 //! nodes, bad input is refused with the field named and nothing stored, explain and watch
 //! work, and a restarted server gives running jobs the same devices back.
 
+mod common;
+
+use common::*;
 use std::time::Duration;
 
 use gantry_api::gantry::v1 as pb;
@@ -9,19 +12,6 @@ use gantry_server::{Config, Server};
 use pb::jobs_client::JobsClient;
 use pb::nodes_client::NodesClient;
 use pb::queues_client::QueuesClient;
-use tonic::transport::Channel;
-
-fn node_json(name: &str, gpus: u32) -> String {
-    let devices: Vec<String> = (0..gpus)
-        .map(|i| {
-            format!(r#"{{"uuid": "GPU-{name}-{i}", "model": "h100-80gb", "memory_mib": 81559}}"#)
-        })
-        .collect();
-    format!(
-        r#"{{"name": "{name}", "cpu": 64, "memory": "512Gi", "devices": [{}]}}"#,
-        devices.join(",")
-    )
-}
 
 fn job(name: &str, count: u32, gpus: u32) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
@@ -31,29 +21,6 @@ fn job(name: &str, count: u32, gpus: u32) -> pb::SubmitJobRequest {
         command: vec!["sleep".into(), "1000".into()],
         env: Default::default(),
     }
-}
-
-async fn channel(addr: std::net::SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect")
-}
-
-async fn wait_state(jobs: &mut JobsClient<Channel>, name: &str, state: pb::JobState) -> pb::Job {
-    for _ in 0..200 {
-        let j = jobs
-            .get_job(pb::GetJobRequest { name: name.into() })
-            .await
-            .expect("get")
-            .into_inner();
-        if j.state == state as i32 {
-            return j;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("job {name} never reached {state:?}");
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {

@@ -2,23 +2,14 @@
 //! stored and recovered on restart, and used by the engine (a job of a higher custom class
 //! preempts one of a lower class).
 
+mod common;
+
+use common::*;
 use gantry_api::gantry::v1 as pb;
 use gantry_server::{Config, Server};
 use pb::jobs_client::JobsClient;
 use pb::queues_client::QueuesClient;
 use tonic::transport::Channel;
-
-fn node_json(name: &str, gpus: u32) -> String {
-    let devices: Vec<String> = (0..gpus)
-        .map(|i| {
-            format!(r#"{{"uuid": "GPU-{name}-{i}", "model": "h100-80gb", "memory_mib": 81559}}"#)
-        })
-        .collect();
-    format!(
-        r#"{{"name": "{name}", "cpu": 64, "memory": "512Gi", "devices": [{}]}}"#,
-        devices.join(",")
-    )
-}
 
 fn job(name: &str, class: &str) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {
@@ -40,22 +31,6 @@ async fn start(dir: &std::path::Path) -> (gantry_server::Running, Channel) {
         .await
         .expect("connect");
     (running, ch)
-}
-
-async fn state_of(jobs: &mut JobsClient<Channel>, name: &str, want: pb::JobState) -> pb::Job {
-    // Bounded by the number of cycles, not by time: each poll waits for a cycle (≥ 5 ms).
-    for _ in 0..2000 {
-        let j = jobs
-            .get_job(pb::GetJobRequest { name: name.into() })
-            .await
-            .expect("get")
-            .into_inner();
-        if j.state == want as i32 {
-            return j;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("job {name} never reached {want:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,12 +97,12 @@ async fn custom_priority_classes_are_validated_stored_recovered_and_used() {
         .expect_err("batch is gone");
     assert!(e.message().contains("priority_class"), "{}", e.message());
     jobs.submit_job(job("low", "scavenger")).await.expect("low");
-    let low = state_of(&mut jobs, "low", pb::JobState::Running).await;
+    let low = wait_state(&mut jobs, "low", pb::JobState::Running).await;
     assert_eq!(low.priority, 1);
     jobs.submit_job(job("high", "urgent")).await.expect("high");
-    let high = state_of(&mut jobs, "high", pb::JobState::Running).await;
+    let high = wait_state(&mut jobs, "high", pb::JobState::Running).await;
     assert_eq!(high.priority, 900);
-    let low = state_of(&mut jobs, "low", pb::JobState::Pending).await;
+    let low = wait_state(&mut jobs, "low", pb::JobState::Pending).await;
     assert_eq!(low.requeues, 1, "preempted by the urgent job");
 
     // A class in use cannot go away.
