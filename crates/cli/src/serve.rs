@@ -51,7 +51,9 @@ pub struct ServeArgs {
     tls_key: Option<PathBuf>,
     /// CA certificate (PEM) the local agent checks the server's certificate against (default:
     /// --tls-cert itself, right for a self-signed certificate).
-    #[arg(long, env = "GANTRY_TLS_CA", requires = "tls_cert")]
+    // No `GANTRY_TLS_CA` here: that variable is for clients, and a shell that exports it must
+    // still be able to start a plain-text server.
+    #[arg(long, requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
     /// Submit a few built-in example jobs (short sleeps: a single task, a gang, and a job that
     /// waits on its queue's quota) so something is scheduled with no other setup.
@@ -161,6 +163,13 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
         .and_then(|a| a.admin_token().map(str::to_string));
     let demo_token = local_token.clone();
     let tls_on = config.tls.is_some();
+    if config.auth.is_some() && !tls_on && !config.listen.ip().is_loopback() {
+        say!(
+            json_logs,
+            "gantry serve: warning: --tokens without TLS on {}: bearer tokens cross the network in clear text; add --tls-cert/--tls-key",
+            config.listen
+        );
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let running = Server::start(config).await?;

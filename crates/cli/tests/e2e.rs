@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::{alive, client_json, gantry, job, poll, serve, Proc};
+use common::{alive, client_json, client_text, gantry, job, poll, serve, Proc};
 
 fn agent(addr: &str, node: &str) -> Proc {
     let mut cmd = gantry();
@@ -346,4 +346,51 @@ fn serve_demo_schedules_its_jobs_and_one_waits_on_quota() {
         }
     });
     assert_eq!(x["position"], 1, "{x}");
+}
+
+#[test]
+fn cancel_stops_a_task_s_whole_process_tree() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let (_server, addr) = serve(
+        data.path(),
+        &[
+            "--fake-gpus",
+            "2xH100-80GB",
+            "--grace-ms",
+            "300",
+            "--debounce-ms",
+            "5",
+        ],
+    );
+    // The shell forks a child and waits for it, as `sh -c '…; python train.py'` does: the
+    // child's pid is what must die, not only the shell's.
+    let script = format!(
+        "sleep 600 & echo $! > {dir}/child.tmp && mv {dir}/child.tmp {dir}/child; wait",
+        dir = out.path().display()
+    );
+    let spec = serde_json::json!({
+        "name": "tree",
+        "queue": "default",
+        "tasks": [{"count": 1, "gpus": 1}],
+        "command": ["sh", "-c", script],
+    });
+    let file = out.path().join("tree.yaml");
+    std::fs::write(&file, serde_json::to_string(&spec).expect("json")).expect("write");
+    client_json(&addr, &["submit", file.to_str().expect("utf-8 path")]);
+    let child: u32 = poll("the task's child started", || {
+        std::fs::read_to_string(out.path().join("child"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or(())
+    });
+    assert!(alive(child));
+    client_text(&addr, &["cancel", "tree"]);
+    poll("the task's child stopped with it", || {
+        if alive(child) {
+            Err(child)
+        } else {
+            Ok(())
+        }
+    });
 }

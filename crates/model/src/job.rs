@@ -16,6 +16,10 @@ use crate::quantity::Quantity;
 use crate::queue::{check_name, PriorityClass, QueueTree};
 use crate::ModelError;
 
+/// Most tasks one job may have (over all its groups): larger requests are refused with the
+/// field named, so no sum of counts can overflow and no one job can take the scheduler over.
+pub const MAX_TASKS: u32 = 100_000;
+
 /// What kind of work a job is; it picks the default priority class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -330,7 +334,14 @@ impl JobSpec {
             }
             groups.push(g);
         }
-        let total: u32 = groups.iter().map(|g| g.count).sum();
+        let total64: u64 = groups.iter().map(|g| u64::from(g.count)).sum();
+        if total64 > u64::from(MAX_TASKS) {
+            return Err(ModelError::invalid(
+                "tasks",
+                format!("{total64} tasks in all is more than the limit of {MAX_TASKS} per job"),
+            ));
+        }
+        let total = total64 as u32;
         if self.replicas.is_some() && self.kind != JobKind::Inference {
             return Err(ModelError::invalid(
                 "replicas",
@@ -460,6 +471,15 @@ fn validate_group(
     };
     if t.count == 0 {
         return Err(ModelError::invalid("count", "must be at least 1"));
+    }
+    if t.count > MAX_TASKS {
+        return Err(ModelError::invalid(
+            "count",
+            format!(
+                "{} is more than the limit of {MAX_TASKS} tasks per job",
+                t.count
+            ),
+        ));
     }
     let cpu_milli = t
         .cpu
@@ -745,6 +765,12 @@ jobs:
                 "team-a",
                 "jobs[0].tasks[0].count",
                 "at least 1",
+            ),
+            (
+                "{count: 4000000000}",
+                "team-a",
+                "jobs[0].tasks[0].count",
+                "limit of 100000 tasks per job",
             ),
             (
                 "{cpu: 500}",

@@ -5,6 +5,13 @@
 //!
 //! The inventory comes in as a [`gantry_model::Node`]; `gantry agent` gets it from the device
 //! plugin's `Inventory` (NVML, or a fake one).
+//!
+//! - Each task runs in its own process group, and stops and kills go to the whole group, so a
+//!   `sh -c '…; python train.py'` takes its children down with it.
+//! - A task is not started on a device a stopping task still holds (its grace period): the
+//!   server offers it again on the next heartbeat, and it starts once the device is free.
+//! - An exit report that does not reach the server is kept and sent again each heartbeat; until
+//!   it is, the task still counts as running here, so the server never hands it out again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -56,6 +63,14 @@ fn transport(e: impl std::fmt::Display) -> ServerError {
 #[derive(Debug)]
 struct Task {
     stop: Option<oneshot::Sender<Duration>>,
+    /// Process group (the task's pid), for the kill at shutdown.
+    pgid: Option<i32>,
+    /// The uuids it was given.
+    devices: Vec<String>,
+}
+
+fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig);
 }
 
 /// Start one task's process and watch it; its exit status goes to `exits`.
@@ -85,32 +100,38 @@ fn start(a: &pb::TaskAssignment, exits: mpsc::UnboundedSender<(TaskKey, i32, boo
         .env("GANTRY_TASK_INDEX", a.index.to_string())
         .env("GANTRY_ATTEMPT", a.attempt.to_string())
         .stdin(std::process::Stdio::null())
+        .process_group(0)
         .kill_on_drop(true);
+    let mut pgid = None;
     match cmd.spawn() {
         Err(e) => {
             tracing::warn!(job = %a.job, error = %e, "task failed to start");
             let _ = exits.send((key, 127, false));
         }
         Ok(mut child) => {
+            pgid = child.id().map(|p| p as i32);
             tracing::info!(job = %a.job, index = a.index, devices = %visible, "task started");
             tokio::spawn(async move {
                 let status = tokio::select! {
                     s = child.wait() => s,
                     grace = stop_rx => {
                         let grace = grace.unwrap_or(Duration::ZERO);
-                        if let Some(pid) = child.id() {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid as i32),
-                                nix::sys::signal::Signal::SIGTERM,
-                            );
+                        let group = child.id().map(|p| p as i32);
+                        if let Some(g) = group {
+                            signal_group(g, nix::sys::signal::Signal::SIGTERM);
                         }
-                        match tokio::time::timeout(grace, child.wait()).await {
+                        let s = match tokio::time::timeout(grace, child.wait()).await {
                             Ok(s) => s,
                             Err(_) => {
                                 let _ = child.start_kill();
                                 child.wait().await
                             }
+                        };
+                        // Whatever the leader left behind in its group goes too.
+                        if let Some(g) = group {
+                            signal_group(g, nix::sys::signal::Signal::SIGKILL);
                         }
+                        s
                     }
                 };
                 let code = match status {
@@ -126,6 +147,8 @@ fn start(a: &pb::TaskAssignment, exits: mpsc::UnboundedSender<(TaskKey, i32, boo
     }
     Task {
         stop: Some(stop_tx),
+        pgid,
+        devices: a.devices.clone(),
     }
 }
 
@@ -156,6 +179,8 @@ pub async fn run_agent(
     let mut lease = Duration::from_millis(reg.lease_ms.max(30));
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let mut tasks: HashMap<TaskKey, Task> = HashMap::new();
+    // Exits the server has not acknowledged yet: (phase, code), sent again every heartbeat.
+    let mut unreported: HashMap<TaskKey, (pb::TaskPhase, i32)> = HashMap::new();
     for a in &reg.start {
         tasks.insert(key_of_assignment(a), start(a, exits_tx.clone()));
     }
@@ -167,19 +192,13 @@ pub async fn run_agent(
             Some((key, code, started)) = exits.recv() => {
                 tasks.remove(&key);
                 let phase = if started { pb::TaskPhase::Exited } else { pb::TaskPhase::FailedToStart };
-                let r = nodes.report_task(pb::ReportTaskRequest {
-                    node: name.clone(),
-                    task: Some(pb_ref(&key)),
-                    phase: phase as i32,
-                    exit_code: code,
-                    message: String::new(),
-                }).await;
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, job = %key.job, "report failed");
-                }
+                unreported.insert(key, (phase, code));
+                flush_reports(&mut nodes, &name, &mut unreported).await;
             }
             _ = tick.tick() => {
-                let running: BTreeSet<TaskKey> = tasks.keys().cloned().collect();
+                flush_reports(&mut nodes, &name, &mut unreported).await;
+                let running: BTreeSet<TaskKey> =
+                    tasks.keys().chain(unreported.keys()).cloned().collect();
                 let hb = nodes.heartbeat(pb::HeartbeatRequest {
                     node: name.clone(),
                     running: running.iter().map(pb_ref).collect(),
@@ -200,8 +219,24 @@ pub async fn run_agent(
                                 }
                             }
                         }
+                        // Devices still held by tasks told to stop (their grace period).
+                        let stopping: BTreeSet<&str> = tasks
+                            .values()
+                            .filter(|t| t.stop.is_none())
+                            .flat_map(|t| t.devices.iter().map(String::as_str))
+                            .collect();
+                        let deferred: BTreeSet<TaskKey> = r
+                            .start
+                            .iter()
+                            .filter(|a| a.devices.iter().any(|d| stopping.contains(d.as_str())))
+                            .map(key_of_assignment)
+                            .collect();
                         for a in &r.start {
                             let k = key_of_assignment(a);
+                            if deferred.contains(&k) {
+                                tracing::info!(job = %a.job, index = a.index, "start deferred: a stopping task still holds its devices");
+                                continue;
+                            }
                             if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(k) {
                                 slot.insert(start(a, exits_tx.clone()));
                                 let _ = nodes.report_task(pb::ReportTaskRequest {
@@ -225,8 +260,56 @@ pub async fn run_agent(
             }
         }
     }
-    // Dropping the tasks' watchers kills their processes (kill_on_drop).
+    // Every task's whole process group goes, not only its leader (kill_on_drop reaches only
+    // the leader).
+    for t in tasks.values() {
+        if let Some(g) = t.pgid {
+            signal_group(g, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
     Ok(())
+}
+
+/// Send the exits the server has not acknowledged; keep the ones that fail for the next try.
+async fn flush_reports<C>(
+    nodes: &mut pb::nodes_client::NodesClient<C>,
+    node: &str,
+    unreported: &mut HashMap<TaskKey, (pb::TaskPhase, i32)>,
+) where
+    C: tonic::client::GrpcService<tonic::body::Body>,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let pending: Vec<(TaskKey, (pb::TaskPhase, i32))> =
+        unreported.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    for (key, (phase, code)) in pending {
+        let r = nodes
+            .report_task(pb::ReportTaskRequest {
+                node: node.to_string(),
+                task: Some(pb_ref(&key)),
+                phase: phase as i32,
+                exit_code: code,
+                message: String::new(),
+            })
+            .await;
+        match r {
+            Ok(_) => {
+                unreported.remove(&key);
+            }
+            // The server no longer knows the task (finished, requeued, a fresh store): nothing
+            // to keep for it.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::NotFound | tonic::Code::InvalidArgument
+                ) =>
+            {
+                unreported.remove(&key);
+            }
+            Err(e) => tracing::warn!(error = %e, job = %key.job, "report failed; will retry"),
+        }
+    }
 }
 
 /// Heartbeat period: a third of the lease, and at most 500 ms, because new assignments ride on

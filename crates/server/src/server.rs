@@ -782,8 +782,19 @@ impl pb::jobs_server::Jobs for Server {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let who = self.who(&req)?;
         let name = req.into_inner().name;
-        self.visible_job(&who, &name)?;
-        let state = self.apply(|st| st.cancel(&name, now_ms())).await?;
+        let seq = self.visible_job(&who, &name)?.seq;
+        // The permission was checked on job #seq; cancel that job only, not one submitted under
+        // the same name (perhaps by another team) in between.
+        let state = self
+            .apply(|st| {
+                if st.jobs.get(&name).map(|e| e.rec.seq) != Some(seq) {
+                    return Err(ServerError::Conflict(format!(
+                        "job {name:?} was replaced while the cancel was being checked; try again"
+                    )));
+                }
+                st.cancel(&name, now_ms())
+            })
+            .await?;
         Ok(Response::new(pb::CancelJobResponse {
             state: pb_state(state) as i32,
         }))
@@ -837,17 +848,15 @@ impl pb::jobs_server::Jobs for Server {
         let only = req.into_inner().name;
         let rx = self.shared.events.subscribe();
         let server = self.clone();
-        let visible = move |job: &str| {
+        let visible = move |queue: &str| {
             who.as_ref().is_none_or(|c| {
                 let st = server.lock();
-                st.jobs
-                    .get(job)
-                    .is_some_and(|j| c.may_use(&st.queues, &j.rec.spec.queue))
+                c.may_use(&st.queues, queue)
             })
         };
         let stream =
             tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| match r {
-                Ok(e) if (only.is_empty() || e.job == only) && visible(&e.job) => {
+                Ok(e) if (only.is_empty() || e.job == only) && visible(&e.queue) => {
                     Some(Ok(pb_event(&e)))
                 }
                 Ok(_) => None,

@@ -92,6 +92,9 @@ pub enum Report {
 pub struct Event {
     /// Job name.
     pub job: String,
+    /// The job's queue when it happened (who may watch it is decided by this, not by whichever
+    /// job holds the name when the event is delivered).
+    pub queue: String,
     /// `submitted`, `started`, `preempted`, `requeued`, `succeeded`, `failed`, `cancelled`.
     pub kind: &'static str,
     /// Details.
@@ -358,6 +361,13 @@ impl State {
 
     fn check_tree(&self, queues: &BTreeMap<String, QueueSpec>) -> Result<QueueTree, ServerError> {
         let tree = tree_of(queues, &self.priority_classes)?;
+        if !self.reserved.is_empty() {
+            // A submission validated against the current tree is being made durable; it must
+            // not find its queue turned into a cohort when it lands.
+            return Err(ServerError::Conflict(
+                "submissions are in flight; try the queue change again".into(),
+            ));
+        }
         for e in self.jobs.values().filter(|e| e.rec.state.is_active()) {
             let q = &e.rec.spec.queue;
             match tree.find(q) {
@@ -479,6 +489,11 @@ impl State {
         }
         let classes = Some(classes);
         let tree = tree_of(&self.queues, &classes)?;
+        if !self.reserved.is_empty() {
+            return Err(ServerError::Conflict(
+                "submissions are in flight; try the priority-class change again".into(),
+            ));
+        }
         let mut active: Vec<&JobEntry> = self
             .jobs
             .values()
@@ -554,6 +569,14 @@ impl State {
                 name: spec.name,
             });
         }
+        // A name may be reused once its job has finished. Tasks are known to agents by
+        // (job, group, index, attempt), so the new job continues the old one's attempts: a
+        // process of the old job still stopping, or its late exit report, can never be taken
+        // for the new job's.
+        let attempt = self
+            .jobs
+            .get(&spec.name)
+            .map_or(0, |e| e.rec.attempt.saturating_add(1));
         self.reserved.insert(spec.name.clone());
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -567,7 +590,7 @@ impl State {
             submitted_ms: now,
             started_ms: None,
             finished_ms: None,
-            attempt: 0,
+            attempt,
             requeues: 0,
             tasks: Vec::new(),
             reason: "waiting for the next scheduling cycle".into(),
@@ -598,6 +621,7 @@ impl State {
         tracing::info!(job = %rec.name, queue = %rec.spec.queue, seq = rec.seq, "submitted");
         self.events.push(Event {
             job: rec.name.clone(),
+            queue: rec.spec.queue.clone(),
             kind: "submitted",
             message: format!("queue {}", rec.spec.queue),
             at_ms: rec.submitted_ms,
@@ -643,6 +667,7 @@ impl State {
         self.running.remove(name);
         self.events.push(Event {
             job: name.to_string(),
+            queue: e.rec.spec.queue.clone(),
             kind: "cancelled",
             message: String::new(),
             at_ms: now,
@@ -710,6 +735,7 @@ impl State {
                 e.rec.started_ms = Some(now);
                 self.events.push(Event {
                     job: name.clone(),
+                    queue: e.rec.spec.queue.clone(),
                     kind: "started",
                     message: format!("{} tasks placed", e.rec.tasks.len()),
                     at_ms: now,
@@ -991,6 +1017,7 @@ impl State {
             self.running.remove(&key.job);
             self.events.push(Event {
                 job: key.job.clone(),
+                queue: e.rec.spec.queue.clone(),
                 kind,
                 message,
                 at_ms: now,
@@ -1086,6 +1113,7 @@ fn requeue_record(
     e.rec.reason = why.to_string();
     events.push(Event {
         job: e.rec.name.clone(),
+        queue: e.rec.spec.queue.clone(),
         kind: "requeued",
         message: why.to_string(),
         at_ms: now,
@@ -1347,5 +1375,39 @@ mod tests {
         assert_eq!(stops.len(), 1);
         assert!(s.cancel("a", 22).is_err());
         s.delete_queue("team-a").expect("empty now");
+    }
+
+    #[test]
+    fn a_name_reused_after_cancel_is_never_confused_with_the_old_job() {
+        let mut s = state();
+        let a = r#"{"name": "a", "queue": "team-a", "tasks": [{"count": 1, "gpus": 8}]}"#;
+        submit(&mut s, a).expect("a");
+        // The other node is full, so the new "a" lands where the old one ran.
+        submit(
+            &mut s,
+            r#"{"name": "filler", "queue": "team-a", "tasks": [{"count": 1, "gpus": 8}]}"#,
+        )
+        .expect("filler");
+        cycle(&mut s, 10);
+        let node = s.jobs["a"].rec.tasks[0].node.clone();
+        let old = TaskKey {
+            job: "a".into(),
+            group: 0,
+            index: 0,
+            attempt: s.jobs["a"].rec.attempt,
+        };
+        s.cancel("a", 20).expect("cancel");
+        submit(&mut s, a).expect("the name is free again");
+        assert_eq!(s.jobs["a"].rec.attempt, old.attempt + 1);
+        cycle(&mut s, 30);
+        assert_eq!(s.jobs["a"].rec.tasks[0].node, node);
+        // The old process still runs (its grace period): the new task is handed out all the
+        // same, under its own attempt, and the old exit is not taken for the new job's.
+        let running: BTreeSet<TaskKey> = [old.clone()].into();
+        let (starts, _) = s.heartbeat(&node, &running, 31).expect("hb");
+        assert_eq!(starts.len(), 1, "{starts:?}");
+        assert_eq!(starts[0].attempt, old.attempt + 1);
+        s.report(&node, &old, Report::Exited(143), 32);
+        assert_eq!(s.jobs["a"].rec.state, JobState::Running);
     }
 }

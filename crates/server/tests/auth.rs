@@ -152,6 +152,37 @@ async fn members_stay_in_their_teams_and_only_admins_edit_queues() {
         .await
         .expect("own job");
 
+    // Watching: a member's stream carries only their teams' jobs. Alice's event comes first,
+    // so if bob could see it, it would be the first thing his stream yields.
+    let mut bob_watch = jobs(Some("tok-bob"))
+        .watch_jobs(pb::WatchJobsRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    jobs(Some("tok-alice"))
+        .submit_job(job("a2", "team-a"))
+        .await
+        .expect("alice's second");
+    jobs(Some("tok-bob"))
+        .submit_job(job("b2", "team-b"))
+        .await
+        .expect("bob's second");
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), bob_watch.message())
+        .await
+        .expect("an event within 20 s")
+        .expect("stream")
+        .expect("event");
+    assert_eq!(first.job, "b2", "bob saw another team's job: {first:?}");
+
+    // Priority classes are admin-only too.
+    let e = queues(Some("tok-alice"))
+        .set_priority_classes(pb::SetPriorityClassesRequest {
+            classes_json: r#"[{"name": "vip", "value": 9000, "preemptible": false}]"#.into(),
+        })
+        .await
+        .expect_err("member");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+
     // Node calls are for agents holding an admin token.
     let mut nodes =
         pb::nodes_client::NodesClient::with_interceptor(ch.clone(), as_(Some("tok-alice")));
@@ -161,6 +192,14 @@ async fn members_stay_in_their_teams_and_only_admins_edit_queues() {
         })
         .await
         .expect_err("member");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    let e = nodes
+        .heartbeat(pb::HeartbeatRequest {
+            node: "n".into(),
+            running: Vec::new(),
+        })
+        .await
+        .expect_err("member heartbeat");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
 
     drop((ch, nodes));
