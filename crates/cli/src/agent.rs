@@ -32,6 +32,10 @@ pub struct AgentArgs {
     /// CA certificate (PEM) of a server that serves TLS; the agent then connects with https.
     #[arg(long, env = "GANTRY_TLS_CA")]
     tls_ca: Option<PathBuf>,
+    /// Where the agent records its tasks' process groups (in a subdirectory per node name); on
+    /// start it kills those a crashed agent of the same node left running.
+    #[arg(long, default_value = "gantry-agent-tasks")]
+    state_dir: PathBuf,
 }
 
 /// The host name, or `local`.
@@ -106,6 +110,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         node.name,
         node.devices.len()
     );
+    let state_dir = args.state_dir.join(&node.name);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         run_agent(
@@ -114,6 +119,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 node,
                 token: args.token,
                 tls_ca,
+                state_dir: Some(state_dir),
             },
             async {
                 crate::signal::terminated().await;

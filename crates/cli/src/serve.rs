@@ -135,6 +135,9 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
     let profile = Profile::named(&args.profile)
         .with_context(|| format!("--profile: unknown profile {:?}", args.profile))?;
     let data_dir = args.data_dir.clone();
+    // The local agent records its tasks' process groups here, so a restart after `kill -9`
+    // stops what the dead server's agent left running before any task is handed out again.
+    let agent_state = args.data_dir.join("agent-tasks");
     let mut config = Config::new(args.data_dir.clone());
     config.listen = args.listen;
     config.lease_ms = args.lease_ms;
@@ -214,6 +217,7 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
                 node,
                 token: local_token,
                 tls_ca: local_ca,
+                state_dir: Some(agent_state),
             };
             tokio::spawn(async move {
                 if let Err(e) = gantry_server::agent::run_agent(cfg, std::future::pending()).await {

@@ -2,7 +2,10 @@
 //! server (with its local agent on 8 fake GPUs) is killed with `kill -9` and restarted on the
 //! same data directory, again and again. After every restart, and just before every kill:
 //! - every submission the server acknowledged is present;
-//! - no device uuid is held by two running tasks at once (compared by uuid).
+//! - no device uuid is held by two running tasks at once (compared by uuid), neither in the
+//!   server's records nor among the task processes actually alive: each task writes its pid and
+//!   devices to a file, and the live ones are checked, so a task left running by the killed
+//!   server and started again by the restarted one would be caught.
 //!
 //! `cargo test` runs 5 kills; `GANTRY_CRASH_KILLS=50 cargo test -p gantry --test crash --
 //! --nocapture` runs more and prints the figures.
@@ -26,6 +29,37 @@ struct Check {
     jobs: usize,
     running_tasks: usize,
     devices_held: usize,
+}
+
+/// Devices held by two task processes that are alive right now; returns how many live
+/// processes were seen.
+fn live_processes_share_no_gpu(out: &std::path::Path) -> usize {
+    let mut holder: BTreeMap<String, u32> = BTreeMap::new();
+    let mut live = 0;
+    for e in std::fs::read_dir(out).expect("out dir").flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let mut parts = text.split_whitespace();
+        let Some(pid) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !common::alive(pid) {
+            continue;
+        }
+        live += 1;
+        for d in parts
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .filter(|d| !d.is_empty())
+        {
+            if let Some(other) = holder.insert(d.to_string(), pid) {
+                panic!("device {d} is used by two live task processes: {other} and {pid}");
+            }
+        }
+    }
+    live
 }
 
 async fn check(addr: &str, acked: &[String]) -> Result<Check, String> {
@@ -80,6 +114,14 @@ fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
         .map(|v| v.parse().expect("GANTRY_CRASH_KILLS: a number"))
         .unwrap_or(5);
     let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    // Each task records "<pid> <devices>" (renamed into place whole), then sleeps a few
+    // seconds in the same process, so tasks outlive kills.
+    let script = format!(
+        "f={dir}/$GANTRY_JOB.$GANTRY_ATTEMPT.$$; echo \"$$ $CUDA_VISIBLE_DEVICES\" > $f.tmp && mv $f.tmp $f; exec sleep 3",
+        dir = out.path().display()
+    );
+    let (mut most_live, mut live_checks) = (0usize, 0usize);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -108,6 +150,8 @@ fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
         checks += 1;
         most_running = most_running.max(c.running_tasks);
         stored = c.jobs;
+        most_live = most_live.max(live_processes_share_no_gpu(out.path()));
+        live_checks += 1;
         if round == kills {
             break;
         }
@@ -116,8 +160,13 @@ fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
         let this_round = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = (0..CLIENTS)
             .map(|w| {
-                let (addr, acked, stop, this_round) =
-                    (addr.clone(), acked.clone(), stop.clone(), this_round.clone());
+                let (addr, acked, stop, this_round, script) = (
+                    addr.clone(),
+                    acked.clone(),
+                    stop.clone(),
+                    this_round.clone(),
+                    script.clone(),
+                );
                 rt.spawn(async move {
                     let Ok(mut c) = JobsClient::connect(format!("http://{addr}")).await else {
                         return;
@@ -130,7 +179,7 @@ fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
                             spec_json: format!(
                                 r#"{{"name": "{name}", "queue": "default", "tasks": [{{"count": 1, "gpus": 1}}]}}"#
                             ),
-                            command: vec!["sleep".into(), "1".into()],
+                            command: vec!["sh".into(), "-c".into(), script.clone()],
                             env: Default::default(),
                         };
                         match c.submit_job(req).await {
@@ -161,6 +210,8 @@ fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
             .expect("check while running");
         checks += 1;
         most_running = most_running.max(c.running_tasks);
+        most_live = most_live.max(live_processes_share_no_gpu(out.path()));
+        live_checks += 1;
         server.kill9();
         stop.store(true, Ordering::Relaxed);
         for w in workers {
@@ -171,7 +222,8 @@ fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
     println!(
         "crash test: {kills} kill -9 of gantry serve; {n} acknowledged submissions, all present \
          at each of {checks} checks ({stored} jobs stored at the end); at most {most_running} \
-         running tasks at once, no GPU held twice"
+         running tasks at once, no GPU held twice; at most {most_live} live task processes at \
+         {live_checks} process checks, none sharing a GPU"
     );
     assert!(n > 0);
 }

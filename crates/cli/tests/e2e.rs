@@ -11,7 +11,7 @@ use std::path::Path;
 
 use common::{alive, client_json, client_text, gantry, job, poll, serve, Proc};
 
-fn agent(addr: &str, node: &str) -> Proc {
+fn agent(addr: &str, node: &str, state: &Path) -> Proc {
     let mut cmd = gantry();
     cmd.args([
         "agent",
@@ -21,7 +21,9 @@ fn agent(addr: &str, node: &str) -> Proc {
         node,
         "--fake-gpus",
         "4xH100-80GB",
-    ]);
+    ])
+    .arg("--state-dir")
+    .arg(state);
     Proc::spawn(node, cmd)
 }
 
@@ -51,7 +53,10 @@ fn a_gang_spans_two_agent_processes_and_a_killed_agent_requeues_it_whole() {
             "5",
         ],
     );
-    let mut agents = [agent(&addr, "e2e-a0"), agent(&addr, "e2e-a1")];
+    let mut agents = [
+        agent(&addr, "e2e-a0", data.path()),
+        agent(&addr, "e2e-a1", data.path()),
+    ];
     poll("both agents registered and ready", || {
         let nodes = client_json(&addr, &["nodes"]);
         let ready = nodes

@@ -12,6 +12,9 @@
 //!   server offers it again on the next heartbeat, and it starts once the device is free.
 //! - An exit report that does not reach the server is kept and sent again each heartbeat; until
 //!   it is, the task still counts as running here, so the server never hands it out again.
+//! - With a state directory, each task's process group and start time are written to a file;
+//!   an agent starting over a crashed one kills those groups (when the pid still names the same
+//!   process) before it registers, so a task never runs twice on one node.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -35,6 +38,10 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// CA certificate (PEM) of a server that serves TLS; none: plain HTTP/2.
     pub tls_ca: Option<Vec<u8>>,
+    /// Where the agent records the process group of every task it runs, so that after a crash
+    /// (`kill -9` of the agent, or of `gantry serve` with its local agent) the next start kills
+    /// what the dead agent left running before taking any work. None: not recorded.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 fn key_of(r: &pb::TaskRef) -> TaskKey {
@@ -73,8 +80,55 @@ fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig);
 }
 
+/// A process's start time (clock ticks since boot, field 22 of `/proc/<pid>/stat`), which
+/// tells a live task from an unrelated process that reused its pid.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the command name: state is field 3, so start time (22) is the 20th from here.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn record_task(dir: &std::path::Path, pgid: i32) {
+    if let Some(t) = start_time(pgid) {
+        let _ = std::fs::create_dir_all(dir);
+        let _ = std::fs::write(dir.join(pgid.to_string()), t.to_string());
+    }
+}
+
+fn forget_task(dir: &std::path::Path, pgid: i32) {
+    let _ = std::fs::remove_file(dir.join(pgid.to_string()));
+}
+
+/// Kill the process groups a previous agent recorded and left behind; returns how many.
+pub fn reap_orphans(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        let pgid: Option<i32> = path.file_name().and_then(|n| n.to_str()?.parse().ok());
+        let recorded: Option<u64> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        if let (Some(g), Some(t)) = (pgid, recorded) {
+            if start_time(g) == Some(t) {
+                signal_group(g, nix::sys::signal::Signal::SIGKILL);
+                killed += 1;
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    killed
+}
+
 /// Start one task's process and watch it; its exit status goes to `exits`.
-fn start(a: &pb::TaskAssignment, exits: mpsc::UnboundedSender<(TaskKey, i32, bool)>) -> Task {
+fn start(
+    a: &pb::TaskAssignment,
+    exits: mpsc::UnboundedSender<(TaskKey, i32, bool)>,
+    state_dir: Option<std::path::PathBuf>,
+) -> Task {
     let key = TaskKey {
         job: a.job.clone(),
         group: a.group as u16,
@@ -110,6 +164,9 @@ fn start(a: &pb::TaskAssignment, exits: mpsc::UnboundedSender<(TaskKey, i32, boo
         }
         Ok(mut child) => {
             pgid = child.id().map(|p| p as i32);
+            if let (Some(dir), Some(g)) = (&state_dir, pgid) {
+                record_task(dir, g);
+            }
             tracing::info!(job = %a.job, index = a.index, devices = %visible, "task started");
             tokio::spawn(async move {
                 let status = tokio::select! {
@@ -134,6 +191,9 @@ fn start(a: &pb::TaskAssignment, exits: mpsc::UnboundedSender<(TaskKey, i32, boo
                         s
                     }
                 };
+                if let (Some(dir), Some(g)) = (&state_dir, pgid) {
+                    forget_task(dir, g);
+                }
                 let code = match status {
                     Ok(s) => s.code().unwrap_or_else(|| {
                         use std::os::unix::process::ExitStatusExt;
@@ -160,6 +220,12 @@ pub async fn run_agent(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    if let Some(dir) = &config.state_dir {
+        let n = reap_orphans(dir);
+        if n > 0 {
+            tracing::warn!(killed = n, dir = %dir.display(), "killed tasks a previous agent left running");
+        }
+    }
     let channel = crate::client::connect(&config.server, config.tls_ca.as_deref()).await?;
     let bearer = crate::auth::BearerToken::new(config.token.as_deref())?;
     let mut nodes = pb::nodes_client::NodesClient::with_interceptor(channel, bearer);
@@ -182,7 +248,10 @@ pub async fn run_agent(
     // Exits the server has not acknowledged yet: (phase, code), sent again every heartbeat.
     let mut unreported: HashMap<TaskKey, (pb::TaskPhase, i32)> = HashMap::new();
     for a in &reg.start {
-        tasks.insert(key_of_assignment(a), start(a, exits_tx.clone()));
+        tasks.insert(
+            key_of_assignment(a),
+            start(a, exits_tx.clone(), config.state_dir.clone()),
+        );
     }
     tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(beat(lease));
@@ -238,7 +307,7 @@ pub async fn run_agent(
                                 continue;
                             }
                             if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(k) {
-                                slot.insert(start(a, exits_tx.clone()));
+                                slot.insert(start(a, exits_tx.clone(), config.state_dir.clone()));
                                 let _ = nodes.report_task(pb::ReportTaskRequest {
                                     node: name.clone(),
                                     task: Some(pb::TaskRef { job: a.job.clone(), group: a.group, index: a.index, attempt: a.attempt }),
@@ -324,5 +393,44 @@ fn key_of_assignment(a: &pb::TaskAssignment) -> TaskKey {
         group: a.group as u16,
         index: a.index,
         attempt: a.attempt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn a_restarted_agent_kills_the_recorded_groups_and_only_those() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let pid = orphan.id() as i32;
+        record_task(dir.path(), pid);
+        // A record whose pid now names another process (a different start time) is left alone.
+        let mut bystander = std::process::Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let other = bystander.id() as i32;
+        std::fs::write(dir.path().join(other.to_string()), "1").expect("stale record");
+        assert_eq!(reap_orphans(dir.path()), 1);
+        let status = orphan.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        assert!(
+            bystander.try_wait().expect("try").is_none(),
+            "killed a bystander"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+        let _ = bystander.kill();
+        let _ = bystander.wait();
     }
 }

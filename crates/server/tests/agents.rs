@@ -70,6 +70,7 @@ async fn two_agents_run_a_gang_and_a_lost_agent_requeues_it_whole() {
             node: node(n, 2),
             token: None,
             tls_ca: None,
+            state_dir: None,
         };
         let h = tokio::spawn(run_agent(cfg, async {
             let _ = rx.await;
