@@ -50,15 +50,50 @@ fn color(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// Draw one SVG file: a white page of `size`, `draw` on it, then written out; a drawing error
+/// names the file.
+fn render(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> DrawResult,
+) -> Result<()> {
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    let run = || -> DrawResult {
+        root.fill(&WHITE)?;
+        draw(&root)?;
+        root.present()?;
+        Ok(())
+    };
+    run().map_err(|e| plot_err(path, e))
+}
+
+/// The legend mark of a line series in `c`.
+fn line_mark(c: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+}
+
+/// The series legend, boxed, in the lower right corner.
+fn legend<'a, 'b: 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    Ok(())
+}
+
 fn utilization(path: &Path, runs: &[RunResult]) -> Result<()> {
     let xmax = runs
         .iter()
         .filter_map(|r| r.series.hours.last().copied())
         .fold(1e-9, f64::max);
-    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+    render(path, (W, H), |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption("GPU allocation over time", ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(40)
@@ -81,20 +116,10 @@ fn utilization(path: &Path, runs: &[RunResult]) -> Result<()> {
                     c.stroke_width(2),
                 ))?
                 .label(format!("{} (mean {:.1}%)", r.policy, r.utilization * 100.0))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
+                .legend(line_mark(c));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| plot_err(path, e))
+        legend(&mut chart)
+    })
 }
 
 fn jct_cdf(path: &Path, runs: &[RunResult]) -> Result<()> {
@@ -102,10 +127,8 @@ fn jct_cdf(path: &Path, runs: &[RunResult]) -> Result<()> {
         .iter()
         .flat_map(|r| r.jct_samples.iter().copied())
         .fold(10.0, f64::max);
-    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+    render(path, (W, H), |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption("Job completion time (CDF)", ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(40)
@@ -132,28 +155,16 @@ fn jct_cdf(path: &Path, runs: &[RunResult]) -> Result<()> {
             chart
                 .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
                 .label(format!("{} (mean {:.0}s)", r.policy, r.jct.mean))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
+                .legend(line_mark(c));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| plot_err(path, e))
+        legend(&mut chart)
+    })
 }
 
 fn queue_shares(path: &Path, r: &RunResult) -> Result<()> {
     let xmax = r.series.hours.last().copied().unwrap_or(0.0).max(1e-9);
     let width = W + 300;
-    let root = SVGBackend::new(path, (width, H + 40)).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
+    render(path, (width, H + 40), |root| {
         // The chart on the left, the legend (with entitlements) beside it, never over the data.
         let (left, right) = root.split_horizontally(W);
         let mut chart = ChartBuilder::on(&left)
@@ -211,10 +222,8 @@ fn queue_shares(path: &Path, r: &RunResult) -> Result<()> {
                 ("sans-serif", 12).into_font(),
             ))?;
         }
-        root.present()?;
         Ok(())
-    };
-    draw().map_err(|e| plot_err(path, e))
+    })
 }
 
 fn fill_plot(path: &Path, runs: &[RunResult]) -> Result<()> {
@@ -222,10 +231,8 @@ fn fill_plot(path: &Path, runs: &[RunResult]) -> Result<()> {
         .iter()
         .filter_map(|r| r.fill.as_ref().and_then(|f| f.curve.last().map(|c| c.0)))
         .fold(10.0, f64::max);
-    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
+    render(path, (W, H), |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 "Fill experiment: allocation as demand arrives",
                 ("sans-serif", 20),
@@ -255,20 +262,10 @@ fn fill_plot(path: &Path, runs: &[RunResult]) -> Result<()> {
                     "{} ({:.2}% at {:.1}×)",
                     r.policy, f.allocated_pct_of_capacity, f.multiple
                 ))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
+                .legend(line_mark(c));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
-        root.present()?;
-        Ok(())
-    };
-    draw().map_err(|e| plot_err(path, e))
+        legend(&mut chart)
+    })
 }
 
 fn esc(s: &str) -> String {

@@ -155,23 +155,11 @@ pub fn serve(data: &Path, args: &[&str]) -> (Proc, String) {
 
 /// Run a client command against `addr` and parse its JSON output.
 pub fn client_json(addr: &str, args: &[&str]) -> serde_json::Value {
-    let out = gantry()
-        .args(args)
-        .args(["--server", addr, "--output", "json"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run gantry");
-    assert!(
-        out.status.success(),
-        "gantry {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "gantry {args:?}: output is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = client_text(addr, &all);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("gantry {args:?}: output is not JSON ({e}): {out}"))
 }
 
 /// Run a client command and return its stdout; panics with stderr when it fails.

@@ -142,6 +142,15 @@ fn merge(target: &mut Value, patch: &Value, strategic: bool) {
     }
 }
 
+/// An object's (namespace, name), the fake's key.
+fn key_of(obj: &Value) -> (String, String) {
+    let meta = &obj["metadata"];
+    (
+        meta["namespace"].as_str().unwrap_or("").to_string(),
+        meta["name"].as_str().unwrap_or("").to_string(),
+    )
+}
+
 fn field_of<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
     path.split('.').try_fold(v, |v, k| v.get(k))?.as_str()
 }
@@ -188,13 +197,7 @@ impl Store {
         if obj["metadata"]["creationTimestamp"].is_null() {
             obj["metadata"]["creationTimestamp"] = json!("2026-11-21T10:00:00Z");
         }
-        let key = (
-            obj["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-            obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
-        );
+        let key = key_of(&obj);
         self.objects
             .entry(kind.clone())
             .or_default()
@@ -431,13 +434,7 @@ impl FakeApi {
     pub fn apply(&self, prefix: &str, res: &str, obj: Value) -> Value {
         let mut st = self.store.lock().unwrap();
         let kind = Self::kind(prefix, res);
-        let key = (
-            obj["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-            obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
-        );
+        let key = key_of(&obj);
         let ty = if st.objects.get(&kind).is_some_and(|m| m.contains_key(&key)) {
             "MODIFIED"
         } else {
