@@ -2,7 +2,7 @@
 //! compare with the incremental state. Property tests run it after every step; it is also cheap
 //! enough for a driver to run in a debug mode.
 
-use std::collections::HashMap;
+use crate::fast::HashMap;
 
 use crate::snapshot::{GpuAlloc, JobPhase, Snapshot, NONE};
 
@@ -22,12 +22,12 @@ impl Snapshot {
     /// # Errors
     /// A description of the first violation found.
     pub fn audit(&self) -> Result<(), String> {
-        let mut whole: HashMap<u32, u32> = HashMap::new();
-        let mut shared: HashMap<u32, u32> = HashMap::new();
-        let mut mig: HashMap<u32, u8> = HashMap::new();
+        let mut whole: HashMap<u32, u32> = HashMap::default();
+        let mut shared: HashMap<u32, u32> = HashMap::default();
+        let mut mig: HashMap<u32, u8> = HashMap::default();
         let mut cpu = vec![0u64; self.nodes.len()];
         let mut mem = vec![0u64; self.nodes.len()];
-        let mut usage: HashMap<(u32, u32), u64> = HashMap::new();
+        let mut usage: HashMap<(u32, u32), u64> = HashMap::default();
         for (ji, j) in self.jobs.iter().enumerate() {
             let in_pending = self.queues[j.queue as usize]
                 .pending

@@ -12,8 +12,8 @@
 //! - incremental cycles: when nothing was freed since the last cycle (no completion, eviction,
 //!   recovery), old pending jobs still cannot fit, so only jobs that arrived since are examined.
 
+use crate::fast::{HashMap, HashSet};
 use std::cmp::Reverse;
-use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 
 use priority_queue::PriorityQueue;
@@ -80,12 +80,12 @@ impl<'a> Cycle<'a> {
                 ..Plan::default()
             },
             reservations: Reservations::default(),
-            memo: HashMap::new(),
-            reserved_queues: HashSet::new(),
+            memo: HashMap::default(),
+            reserved_queues: HashSet::default(),
             preempt_attempts: 0,
-            admitted: HashSet::new(),
+            admitted: HashSet::default(),
             retry_next: false,
-            failed: HashMap::new(),
+            failed: HashMap::default(),
             lowest_victim_priority: None,
         }
     }
@@ -167,6 +167,7 @@ impl<'a> Cycle<'a> {
 
     fn run(&mut self) {
         self.update_history();
+        self.s.workload.refresh();
         let freed = std::mem::take(&mut self.s.freed);
         let fresh = std::mem::take(&mut self.s.fresh);
         // A reservation whose start has passed (its blockers overran their expected runtime)
@@ -349,7 +350,8 @@ impl<'a> Cycle<'a> {
         if qs.partial > 0 || qs.shapes.is_empty() {
             return false;
         }
-        let mut reasons = std::collections::HashMap::with_capacity(qs.shapes.len());
+        let mut reasons =
+            crate::fast::HashMap::with_capacity_and_hasher(qs.shapes.len(), Default::default());
         for (&shape, st) in &qs.shapes {
             match self.shape_blocked(q, shape, st) {
                 Some(r) => {
@@ -466,7 +468,7 @@ impl<'a> Cycle<'a> {
     /// of them (same queue and lower priority, or a borrowing queue it may reclaim from or
     /// outranks), the next cycle must look at the failed jobs again.
     fn failed_could_preempt_admitted(&self) -> bool {
-        let mut admitted: HashMap<u32, i32> = HashMap::new();
+        let mut admitted: HashMap<u32, i32> = HashMap::default();
         for &j in &self.admitted {
             let job = &self.s.jobs[j as usize];
             if job.preemptible && !job.tasks.is_empty() {

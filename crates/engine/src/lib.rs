@@ -14,17 +14,23 @@
 //! - [`cycle`](crate::schedule): queue order by weighted dominant share (optionally blended with
 //!   decayed history) or by submit time; many admissions per queue per cycle; a per-shape
 //!   failure memo and incremental cycles keep 100k pending jobs cheap.
-//! - placement (internal): best fit for whole GPUs that keeps whole nodes and NVLink domains
-//!   free, MIG slices at the start that destroys the fewest future placements, shared GPUs by
-//!   least remaining fraction, gang scopes (node, NVLink domain, label) — all staged in a
-//!   statement so gangs are all-or-nothing and roll back in O(tasks).
+//! - the learned workload (internal, `workload`): task shapes from every submission in a decayed
+//!   histogram — what fragmentation is measured against.
+//! - node classes (internal, `classes`): ready nodes grouped by identical placement state, so a
+//!   placement scores each distinct state once, not each node.
+//! - placement (internal, `place`, `choose`, `score`): one score over every feasible (node, GPU
+//!   model) pair a task allows — gantry's fragmentation-aware packing, the FGD paper's, BestFit or
+//!   first fit — then NVLink-domain best fit inside the node, MIG slices at the start that
+//!   destroys the fewest future placements, gang scopes (node, NVLink domain, label); all staged
+//!   in a statement so gangs are all-or-nothing and roll back in O(tasks).
 //! - preemption (internal): priority within a queue, reclaim of borrowed quota across queues,
 //!   whole gangs only, a minimal victim set, never below a queue's nominal quota to let another borrow.
 //! - backfill (internal): reservations for blocked queue heads with a start time from expected
 //!   runtimes; other jobs use reserved GPUs only if they end before.
 //! - [`explain`]: a [`Reason`] with numbers for every waiting job, its queue position and
 //!   estimated start.
-//! - [`profile`]: `gantry` (default), `best-fit` and `fifo` are configurations of this engine.
+//! - [`profile`]: `gantry` (default), `fgd`, `best-fit` and `fifo` are configurations of this
+//!   engine.
 //!
 //! ```
 //! use gantry_engine::{schedule, Profile, Snapshot};
@@ -52,18 +58,23 @@
 
 mod audit;
 mod backfill;
+mod choose;
+mod classes;
 mod cycle;
 mod estimate;
 pub mod explain;
+mod fast;
 pub mod named;
 mod place;
 pub mod plan;
 mod preempt;
 pub mod profile;
 mod quota;
+mod score;
 pub mod snapshot;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod workload;
 
 pub use cycle::schedule;
 pub use explain::{fmt_time, Explanation, Reason};

@@ -1,11 +1,9 @@
 //! Placement: where a job's tasks go, staged in a [`Tx`] (a statement) that commits or rolls
 //! back in O(tasks) — what makes a gang all-or-nothing cheap.
 //!
-//! - Whole GPUs: best fit over the model's node buckets (fewest free GPUs that still fit), then
-//!   inside the node the NVLink domain with the fewest free GPUs that fits — so whole nodes and
-//!   whole domains stay free for big gangs. `FirstFit` takes the lowest-numbered node instead.
-//! - Shared GPUs: the partly used device with the least remaining fraction that fits; otherwise
-//!   a free device on the best-fit node.
+//! - One task of a whole-GPU, shared-GPU or CPU-only group goes to the best candidate over every
+//!   allowed model with quota left (`choose`, scored by `score`); a multi-task group keeps its
+//!   tasks on one model, trying its first task's best model first.
 //! - MIG: only legal starts; the device and start that destroy the fewest still-open placements
 //!   (over all profiles), preferring fuller devices.
 //! - Gang scopes: one node, one NVLink domain, or one value of a label — candidates are tried
@@ -13,10 +11,11 @@
 //! - Reservations from backfill hide devices from jobs that would still hold them when the
 //!   reserved job is due to start.
 
-use std::collections::HashMap;
+use crate::fast::HashMap;
 
 use crate::explain::Reason;
 use crate::profile::Packing;
+use crate::score::Ask;
 use crate::snapshot::{
     DeviceId, FlavorId, GpuAlloc, GpuNeed, JobSlot, NodeId, PlacementC, Snapshot, SpreadC,
     TaskAlloc, Time, NONE,
@@ -82,7 +81,13 @@ pub(crate) struct Reservations {
 
 impl Reservations {
     /// Bits on `node` the job (ending at `end`) may not use, and one reservation that blocked it.
-    fn blocked(&self, s: &Snapshot, node: u32, end: Time, job: u32) -> (u64, Option<(u32, Time)>) {
+    pub(crate) fn blocked(
+        &self,
+        s: &Snapshot,
+        node: u32,
+        end: Time,
+        job: u32,
+    ) -> (u64, Option<(u32, Time)>) {
         let Some(&bits) = self.nodes.get(&node) else {
             return (0, None);
         };
@@ -119,7 +124,7 @@ impl Reservations {
 
     /// The reservations grouped per job, for the plan.
     pub fn by_job(&self) -> Vec<crate::plan::Reservation> {
-        let mut per: HashMap<u32, (Time, Vec<DeviceId>)> = HashMap::new();
+        let mut per: HashMap<u32, (Time, Vec<DeviceId>)> = HashMap::default();
         for (&dev, &(t, job)) in &self.devices {
             let e = per.entry(job).or_insert((t, Vec::new()));
             e.0 = e.0.min(t);
@@ -168,7 +173,7 @@ pub(crate) enum Scope {
 }
 
 impl Scope {
-    fn allows(&self, node: u32) -> bool {
+    pub(crate) fn allows(&self, node: u32) -> bool {
         match self {
             Scope::All | Scope::Domain(_) => true,
             Scope::Node(n) => *n == node,
@@ -179,10 +184,10 @@ impl Scope {
 
 /// Why the best attempt fell short, kept while trying candidates.
 #[derive(Debug, Default, Clone, Copy)]
-struct Miss {
-    cpu_mem: bool,
-    reserved: Option<(u32, Time)>,
-    spread: bool,
+pub(crate) struct Miss {
+    pub cpu_mem: bool,
+    pub reserved: Option<(u32, Time)>,
+    pub spread: bool,
 }
 
 /// One placement attempt's context.
@@ -208,34 +213,13 @@ fn take_lowest(mask: u64, k: u32) -> Vec<DeviceId> {
 }
 
 impl Placer<'_> {
-    fn job(&self, job: u32) -> &JobSlot {
+    pub(crate) fn job(&self, job: u32) -> &JobSlot {
         &self.s.jobs[job as usize]
     }
 
-    fn end(&self, job: u32) -> Time {
+    pub(crate) fn end(&self, job: u32) -> Time {
         self.end_override
             .unwrap_or_else(|| self.job(job).expected_end(self.now))
-    }
-
-    /// Free devices of `model` on `node` usable by `job`, restricted to `dom_mask`.
-    fn usable(&self, job: u32, node: u32, model: FlavorId, dom_mask: u64, miss: &mut Miss) -> u64 {
-        let n = &self.s.nodes[node as usize];
-        let model_mask = n
-            .model_masks
-            .iter()
-            .find(|(m, _)| *m == model)
-            .map_or(0, |&(_, m)| m);
-        let mut u = n.avail_mask() & model_mask & dom_mask;
-        if !self.reservations.is_empty() && u != 0 {
-            let (blocked, by) = self.reservations.blocked(self.s, node, self.end(job), job);
-            if u & blocked != 0 {
-                u &= !blocked;
-                if miss.reserved.is_none() {
-                    miss.reserved = by;
-                }
-            }
-        }
-        u
     }
 
     fn node_fits_cpu_mem(&self, node: u32, cpu: u32, mem: u64, miss: &mut Miss) -> bool {
@@ -248,7 +232,7 @@ impl Placer<'_> {
         }
     }
 
-    fn spread_ok(&self, job: u32, node: u32, staged: &[u32], miss: &mut Miss) -> bool {
+    pub(crate) fn spread_ok(&self, job: u32, node: u32, staged: &[u32], miss: &mut Miss) -> bool {
         if self.job(job).spread != SpreadC::Node {
             return true;
         }
@@ -262,7 +246,13 @@ impl Placer<'_> {
     /// Choose `k` devices on a node from `usable`: the node's NVLink domain with the fewest
     /// usable devices that still holds all `k` (so whole domains stay free); across domains only
     /// when `nvlink` is not required.
-    fn pick_devices(&self, node: u32, usable: u64, k: u32, nvlink: bool) -> Option<Vec<DeviceId>> {
+    pub(crate) fn pick_devices(
+        &self,
+        node: u32,
+        usable: u64,
+        k: u32,
+        nvlink: bool,
+    ) -> Option<Vec<DeviceId>> {
         if usable.count_ones() < k {
             return None;
         }
@@ -288,153 +278,6 @@ impl Placer<'_> {
         )
     }
 
-    /// Place one whole-GPU task. Returns the task or marks why not.
-    #[allow(clippy::too_many_arguments)]
-    fn place_whole(
-        &self,
-        job: u32,
-        group: u16,
-        k: u32,
-        model: FlavorId,
-        scope: &Scope,
-        staged_nodes: &[u32],
-        miss: &mut Miss,
-    ) -> Option<TaskAlloc> {
-        let d = &self.s.demands[self.job(job).groups[group as usize].demand as usize];
-        let (cpu, mem, nvlink) = (d.cpu, d.mem, d.nvlink);
-        let try_node =
-            |this: &Self, node: u32, dom_mask: u64, miss: &mut Miss| -> Option<Vec<DeviceId>> {
-                if !scope.allows(node) || !this.s.nodes[node as usize].ready {
-                    return None;
-                }
-                let u = this.usable(job, node, model, dom_mask, miss);
-                if u.count_ones() < k {
-                    return None;
-                }
-                if !this.node_fits_cpu_mem(node, cpu, mem, miss)
-                    || !this.spread_ok(job, node, staged_nodes, miss)
-                {
-                    return None;
-                }
-                this.pick_devices(node, u, k, nvlink)
-            };
-        let mk = |node: u32, devs: Vec<DeviceId>| TaskAlloc {
-            group,
-            index: 0,
-            node: NodeId(node),
-            cpu_milli: cpu,
-            memory_mib: mem,
-            gpu: GpuAlloc::Whole(devs),
-            flavor: model,
-            amount: k as u64 * 1000,
-        };
-        match scope {
-            Scope::Domain(dom) => {
-                // Members of the domain, best fit by free devices inside the domain.
-                let members = self.s.domains[*dom as usize].members.clone();
-                let mut best: Option<(u32, u32, Vec<DeviceId>)> = None;
-                for (node, dmask) in members {
-                    if let Some(devs) = try_node(self, node, dmask, miss) {
-                        let free = (self.s.nodes[node as usize].avail_mask() & dmask).count_ones();
-                        if best
-                            .as_ref()
-                            .is_none_or(|(bf, bn, _)| (free, node) < (*bf, *bn))
-                        {
-                            best = Some((free, node, devs));
-                        }
-                    }
-                }
-                best.map(|(_, n, devs)| mk(n, devs))
-            }
-            Scope::Node(n) => try_node(self, *n, u64::MAX, miss).map(|devs| mk(*n, devs)),
-            Scope::Nodes(list) => {
-                let mut best: Option<(u32, u32, Vec<DeviceId>)> = None;
-                for &node in list {
-                    if let Some(devs) = try_node(self, node, u64::MAX, miss) {
-                        let free = self.free_of(node, model);
-                        if best
-                            .as_ref()
-                            .is_none_or(|(bf, bn, _)| (free, node) < (*bf, *bn))
-                        {
-                            best = Some((free, node, devs));
-                            if self.packing == Packing::FirstFit {
-                                break;
-                            }
-                        }
-                    }
-                }
-                best.map(|(_, n, devs)| mk(n, devs))
-            }
-            Scope::All => {
-                let mi = &self.s.models[model.idx()];
-                if let SpreadC::Label(key) = self.job(job).spread {
-                    return self
-                        .place_spread_label(
-                            job,
-                            key,
-                            model,
-                            |node, miss| try_node(self, node, u64::MAX, miss),
-                            miss,
-                        )
-                        .map(|(n, devs)| mk(n, devs));
-                }
-                match self.packing {
-                    Packing::FirstFit => {
-                        for &node in &mi.holders {
-                            if let Some(devs) = try_node(self, node, u64::MAX, miss) {
-                                return Some(mk(node, devs));
-                            }
-                        }
-                        None
-                    }
-                    Packing::BestFit => {
-                        for c in (k as usize)..mi.nodes.by_count.len() {
-                            for &node in &mi.nodes.by_count[c] {
-                                if let Some(devs) = try_node(self, node, u64::MAX, miss) {
-                                    return Some(mk(node, devs));
-                                }
-                            }
-                        }
-                        None
-                    }
-                }
-            }
-        }
-    }
-
-    /// Spread over a label's values: the candidate node whose label value holds the fewest
-    /// replicas of the job, then best fit.
-    fn place_spread_label<T>(
-        &self,
-        job: u32,
-        key: u32,
-        model: FlavorId,
-        mut try_node: impl FnMut(u32, &mut Miss) -> Option<T>,
-        miss: &mut Miss,
-    ) -> Option<(u32, T)> {
-        let mut counts: HashMap<Option<u32>, u32> = HashMap::new();
-        for t in &self.job(job).tasks {
-            *counts
-                .entry(self.s.nodes[t.node.idx()].label(key))
-                .or_default() += 1;
-        }
-        let holders = self.s.models[model.idx()].holders.clone();
-        let mut best: Option<((u32, u32, u32), u32, T)> = None;
-        for node in holders {
-            if let Some(v) = try_node(node, miss) {
-                let spread = counts
-                    .get(&self.s.nodes[node as usize].label(key))
-                    .copied()
-                    .unwrap_or(0);
-                let score = (spread, self.free_of(node, model), node);
-                if best.as_ref().is_none_or(|(b, _, _)| score < *b) {
-                    best = Some((score, node, v));
-                }
-            }
-        }
-        best.map(|(_, n, v)| (n, v))
-    }
-
     /// Free whole devices of `model` on `node` (ready nodes only).
     pub fn free_of(&self, node: u32, model: FlavorId) -> u32 {
         let n = &self.s.nodes[node as usize];
@@ -442,68 +285,6 @@ impl Placer<'_> {
             .iter()
             .find(|(m, _)| *m == model)
             .map_or(0, |&(_, m)| (n.avail_mask() & m).count_ones())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn place_shared(
-        &self,
-        job: u32,
-        group: u16,
-        milli: u16,
-        model: FlavorId,
-        scope: &Scope,
-        staged_nodes: &[u32],
-        miss: &mut Miss,
-    ) -> Option<TaskAlloc> {
-        let d = &self.s.demands[self.job(job).groups[group as usize].demand as usize];
-        let (cpu, mem) = (d.cpu, d.mem);
-        let mk = |node: u32, dev: u32| TaskAlloc {
-            group,
-            index: 0,
-            node: NodeId(node),
-            cpu_milli: cpu,
-            memory_mib: mem,
-            gpu: GpuAlloc::Shared {
-                device: DeviceId(dev),
-                milli,
-            },
-            flavor: model,
-            amount: milli as u64,
-        };
-        let end = self.end(job);
-        let dev_ok = |this: &Self, dev: u32, miss: &mut Miss| -> bool {
-            let dv = &this.s.devices[dev as usize];
-            let node = dv.node;
-            if !dv.healthy || !this.s.nodes[node as usize].ready || !scope.allows(node) {
-                return false;
-            }
-            if let Scope::Domain(dom) = scope {
-                if dv.domain != *dom {
-                    return false;
-                }
-            }
-            if let Some(&(t, holder)) = this.reservations.devices.get(&dev) {
-                if holder != job && end > t {
-                    miss.reserved.get_or_insert((holder, t));
-                    return false;
-                }
-            }
-            this.node_fits_cpu_mem(node, cpu, mem, miss)
-                && this.spread_ok(job, node, staged_nodes, miss)
-        };
-        // 1. Partly used devices, least remaining first.
-        let shared = &self.s.models[model.idx()].shared;
-        for &(_, dev) in shared.range((milli, 0)..) {
-            if dev_ok(self, dev, miss) {
-                return Some(mk(self.s.devices[dev as usize].node, dev));
-            }
-        }
-        // 2. A free whole device on the best-fit node.
-        let task = self.place_whole(job, group, 1, model, scope, staged_nodes, miss)?;
-        match task.gpu {
-            GpuAlloc::Whole(devs) => devs.first().map(|d| mk(task.node.0, d.0)),
-            _ => None,
-        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -563,8 +344,8 @@ impl Placer<'_> {
             let key = match self.packing {
                 // Fullest device first (bin packing), then the start that destroys the fewest
                 // still-open placements.
-                Packing::BestFit => (free_slices, cost, dev, start),
                 Packing::FirstFit => (0, 0, dev, start),
+                _ => (free_slices, cost, dev, start),
             };
             if best.is_none_or(|(b, _, _)| key < b) {
                 best = Some((key, dev, start));
@@ -586,56 +367,6 @@ impl Placer<'_> {
         })
     }
 
-    fn place_cpu_only(
-        &self,
-        job: u32,
-        group: u16,
-        scope: &Scope,
-        staged_nodes: &[u32],
-        miss: &mut Miss,
-    ) -> Option<TaskAlloc> {
-        let d = &self.s.demands[self.job(job).groups[group as usize].demand as usize];
-        let (cpu, mem) = (d.cpu, d.mem);
-        let candidates: Vec<u32> = match scope {
-            Scope::Node(n) => vec![*n],
-            Scope::Nodes(l) => l.clone(),
-            Scope::Domain(dom) => self.s.domains[*dom as usize]
-                .members
-                .iter()
-                .map(|m| m.0)
-                .collect(),
-            Scope::All => (0..self.s.nodes.len() as u32).collect(),
-        };
-        // Prefer nodes without GPUs, then the fullest cpu that fits.
-        let mut best: Option<((bool, u32, u32), u32)> = None;
-        for node in candidates {
-            let n = &self.s.nodes[node as usize];
-            if !n.ready
-                || !self.node_fits_cpu_mem(node, cpu, mem, miss)
-                || !self.spread_ok(job, node, staged_nodes, miss)
-            {
-                continue;
-            }
-            let key = (n.dev_count > 0, n.cpu_free(), node);
-            if best.is_none_or(|(b, _)| key < b) {
-                best = Some((key, node));
-                if self.packing == Packing::FirstFit {
-                    break;
-                }
-            }
-        }
-        best.map(|(_, node)| TaskAlloc {
-            group,
-            index: 0,
-            node: NodeId(node),
-            cpu_milli: cpu,
-            memory_mib: mem,
-            gpu: GpuAlloc::None,
-            flavor: FlavorId(NONE),
-            amount: 0,
-        })
-    }
-
     /// Largest free count of `model` on one node.
     fn largest_free(&self, model: FlavorId) -> u32 {
         let b = &self.s.models[model.idx()].nodes.by_count;
@@ -647,13 +378,14 @@ impl Placer<'_> {
         (0..b.len()).rev().find(|&c| !b[c].is_empty()).unwrap_or(0) as u32
     }
 
-    /// Stage up to `n` tasks of `group` on `flavor`, one at a time; returns how many fit.
+    /// Stage up to `n` tasks of `group` on `flavors` (all on one for a multi-task group: the
+    /// caller passes one), one at a time; returns how many fit.
     #[allow(clippy::too_many_arguments)]
     fn stage_tasks(
         &mut self,
         job: u32,
         group: u16,
-        flavor: FlavorId,
+        flavors: &[FlavorId],
         how: &How,
         n: u32,
         scope: &Scope,
@@ -661,19 +393,39 @@ impl Placer<'_> {
         staged_nodes: &mut Vec<u32>,
         miss: &mut Miss,
     ) -> u32 {
+        let nvlink = self.s.demands[self.job(job).groups[group as usize].demand as usize].nvlink;
         let mut placed = 0;
         while placed < n {
             let t = match how {
-                How::Whole(k) => {
-                    self.place_whole(job, group, *k, flavor, scope, staged_nodes, miss)
-                }
-                How::Shared(m) => {
-                    self.place_shared(job, group, *m, flavor, scope, staged_nodes, miss)
-                }
-                How::Mig(model, p) => {
-                    self.place_mig(job, group, flavor, *model, *p, scope, staged_nodes, miss)
-                }
-                How::Cpu => self.place_cpu_only(job, group, scope, staged_nodes, miss),
+                How::Whole(k) => self.place_task(
+                    job,
+                    group,
+                    Ask::Whole { k: *k, nvlink },
+                    flavors,
+                    scope,
+                    staged_nodes,
+                    miss,
+                ),
+                How::Shared(m) => self.place_task(
+                    job,
+                    group,
+                    Ask::Shared { milli: *m },
+                    flavors,
+                    scope,
+                    staged_nodes,
+                    miss,
+                ),
+                How::Mig(model, p) => self.place_mig(
+                    job,
+                    group,
+                    flavors[0],
+                    *model,
+                    *p,
+                    scope,
+                    staged_nodes,
+                    miss,
+                ),
+                How::Cpu => self.place_task(job, group, Ask::Cpu, &[], scope, staged_nodes, miss),
             };
             let Some(t) = t else { break };
             staged_nodes.push(t.node.0);
@@ -719,7 +471,39 @@ impl Placer<'_> {
         let mut first_reason: Option<Reason> = None;
         let start_mark = tx.mark();
         let nodes_mark = staged_nodes.len();
-        for (oi, (flavor, amount, how)) in options.iter().enumerate() {
+        // One score over every allowed model with quota left: a lone task goes to the best
+        // candidate of any model; a multi-task group tries the model of its first task's best
+        // candidate first (its tasks stay on one model).
+        let mut order: Vec<usize> = (0..options.len()).collect();
+        if !matches!(demand.gpu, GpuNeed::Mig { .. }) {
+            let ok: Vec<FlavorId> = options
+                .iter()
+                .filter(|(f, amount, _)| {
+                    f.0 == NONE || *amount == 0 || self.s.quota.available(q, f.0) >= *amount
+                })
+                .map(|o| o.0)
+                .collect();
+            if !ok.is_empty() && (want == 1 || ok.len() > 1) {
+                let mut miss = Miss::default();
+                let how = &options[0].2;
+                let placed =
+                    self.stage_tasks(job, group, &ok, how, 1, scope, tx, staged_nodes, &mut miss);
+                if placed == 1 && want == 1 {
+                    return (1, None);
+                }
+                if placed == 1 {
+                    let f = tx.applied_since(start_mark).last().map(|t| t.flavor);
+                    if let Some(i) = options.iter().position(|o| Some(o.0) == f) {
+                        order.retain(|&x| x != i);
+                        order.insert(0, i);
+                    }
+                }
+                tx.rollback_to(self.s, start_mark);
+                staged_nodes.truncate(nodes_mark);
+            }
+        }
+        for oi in order {
+            let (flavor, amount, how) = &options[oi];
             let by_quota = if flavor.0 == NONE || *amount == 0 {
                 want
             } else {
@@ -730,7 +514,7 @@ impl Placer<'_> {
             let placed = self.stage_tasks(
                 job,
                 group,
-                *flavor,
+                &[*flavor],
                 how,
                 by_quota,
                 scope,
@@ -806,7 +590,7 @@ impl Placer<'_> {
         let placed = self.stage_tasks(
             job,
             group,
-            *flavor,
+            &[*flavor],
             how,
             n,
             scope,

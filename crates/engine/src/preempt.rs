@@ -113,8 +113,7 @@ impl Cycle<'_> {
                 gpus = gpus.max(count);
             }
         }
-        let mut freed: std::collections::HashMap<u32, (u64, u64, u32)> =
-            std::collections::HashMap::new();
+        let mut freed: crate::fast::HashMap<u32, (u64, u64, u32)> = crate::fast::HashMap::default();
         for &(_, _, std::cmp::Reverse(v)) in candidates {
             for t in &self.s.jobs[v as usize].tasks {
                 let e = freed.entry(t.node.0).or_default();

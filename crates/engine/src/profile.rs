@@ -3,6 +3,8 @@
 //! - [`Profile::gantry`] (default): weighted dominant-share fair ordering with optional decayed
 //!   history, fragmentation-aware best-fit packing, gangs, preemption and backfill.
 //! - [`Profile::best_fit`]: global submit order, best-fit packing, no backfill or preemption.
+//! - [`Profile::fgd`]: global submit order with the FGD paper's packing, as its artifact does it:
+//!   the reference gantry's packing is measured against.
 //! - [`Profile::fifo`]: strict FIFO (the first job that does not fit blocks everyone), first fit.
 
 use serde::{Deserialize, Serialize};
@@ -17,15 +19,22 @@ pub enum Ordering {
     Submit,
 }
 
-/// How nodes and devices are chosen.
+/// How nodes and devices are chosen. Every policy scores all feasible (node, GPU model) pairs a
+/// task allows; whole GPUs inside a node go to the NVLink domain with the fewest free devices
+/// that holds them, MIG slices to the start that destroys the fewest future placements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Packing {
     /// Lowest-numbered node that fits.
     FirstFit,
-    /// The node (and NVLink domain) with the fewest free GPUs that still fits; MIG slices at the
-    /// start that destroys the fewest future placements; shared GPUs by least remaining fraction.
+    /// The FGD paper's BestFit: the node with the least cpu and GPU left after placing
+    /// (`½·cpu/max_cpu + ½·gpu/max_gpu`), ties at random; shared GPUs by least remaining.
     BestFit,
+    /// The FGD paper's fragmentation gradient descent, as its artifact implements it.
+    Fgd,
+    /// gantry's own: the least increase of expected fragmentation against the learned workload,
+    /// exact, ties to the node that keeps the least GPU and cpu free (so whole nodes stay free).
+    Fragmentation,
 }
 
 /// Time-decayed historical usage blended into the fair share.
@@ -71,7 +80,7 @@ impl Profile {
         Profile {
             name: "gantry".into(),
             ordering: Ordering::FairShare,
-            packing: Packing::BestFit,
+            packing: Packing::Fragmentation,
             head_of_line_blocking: false,
             backfill: true,
             max_reservations: 16,
@@ -98,6 +107,15 @@ impl Profile {
         }
     }
 
+    /// Global submit order with FGD packing; no reservations, no preemption.
+    pub fn fgd() -> Profile {
+        Profile {
+            name: "fgd".into(),
+            packing: Packing::Fgd,
+            ..Profile::best_fit()
+        }
+    }
+
     /// Strict FIFO with first fit.
     pub fn fifo() -> Profile {
         Profile {
@@ -114,11 +132,12 @@ impl Profile {
         }
     }
 
-    /// A profile by name: `gantry`, `best-fit` or `fifo`.
+    /// A profile by name: `gantry`, `best-fit`, `fgd` or `fifo`.
     pub fn named(name: &str) -> Option<Profile> {
         match name {
             "gantry" => Some(Profile::gantry()),
             "best-fit" | "bestfit" => Some(Profile::best_fit()),
+            "fgd" => Some(Profile::fgd()),
             "fifo" => Some(Profile::fifo()),
             _ => None,
         }

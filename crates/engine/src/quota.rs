@@ -14,7 +14,7 @@
 //! and lends only up to its lending limit. Flavors that no queue in a tree mentions are not
 //! managed by quota at all (only by capacity).
 
-use std::collections::HashMap;
+use crate::fast::HashMap;
 
 use gantry_model::QueueTree;
 
@@ -144,6 +144,21 @@ impl QuotaTree {
         self.flavors
     }
 
+    /// Make room for flavors interned after the tree was built (a job naming a model no node
+    /// and no queue mentioned): no quota, not managed.
+    pub fn ensure_flavors(&mut self, n: usize) {
+        if n <= self.flavors {
+            return;
+        }
+        for row in &mut self.cells {
+            row.resize(n, Cell::default());
+        }
+        for row in &mut self.managed {
+            row.resize(n, false);
+        }
+        self.flavors = n;
+    }
+
     /// Whether quota limits `flavor` for queue `q`'s tree.
     pub fn is_managed(&self, q: u32, f: u32) -> bool {
         self.managed[self.root[q as usize] as usize][f as usize]
@@ -255,7 +270,7 @@ mod tests {
             .expect("parse")
             .build()
             .expect("valid");
-        let mut idx = HashMap::new();
+        let mut idx = HashMap::default();
         idx.insert("gpu".into(), 0u32);
         QuotaTree::new(&t, &idx, 1)
     }

@@ -13,7 +13,9 @@
 //! - per leaf queue, its jobs with unplaced tasks in (priority, submit time, id) order.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::fast::HashMap;
 
 use gantry_model::{
     Cluster, Demand, GpuDemand, Health, Job, JobKind, MigGeometry, Placement, QueueTree, Spread,
@@ -118,13 +120,16 @@ pub(crate) struct NodeSlot {
     pub labels: Box<[(u32, u32)]>,
     pub ready: bool,
     pub dev_start: u32,
-    pub dev_count: u32,
     /// Free whole devices (local bit index), regardless of readiness.
     pub free_mask: u64,
     /// `(model, devices of that model)`.
     pub model_masks: Box<[(FlavorId, u64)]>,
     /// `(domain, devices of the domain on this node, free ones counted in the domain)`.
     pub domain_masks: Box<[(u32, u64, u32)]>,
+    /// Whole-capable devices by (model, NVLink domain), in the order of its layout.
+    pub parts: Box<[crate::classes::Part]>,
+    /// Its layout in the class index.
+    pub layout: u32,
 }
 
 impl NodeSlot {
@@ -435,6 +440,18 @@ pub struct Snapshot {
     pub(crate) blocked_head: Option<u32>,
     /// Preemptible running jobs per priority, so the lowest victim priority is O(log n).
     pub(crate) victim_priorities: BTreeMap<i32, u32>,
+    /// Ready nodes grouped by identical placement state.
+    pub(crate) classes: crate::classes::Classes,
+    /// The workload learned from submissions (the target of fragmentation-aware packing).
+    pub(crate) workload: crate::workload::Workload,
+    /// Cluster-wide constants for scores.
+    pub(crate) spec: crate::score::Spec,
+    /// Scores per (demand, model, packing), per class.
+    pub(crate) score_cache: HashMap<u64, crate::choose::QueryCache>,
+    /// Fragmentation per class: (generation, workload epoch, value).
+    pub(crate) frag_cache: Vec<(u32, u32, i64)>,
+    /// The workload's shapes per layout and cut, at an epoch.
+    pub(crate) layout_targets: Vec<[crate::score::LayoutTargets; 2]>,
 }
 
 fn popcount(m: u64) -> u32 {
@@ -449,7 +466,7 @@ impl Snapshot {
     pub fn new(cluster: &Cluster, tree: &QueueTree) -> Result<Snapshot, EngineError> {
         let mut s = Snapshot {
             flavors: Vec::new(),
-            flavor_index: HashMap::new(),
+            flavor_index: HashMap::default(),
             geometries: Vec::new(),
             nodes: Vec::with_capacity(cluster.nodes.len()),
             devices: Vec::new(),
@@ -461,10 +478,10 @@ impl Snapshot {
             quota: QuotaTree::default(),
             queues: Vec::new(),
             jobs: Vec::new(),
-            job_names: HashMap::new(),
+            job_names: HashMap::default(),
             demands: Vec::new(),
-            demand_index: HashMap::new(),
-            shapes: HashMap::new(),
+            demand_index: HashMap::default(),
+            shapes: HashMap::default(),
             freed: true,
             fresh: Vec::new(),
             last_cycle_complete: false,
@@ -473,6 +490,12 @@ impl Snapshot {
             reservations: Default::default(),
             blocked_head: None,
             victim_priorities: BTreeMap::new(),
+            classes: Default::default(),
+            workload: Default::default(),
+            spec: Default::default(),
+            score_cache: HashMap::default(),
+            frag_cache: Vec::new(),
+            layout_targets: Vec::new(),
         };
         // Geometries and flavors: every model, and every MIG profile of a model with MIG devices.
         for g in cluster.geometries.values() {
@@ -489,9 +512,9 @@ impl Snapshot {
                 s.intern_flavor_name(f);
             }
         }
-        let mut label_key_ix: HashMap<String, u32> = HashMap::new();
-        let mut label_val_ix: HashMap<String, u32> = HashMap::new();
-        let mut domain_ix: HashMap<String, u32> = HashMap::new();
+        let mut label_key_ix: HashMap<String, u32> = HashMap::default();
+        let mut label_val_ix: HashMap<String, u32> = HashMap::default();
+        let mut domain_ix: HashMap<String, u32> = HashMap::default();
         for (ni, node) in cluster.nodes.iter().enumerate() {
             if node.devices.len() > 64 {
                 return Err(EngineError::TooManyDevices {
@@ -607,6 +630,34 @@ impl Snapshot {
             for &(m, _) in &model_masks {
                 s.models[m.idx()].holders.push(ni as u32);
             }
+            // Partitions of whole-capable devices by (model, domain), in a canonical order.
+            let mut parts: Vec<crate::classes::Part> = Vec::new();
+            for (di, d) in s.devices[dev_start as usize..].iter().enumerate() {
+                if d.mig.is_some() {
+                    continue;
+                }
+                match parts
+                    .iter_mut()
+                    .find(|p| p.model == d.model && p.domain == d.domain)
+                {
+                    Some(p) => p.mask |= 1 << di,
+                    None => parts.push(crate::classes::Part {
+                        model: d.model,
+                        mask: 1 << di,
+                        domain: d.domain,
+                    }),
+                }
+            }
+            let key_of = |p: &crate::classes::Part| crate::classes::PartKey {
+                model: p.model,
+                domain: p.domain != NONE,
+                size: p.mask.count_ones() as u8,
+            };
+            parts.sort_by_key(|p| (key_of(p), p.mask.trailing_zeros()));
+            let keys: Vec<crate::classes::PartKey> = parts.iter().map(key_of).collect();
+            let layout = s.classes.layout(&keys);
+            s.spec.max_cpu = s.spec.max_cpu.max(node.cpu_milli);
+            s.spec.max_gpu = s.spec.max_gpu.max(node.devices.len() as u32 * 1000);
             s.nodes.push(NodeSlot {
                 name: node.name.as_str().into(),
                 cpu_total: node.cpu_milli,
@@ -616,10 +667,11 @@ impl Snapshot {
                 labels: labels.into(),
                 ready: true,
                 dev_start,
-                dev_count: node.devices.len() as u32,
                 free_mask,
                 model_masks: model_masks.into(),
                 domain_masks: domain_masks.into(),
+                parts: parts.into(),
+                layout,
             });
         }
         let n_nodes = s.nodes.len();
@@ -630,6 +682,7 @@ impl Snapshot {
         }
         for ni in 0..n_nodes {
             s.reindex_node(ni as u32);
+            s.reclass(ni as u32);
         }
         s.quota = QuotaTree::new(tree, &s.flavor_index, s.flavors.len());
         s.queues = (0..tree.queues.len())
@@ -641,9 +694,9 @@ impl Snapshot {
                 other_flavors: 0,
                 unmaskable: false,
                 skipped: None,
-                shapes: HashMap::new(),
+                shapes: HashMap::default(),
                 partial: 0,
-                shape_skip: HashMap::new(),
+                shape_skip: HashMap::default(),
             })
             .collect();
         Ok(s)
@@ -682,8 +735,14 @@ impl Snapshot {
             kind,
         });
         self.flavor_index.insert(name.into(), id);
-        // Keep the per-model index vector aligned with flavor ids.
+        // Keep the per-model index vector, quota cells and queue histories aligned with flavor ids.
         self.models.push(ModelIndex::default());
+        if !self.queues.is_empty() {
+            self.quota.ensure_flavors(self.flavors.len());
+            for q in &mut self.queues {
+                q.history.resize(self.flavors.len(), 0.0);
+            }
+        }
         FlavorId(id)
     }
 
@@ -866,6 +925,11 @@ impl Snapshot {
             Spread::Node => SpreadC::Node,
             Spread::Label(k) => SpreadC::Label(self.label_key(k)),
         };
+        for g in &groups {
+            if let Some(shape) = self.task_shape(g.demand) {
+                self.workload.observe(shape, g.count, now);
+            }
+        }
         let shape = self.intern_shape(&groups, job.min_available, placement, spread);
         let id = self.jobs.len() as u32;
         let slot = JobSlot {
@@ -894,6 +958,28 @@ impl Snapshot {
         self.fresh.push(id);
         self.sync_pending(id);
         Ok(JobId(id))
+    }
+
+    /// A demand as the learned workload counts it (MIG demands are not counted).
+    fn task_shape(&self, demand: u32) -> Option<crate::workload::TaskShape> {
+        let d = &self.demands[demand as usize];
+        let sorted = |m: &[FlavorId]| -> Box<[FlavorId]> {
+            let mut v = m.to_vec();
+            v.sort_unstable();
+            v.into()
+        };
+        let (milli, count, models) = match &d.gpu {
+            GpuNeed::None => (0, 0, Box::default()),
+            GpuNeed::Whole { count, models } => (1000, *count, sorted(models)),
+            GpuNeed::Shared { milli, models } => (*milli, 1, sorted(models)),
+            GpuNeed::Mig { .. } => return None,
+        };
+        Some(crate::workload::TaskShape {
+            cpu: d.cpu,
+            milli,
+            count,
+            models,
+        })
     }
 
     fn intern_shape(
@@ -1232,6 +1318,7 @@ impl Snapshot {
         if n.ready != ready {
             n.ready = ready;
             self.reindex_node(node.0);
+            self.reclass(node.0);
             if ready {
                 self.freed = true;
             }
@@ -1266,6 +1353,7 @@ impl Snapshot {
         let node = d.node;
         self.refresh_device(device.0);
         self.reindex_node(node);
+        self.reclass(node);
         if healthy {
             self.freed = true;
         }
@@ -1413,6 +1501,7 @@ impl Snapshot {
             let q = self.jobs[job as usize].queue;
             self.quota.add_usage(q, t.flavor.0, t.amount as i64);
         }
+        self.reclass(n);
     }
 
     /// Give back the resources of one task.
@@ -1456,6 +1545,7 @@ impl Snapshot {
             let q = self.jobs[job as usize].queue;
             self.quota.add_usage(q, t.flavor.0, -(t.amount as i64));
         }
+        self.reclass(n);
     }
 
     pub(crate) fn mig_mask(&self, dev: u32, profile: u8, start: u8) -> u8 {

@@ -186,34 +186,46 @@ fn fixed_mig_layouts_offer_only_their_slices() {
     h.snap.audit().expect("audit");
 }
 
+fn shared_device(h: &Harness, n: &str) -> u32 {
+    match h.snap.job_tasks(h.snap.job_by_name(n).expect("j"))[0].gpu {
+        GpuAlloc::Shared { device, .. } => device.0,
+        ref g => panic!("{g:?}"),
+    }
+}
+
 #[test]
-fn shared_gpus_pack_by_remaining_fraction() {
+fn shared_gpus_go_where_the_remainder_still_serves_the_workload() {
+    // One node with 2 T4s. a (0.5), b (0.3) and c (0.5) arrive together, so the learned
+    // workload is 0.5 with p = 2/3 and 0.3 with p = 1/3.
     let mut h = Harness::new(&cluster(1, 2, "t4"), &queues(&[("team-a", 0)]));
     h.submit(job("a").fraction(0.5).models(&["t4"]));
     h.submit(job("b").fraction(0.3).models(&["t4"]));
     h.submit(job("c").fraction(0.5).models(&["t4"]));
     h.cycle();
-    fn dev(h: &Harness, n: &str) -> u32 {
-        match h.snap.job_tasks(h.snap.job_by_name(n).expect("j"))[0].gpu {
-            GpuAlloc::Shared { device, .. } => device.0,
-            ref g => panic!("{g:?}"),
-        }
-    }
-    assert_eq!(
-        dev(&h, "a"),
-        dev(&h, "b"),
-        "0.3 fits in the 0.5 left next to a"
-    );
-    assert_ne!(
-        dev(&h, "a"),
-        dev(&h, "c"),
-        "0.5 does not fit in the 0.2 left"
-    );
+    // a: both GPUs are empty and score alike; it takes the first.
+    // b: next to a it would leave 0.2, which no shape of the workload can use (0.2 of
+    //    fragmentation); on the empty GPU it leaves 0.7 and 0.5, both still usable (0).
+    assert_ne!(shared_device(&h, "a"), shared_device(&h, "b"));
+    // c: next to a it fills the GPU exactly (nothing left to waste); next to b it would leave
+    //    0.2 (fragmentation 0.2).
+    assert_eq!(shared_device(&h, "c"), shared_device(&h, "a"));
+    h.snap.audit().expect("audit");
+
+    // The best-fit profile packs by least remaining instead: b joins a (0.2 left) and c takes
+    // the other GPU.
+    let mut h = Harness::new(&cluster(1, 2, "t4"), &queues(&[("team-a", 0)]))
+        .with_profile(Profile::best_fit());
+    h.submit(job("a").fraction(0.5).models(&["t4"]));
+    h.submit(job("b").fraction(0.3).models(&["t4"]));
+    h.submit(job("c").fraction(0.5).models(&["t4"]));
+    h.cycle();
+    assert_eq!(shared_device(&h, "a"), shared_device(&h, "b"));
+    assert_ne!(shared_device(&h, "a"), shared_device(&h, "c"));
     h.submit(job("d").fraction(0.2).models(&["t4"]));
     h.cycle();
     assert_eq!(
-        dev(&h, "d"),
-        dev(&h, "a"),
+        shared_device(&h, "d"),
+        shared_device(&h, "a"),
         "the device with least remaining that fits"
     );
     h.snap.audit().expect("audit");
@@ -630,7 +642,12 @@ fn cpu_and_memory_are_checked_on_the_node() {
 }
 
 #[test]
-fn jobs_allowed_several_models_take_the_first_that_fits() {
+fn a_task_allowed_several_models_goes_where_it_packs_best_not_where_its_list_starts() {
+    // One A100 node and one H100 node, 8 GPUs each. A 4-GPU task that may use either takes
+    // half of the A100 node (equal scores: the lowest node). Then a 4-GPU task that lists
+    // h100 first: taking the first model that fits (the old rule) would break the whole H100
+    // node; scoring both models fills the A100 node and keeps the H100 node whole for the
+    // 8-GPU job that follows.
     let c = ClusterBuilder::new()
         .pool("a", 1, 8, "a100-80gb")
         .pool("h", 1, 8, "h100-80gb")
@@ -641,22 +658,27 @@ fn jobs_allowed_several_models_take_the_first_that_fits() {
             "",
             1.0,
             &[
-                ("h100-80gb", 8.0, None, None),
-                ("a100-80gb", 8.0, None, None),
+                ("h100-80gb", 16.0, None, None),
+                ("a100-80gb", 16.0, None, None),
             ],
         )
         .build();
     let mut h = Harness::new(&c, &q);
-    h.submit(job("p").gpus(8).models(&["h100-80gb", "a100-80gb"]));
-    h.submit(job("q").gpus(8).models(&["h100-80gb", "a100-80gb"]));
+    h.submit(job("first").gpus(4).models(&["a100-80gb", "h100-80gb"]));
+    h.cycle();
+    h.submit(job("either").gpus(4).models(&["h100-80gb", "a100-80gb"]));
+    h.cycle();
+    h.submit(job("whole").gpus(8).models(&["h100-80gb", "a100-80gb"]));
     h.cycle();
     let node = |n: &str| {
         h.snap
             .node_name(h.snap.job_tasks(h.snap.job_by_name(n).expect("j"))[0].node)
             .to_string()
     };
-    assert_eq!(node("p"), "h-0");
-    assert_eq!(node("q"), "a-0");
+    assert_eq!(node("first"), "a-0");
+    assert_eq!(node("either"), "a-0");
+    assert_eq!(node("whole"), "h-0");
+    h.snap.audit().expect("audit");
 }
 
 #[test]
@@ -819,5 +841,21 @@ fn a_job_started_in_a_cycle_is_not_evicted_in_the_same_cycle() {
         assert_eq!(second.preemptions.len(), 1);
         assert!(h.running("owner"));
     }
+    h.snap.audit().expect("audit");
+}
+
+#[test]
+fn a_job_naming_a_model_no_node_has_waits_instead_of_panicking() {
+    // Drivers that do not validate against the cluster (the simulator's traces) can submit a
+    // model the snapshot has never seen: it gets a flavor, no quota and no capacity.
+    let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &queues(&[("team-a", 8)]));
+    h.submit(job("odd").gpus(1).models(&["b300"]));
+    h.submit(job("fine").gpus(1));
+    let plan = h.cycle();
+    assert!(h.running("fine"));
+    assert!(!h.running("odd"));
+    assert_eq!(plan.binds.len(), 1);
+    let id = h.snap.job_by_name("odd").expect("odd");
+    assert!(h.snap.explain(id).expect("explain").reason.is_some());
     h.snap.audit().expect("audit");
 }

@@ -69,7 +69,8 @@ pub struct TaskGroupSpec {
     /// One MIG slice per task: `1g.10gb`, or `h100-80gb/1g.10gb` to pin the model.
     #[serde(default)]
     pub mig: Option<String>,
-    /// Allowed GPU models, in order of preference; empty = any.
+    /// Allowed GPU models; empty = any. The engine scores every allowed model together and
+    /// takes the best-packing node, so the order does not matter.
     #[serde(default)]
     pub gpu_models: Vec<String>,
     /// Keep a multi-GPU task's GPUs inside one NVLink domain.
