@@ -43,12 +43,16 @@ pub struct SimArgs {
     #[arg(long, value_name = "YAML", requires = "philly")]
     cluster: Option<PathBuf>,
     /// Seed of the fill experiment's shuffle (scenarios carry their own seed).
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, conflicts_with = "seeds")]
     seed: u64,
-    /// One policy (engine profile): gantry, best-fit or fifo.
+    /// The fill experiment once per seed (`42..51` or `42,43`): mean and spread per policy,
+    /// the ratio to fgd in the same runs, and the paper's published means.
+    #[arg(long, value_name = "RANGE", requires = "fill")]
+    seeds: Option<String>,
+    /// One policy (engine profile): gantry, fgd, best-fit or fifo.
     #[arg(long, default_value = "gantry", conflicts_with = "compare")]
     policy: String,
-    /// Several policies on the same input, e.g. `fifo,best-fit,gantry`; ratios are against the first.
+    /// Several policies on the same input, e.g. `best-fit,fgd,gantry`; ratios are against the first.
     #[arg(long, value_name = "LIST")]
     compare: Option<String>,
     /// What-if: replay again under these queues (same leaf names) and compare queue waits.
@@ -82,7 +86,7 @@ struct WhatIfOut {
     queues: Vec<WhatIfQueue>,
 }
 
-fn load(args: &SimArgs) -> anyhow::Result<Workload> {
+fn load(args: &SimArgs, seed: u64) -> anyhow::Result<Workload> {
     if let Some(dir) = &args.openb {
         let nodes = dir.join("openb_node_list_gpu_node.csv");
         let pods = {
@@ -106,7 +110,7 @@ fn load(args: &SimArgs) -> anyhow::Result<Workload> {
                 cluster,
                 &pod_list,
                 m,
-                args.seed,
+                seed,
             )?,
             None => openb::replay(&format!("openb-{base}"), cluster, &pod_list)?,
         });
@@ -352,7 +356,10 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         anyhow::bail!("--output: gantry sim writes table or json");
     }
     let profiles = compare::profiles(args.compare.as_deref().unwrap_or(&args.policy))?;
-    let w = load(&args)?;
+    if let Some(spec) = &args.seeds {
+        return run_seeds(&args, spec, &profiles);
+    }
+    let w = load(&args, args.seed)?;
     let opts = Options {
         samples: args.samples,
     };
@@ -402,6 +409,95 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                 println!("report: {p}");
             }
         }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct SeedsOut<'a> {
+    workload: &'a str,
+    #[serde(flatten)]
+    study: &'a gantry_sim::seeds::SeedStudy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<String>,
+}
+
+/// `--seeds`: the fill experiment once per seed, summarised per policy.
+fn run_seeds(args: &SimArgs, spec: &str, profiles: &[Profile]) -> anyhow::Result<()> {
+    let seeds = gantry_sim::seeds::parse_seeds(spec).map_err(anyhow::Error::msg)?;
+    let opts = Options {
+        samples: args.samples,
+    };
+    let mut runs = Vec::with_capacity(seeds.len());
+    let mut name = String::new();
+    for &seed in &seeds {
+        let w = load(args, seed)?;
+        name.clone_from(&w.name);
+        runs.push(run_policies(&w, profiles, &opts)?);
+    }
+    let study = gantry_sim::seeds::summarize(gantry_sim::seeds::list_of(&name), &seeds, &runs);
+    let report_path = match &args.report {
+        None => None,
+        Some(dir) => {
+            report::write_seeds(dir, &name, &study)?;
+            Some(dir.join("index.html").display().to_string())
+        }
+    };
+    if args.output == Format::Json {
+        print_doc(
+            Format::Json,
+            &SeedsOut {
+                workload: &name,
+                study: &study,
+                report: report_path,
+            },
+        )?;
+        return Ok(());
+    }
+    println!(
+        "{name}: the fill experiment over {} seeds ({})",
+        seeds.len(),
+        spec
+    );
+    let mut t = table(&[
+        "policy",
+        "mean alloc %",
+        "sd",
+        "min",
+        "max",
+        "÷ fgd (same runs)",
+        "unallocated whole GPUs",
+        "unallocated in partly used GPUs",
+        "median wall",
+    ]);
+    for p in &study.policies {
+        t.add_row(vec![
+            p.policy.clone(),
+            format!("{:.2}", p.mean),
+            format!("{:.2}", p.sd),
+            format!("{:.2}", p.min),
+            format!("{:.2}", p.max),
+            p.ratio_to_fgd.map_or("-".into(), |r| format!("{r:.4}")),
+            format!("{:.1}", p.unallocated_whole_gpus),
+            format!("{:.1}", p.unallocated_partial_gpus),
+            format!("{:.2}s", p.wall_ms_median / 1000.0),
+        ]);
+    }
+    println!("{t}");
+    if !study.published.is_empty() {
+        let at130: Vec<String> = study
+            .published
+            .iter()
+            .filter(|p| p.arrived_pct == 130.0)
+            .map(|p| format!("{} {:.2}", p.policy, p.allocated_pct))
+            .collect();
+        println!(
+            "published means at 130% (FGD paper's artifact, 10 seeds): {}",
+            at130.join(", ")
+        );
+    }
+    if let Some(p) = report_path {
+        println!("report: {p}");
     }
     Ok(())
 }

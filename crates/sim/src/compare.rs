@@ -8,7 +8,7 @@ use crate::error::{Result, SimError};
 use crate::metrics::RunResult;
 use crate::workload::Workload;
 
-/// Parse `fifo,best-fit,gantry` into profiles.
+/// Parse `fifo,best-fit,fgd,gantry` into profiles.
 ///
 /// # Errors
 /// An unknown name or an empty list.
@@ -20,7 +20,7 @@ pub fn profiles(list: &str) -> Result<Vec<Profile>> {
         .map(|n| {
             Profile::named(n).ok_or_else(|| {
                 SimError::Config(format!(
-                    "unknown policy {n:?}: use fifo, best-fit or gantry"
+                    "unknown policy {n:?}: use fifo, best-fit, fgd or gantry"
                 ))
             })
         })

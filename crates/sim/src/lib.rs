@@ -22,6 +22,8 @@
 //!   replay wall time.
 //! - [`compare`]: several profiles on one workload, with ratios against the first, and the
 //!   what-if comparison of queue waits under current and proposed quotas.
+//! - [`seeds`]: the fill experiment over several seeds: mean and spread per policy, the ratio
+//!   to `fgd` in the same runs, and the FGD paper's published means for the pod list.
 //! - [`report`]: a folder with SVG plots and an `index.html`.
 //!
 //! ```
@@ -47,6 +49,7 @@ pub mod philly;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod seeds;
 pub mod workload;
 
 pub use error::{Result, SimError};

@@ -360,7 +360,9 @@ pub fn replay(name: &str, cluster: Cluster, pods: &[Pod]) -> Result<Workload> {
 
 /// The FGD paper's fill experiment: the pods in a seeded shuffled order, then extra copies of
 /// randomly drawn pods, arriving one per second and never leaving, until the arrived GPU demand
-/// reaches `multiple` × the cluster's GPUs.
+/// reaches `multiple` × the cluster's GPUs. As in the paper's artifact, `qos` is ignored: every
+/// pod gets the same priority class (`ls`), so no pod preempts another and the figure measures
+/// packing alone.
 ///
 /// # Errors
 /// A multiple that is not positive, or a pod list with no GPU demand.
@@ -383,6 +385,7 @@ pub fn fill(
         .sum::<u64>()
         * 1000;
     let target = (capacity as f64 * multiple).ceil() as u64;
+    let same_priority = qos_classes().remove(1);
     let mut rng = Rng::new(seed);
     let mut order: Vec<usize> = (0..pods.len()).collect();
     rng.shuffle(&mut order);
@@ -406,7 +409,8 @@ pub fn fill(
             None => p.name.clone(),
             Some(k) => format!("{}-copy{k}", p.name),
         };
-        let job = p.to_job(jname, false);
+        let mut job = p.to_job(jname, false);
+        job.priority = same_priority.clone();
         arrived += job_gpu_demand_milli(&job);
         jobs.push(TraceJob {
             job,

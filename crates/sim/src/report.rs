@@ -4,7 +4,7 @@
 //! Files: `utilization.svg` (allocated share of capacity over time, per policy), `jct_cdf.svg`
 //! (JCT CDF per policy, log time axis), `queue_shares-<policy>.svg` (stacked queue shares over
 //! time, with the entitlements in the page's table), `fill.svg` (fill experiment: allocation as
-//! demand arrives), `jobs-<policy>.csv` (every job's arrival, start, end, wait, JCT,
+//! demand arrives, with the FGD paper's published points for the pod list), `jobs-<policy>.csv` (every job's arrival, start, end, wait, JCT,
 //! preemptions), `summary.json` (every figure), `index.html`.
 
 use std::fmt::Write as _;
@@ -15,6 +15,7 @@ use plotters::prelude::*;
 use crate::compare::WhatIfQueue;
 use crate::error::{Result, SimError};
 use crate::metrics::RunResult;
+use crate::seeds::{list_of, published, PaperPoint, SeedStudy};
 use crate::workload::Workload;
 
 const W: u32 = 900;
@@ -226,11 +227,25 @@ fn queue_shares(path: &Path, r: &RunResult) -> Result<()> {
     })
 }
 
-fn fill_plot(path: &Path, runs: &[RunResult]) -> Result<()> {
-    let xmax = runs
+/// `fill.svg`: allocation against arrived demand, one line per (label, curve), and the paper's
+/// published means as marks.
+fn fill_plot(
+    path: &Path,
+    curves: &[(String, Vec<(f64, f64)>)],
+    paper: &[PaperPoint],
+) -> Result<()> {
+    let xmax = curves
         .iter()
-        .filter_map(|r| r.fill.as_ref().and_then(|f| f.curve.last().map(|c| c.0)))
+        .filter_map(|c| c.1.last().map(|p| p.0))
+        .chain(paper.iter().map(|p| p.arrived_pct))
         .fold(10.0, f64::max);
+    // Zoom on the part that separates policies once demand nears capacity.
+    let ymin = curves
+        .iter()
+        .filter_map(|c| c.1.last().map(|p| p.1))
+        .chain(paper.iter().map(|p| p.allocated_pct))
+        .fold(100.0, f64::min);
+    let ylo = if ymin > 60.0 { 0.0 } else { 0.0f64.min(ymin) };
     render(path, (W, H), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(
@@ -240,7 +255,7 @@ fn fill_plot(path: &Path, runs: &[RunResult]) -> Result<()> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
-            .build_cartesian_2d(0f64..xmax, 0f64..100f64)?;
+            .build_cartesian_2d(0f64..xmax + 2.0, ylo..100f64)?;
         chart
             .configure_mesh()
             .x_desc("arrived GPU demand, % of capacity")
@@ -250,22 +265,129 @@ fn fill_plot(path: &Path, runs: &[RunResult]) -> Result<()> {
             vec![(0.0, 0.0), (100.0, 100.0)],
             BLACK.mix(0.3),
         ))?;
-        for (i, r) in runs.iter().enumerate() {
-            let Some(f) = &r.fill else { continue };
+        for (i, (label, curve)) in curves.iter().enumerate() {
             let c = color(i);
             chart
                 .draw_series(LineSeries::new(
-                    std::iter::once((0.0, 0.0)).chain(f.curve.iter().copied()),
+                    std::iter::once((0.0, 0.0)).chain(curve.iter().copied()),
                     c.stroke_width(2),
                 ))?
-                .label(format!(
-                    "{} ({:.2}% at {:.1}×)",
-                    r.policy, f.allocated_pct_of_capacity, f.multiple
-                ))
+                .label(label.clone())
                 .legend(line_mark(c));
+        }
+        // The paper's points: one mark shape per paper policy, in black.
+        let mut names: Vec<&str> = paper.iter().map(|p| p.policy).collect();
+        names.dedup();
+        for (k, name) in names.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = paper
+                .iter()
+                .filter(|p| p.policy == *name)
+                .map(|p| (p.arrived_pct, p.allocated_pct))
+                .collect();
+            let label = format!(
+                "paper {name}: {}",
+                pts.iter()
+                    .map(|(x, y)| format!("{y:.2}% at {x:.0}%"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            match k % 3 {
+                0 => chart
+                    .draw_series(
+                        pts.iter()
+                            .map(|&p| Circle::new(p, 5, BLACK.stroke_width(2))),
+                    )?
+                    .label(label)
+                    .legend(|(x, y)| Circle::new((x + 9, y), 5, BLACK.stroke_width(2))),
+                1 => chart
+                    .draw_series(pts.iter().map(|&p| Cross::new(p, 5, BLACK.stroke_width(2))))?
+                    .label(label)
+                    .legend(|(x, y)| Cross::new((x + 9, y), 5, BLACK.stroke_width(2))),
+                _ => chart
+                    .draw_series(
+                        pts.iter()
+                            .map(|&p| TriangleMarker::new(p, 6, BLACK.stroke_width(2))),
+                    )?
+                    .label(label)
+                    .legend(|(x, y)| TriangleMarker::new((x + 9, y), 6, BLACK.stroke_width(2))),
+            };
         }
         legend(&mut chart)
     })
+}
+
+/// Write the report folder of a several-seed fill study: `fill.svg` with each policy's curve
+/// averaged over the seeds and the paper's points, `summary.json`, `index.html`.
+///
+/// # Errors
+/// The folder or a file cannot be written.
+pub fn write_seeds(dir: &Path, name: &str, study: &SeedStudy) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| SimError::io(dir, e))?;
+    let curves: Vec<(String, Vec<(f64, f64)>)> = study
+        .policies
+        .iter()
+        .map(|p| {
+            (
+                format!(
+                    "{} ({:.2}% ± {:.2} over {} seeds)",
+                    p.policy,
+                    p.mean,
+                    p.sd,
+                    study.seeds.len()
+                ),
+                p.curve.clone(),
+            )
+        })
+        .collect();
+    fill_plot(&dir.join("fill.svg"), &curves, &study.published)?;
+    let json = serde_json::to_string_pretty(study)
+        .map_err(|e| SimError::io(dir, std::io::Error::other(e)))?;
+    std::fs::write(dir.join("summary.json"), json)
+        .map_err(|e| SimError::io(dir.join("summary.json"), e))?;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>gantry sim — {name}</title>\n<style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f4f4f4}}td:first-child{{text-align:left}}img{{max-width:100%;border:1px solid #eee;margin:1em 0}}</style></head><body>\n<h1>gantry sim — {name}, seeds {seeds}</h1>\n<p>The FGD paper's fill experiment on pod list <code>{list}</code>, once per seed. Every decision is the production engine's.</p>\n",
+        name = esc(name),
+        seeds = study.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+        list = esc(&study.list),
+    );
+    h.push_str("<table><tr><th>policy</th><th>mean alloc %</th><th>sd</th><th>min</th><th>max</th><th>÷ fgd (same runs)</th><th>unallocated whole GPUs</th><th>unallocated in partly used GPUs</th><th>median wall s</th></tr>\n");
+    for p in &study.policies {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{:.2}</td></tr>",
+            esc(&p.policy),
+            p.mean,
+            p.sd,
+            p.min,
+            p.max,
+            p.ratio_to_fgd.map_or("-".into(), |r| format!("{r:.4}")),
+            p.unallocated_whole_gpus,
+            p.unallocated_partial_gpus,
+            p.wall_ms_median / 1000.0
+        );
+    }
+    h.push_str("</table>\n");
+    if !study.published.is_empty() {
+        h.push_str("<p>Published (the artifact's means over 10 seeds): ");
+        let parts: Vec<String> = study
+            .published
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {:.2}% at {:.0}%",
+                    p.policy, p.allocated_pct, p.arrived_pct
+                )
+            })
+            .collect();
+        h.push_str(&esc(&parts.join("; ")));
+        h.push_str(".</p>\n");
+    }
+    h.push_str("<h2>Allocation as demand arrives</h2><img src=\"fill.svg\" alt=\"fill curves\">\n<p><a href=\"summary.json\">summary.json</a></p></body></html>\n");
+    let index = dir.join("index.html");
+    std::fs::write(&index, h).map_err(|e| SimError::io(index, e))?;
+    Ok(())
 }
 
 fn esc(s: &str) -> String {
@@ -288,7 +410,20 @@ pub fn write(
     let mut images: Vec<(String, String)> = Vec::new();
     let is_fill = runs.iter().any(|r| r.fill.is_some());
     if is_fill {
-        fill_plot(&dir.join("fill.svg"), runs)?;
+        let curves: Vec<(String, Vec<(f64, f64)>)> = runs
+            .iter()
+            .filter_map(|r| {
+                let f = r.fill.as_ref()?;
+                Some((
+                    format!(
+                        "{} ({:.2}% at {:.1}×)",
+                        r.policy, f.allocated_pct_of_capacity, f.multiple
+                    ),
+                    f.curve.clone(),
+                ))
+            })
+            .collect();
+        fill_plot(&dir.join("fill.svg"), &curves, &published(list_of(&w.name)))?;
         images.push((
             "fill.svg".into(),
             "Allocation as demand arrives (fill experiment)".into(),
