@@ -254,6 +254,7 @@ impl NodeInventory {
             labels.insert("gantry.dev/driver".to_string(), d.clone());
         }
         Node {
+            taints: Vec::new(),
             name: self.node.clone(),
             cpu_milli: self.cpu_milli,
             memory_mib: self.memory_mib,

@@ -190,6 +190,7 @@ fn run(
     let mut spec = ClusterSpec::default();
     for (i, p) in pools.iter().enumerate() {
         spec.pools.push(NodePool {
+            taints: Vec::new(),
             name: format!("p{i}"),
             count: p.count,
             gpu_model: Some(p.model.into()),

@@ -36,6 +36,36 @@ pub struct AgentArgs {
     /// start it kills those a crashed agent of the same node left running.
     #[arg(long, default_value = "gantry-agent-tasks")]
     state_dir: PathBuf,
+    /// A label on this node (`--label disktype=ssd`; repeat for more): job task groups select
+    /// it with `node_selector` or `node_affinity`.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// A taint on this node (`--taint qa-dedicated=yes:NoSchedule`; repeat for more): only task
+    /// groups that tolerate it run here.
+    #[arg(long = "taint", value_name = "KEY=VALUE:EFFECT")]
+    taints: Vec<String>,
+}
+
+/// Add `--label` and `--taint` values to a node, naming the flag and the value when one is bad.
+pub fn add_labels_and_taints(
+    node: &mut Node,
+    labels: &[String],
+    taints: &[String],
+) -> anyhow::Result<()> {
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .with_context(|| format!("--label {l:?}: expected KEY=VALUE, e.g. disktype=ssd"))?;
+        node.labels.insert(k.to_string(), v.to_string());
+    }
+    for t in taints {
+        let taint: gantry_model::Taint = t
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--taint {t:?}: {e}"))?;
+        node.taints.push(taint);
+    }
+    Ok(())
 }
 
 /// The host name, or `local`.
@@ -95,11 +125,12 @@ pub fn inventory(
 /// Run the agent until interrupted.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let name = args.node_name.clone().unwrap_or_else(host_name);
-    let node = inventory(
+    let mut node = inventory(
         &name,
         args.fake_gpus.as_deref(),
         args.fake_inventory.as_deref(),
     )?;
+    add_labels_and_taints(&mut node, &args.labels, &args.taints)?;
     let tls_ca = match &args.tls_ca {
         Some(p) => Some(crate::remote::read_pem("--tls-ca", p)?),
         None => None,
@@ -142,5 +173,26 @@ mod tests {
         assert_eq!(n.devices[0].model, "h100-80gb");
         assert!(fake_gpus("box", "eight").is_err());
         assert!(fake_gpus("box", "2xH100").is_err());
+    }
+
+    #[test]
+    fn labels_and_taints_flags() {
+        let mut n = fake_gpus("box", "1xH100-80GB").expect("node");
+        add_labels_and_taints(
+            &mut n,
+            &["disktype=ssd".into()],
+            &["qa-dedicated=yes:NoSchedule".into()],
+        )
+        .expect("valid");
+        assert_eq!(n.labels["disktype"], "ssd");
+        assert_eq!(n.taints[0].to_string(), "qa-dedicated=yes:NoSchedule");
+        let e = add_labels_and_taints(&mut n, &["nokey".into()], &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--label \"nokey\": expected KEY=VALUE"),
+            "{e}"
+        );
+        let e = add_labels_and_taints(&mut n, &[], &["a=b:Often".into()]).unwrap_err();
+        assert!(e.to_string().contains("--taint \"a=b:Often\""), "{e}");
     }
 }

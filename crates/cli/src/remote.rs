@@ -449,6 +449,7 @@ struct ExplainOut {
     position: Option<u32>,
     reason: String,
     estimated_start_ms: Option<u64>,
+    unresolvable: bool,
 }
 
 /// `gantry explain JOB`.
@@ -471,6 +472,7 @@ pub fn explain(args: JobArgs) -> anyhow::Result<()> {
             position: (x.position > 0).then_some(x.position),
             reason: x.reason,
             estimated_start_ms: (x.eta_ms > 0).then_some(x.eta_ms),
+            unresolvable: x.unresolvable,
         };
         if args.conn.output != Format::Table {
             return print_doc(args.conn.output, &out);
@@ -481,6 +483,9 @@ pub fn explain(args: JobArgs) -> anyhow::Result<()> {
         }
         if !out.reason.is_empty() {
             println!("why it waits: {}", out.reason);
+        }
+        if out.unresolvable {
+            println!("unresolvable: waiting will not help; change the job, the queue's quota or the cluster");
         }
         if let Some(t) = out.estimated_start_ms {
             let now = std::time::SystemTime::now()

@@ -195,7 +195,7 @@ fn print_tables(w: &Workload, runs: &[RunResult], ratios: &[Ratio], what_if: Opt
             "allocated GPUs",
             "alloc % of capacity",
             "alloc % of arrived",
-            "unallocated GPUs",
+            "unallocated GPUs (whole idle / in partly used)",
             "dropped pods",
             "cycles",
             "engine µs/cycle (mean/p99)",
@@ -209,7 +209,10 @@ fn print_tables(w: &Workload, runs: &[RunResult], ratios: &[Ratio], what_if: Opt
                 format!("{:.1}", f.allocated_gpus),
                 format!("{:.2}%", f.allocated_pct_of_capacity),
                 format!("{:.2}%", f.allocated_pct_of_arrived),
-                format!("{:.1}", f.unallocated_gpus),
+                format!(
+                    "{:.1} ({:.0} / {:.1})",
+                    f.unallocated_gpus, f.unallocated_whole_gpus, f.unallocated_in_shared_gpus
+                ),
                 f.dropped_pods.to_string(),
                 r.engine.cycles.to_string(),
                 format!("{:.0} / {:.0}", r.engine.mean_us, r.engine.p99_us),

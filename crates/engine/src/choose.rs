@@ -198,9 +198,21 @@ impl Placer<'_> {
         blocked
     }
 
-    /// Whether a node passes what classes leave out: eligibility and spread.
-    fn node_ok(&self, job: u32, node: u32, staged: &[u32], miss: &mut Miss) -> bool {
-        self.s.nodes[node as usize].ready && self.spread_ok(job, node, staged, miss)
+    /// Whether a node passes what classes leave out: eligibility (constraint `con`, computed
+    /// by [`Snapshot::eligible`] before) and spread.
+    pub(crate) fn node_ok(
+        &self,
+        job: u32,
+        con: u32,
+        node: u32,
+        staged: &[u32],
+        miss: &mut Miss,
+    ) -> bool {
+        self.s.nodes[node as usize].ready
+            && self.s.eligible[con as usize]
+                .as_ref()
+                .is_none_or(|e| e.admits(node))
+            && self.spread_ok(job, node, staged, miss)
     }
 
     /// Place one whole-GPU, shared-GPU or CPU-only task on the best candidate over `models`
@@ -217,9 +229,15 @@ impl Placer<'_> {
         miss: &mut Miss,
     ) -> Option<TaskAlloc> {
         let demand = self.job(job).groups[group as usize].demand;
-        let (cpu, mem) = {
+        let (cpu, mem, con) = {
             let d = &self.s.demands[demand as usize];
-            (d.cpu, d.mem)
+            (d.cpu, d.mem, d.constraint)
+        };
+        // Few nodes admit the task: walk them instead of the classes.
+        let selective = {
+            let n = self.s.nodes.len();
+            let e = self.s.eligible(con);
+            (!e.all && e.list.len() * 8 < n).then(|| e.list.clone())
         };
         let model_ids: Vec<u32> = if matches!(ask, Ask::Cpu) {
             vec![NONE]
@@ -246,14 +264,19 @@ impl Placer<'_> {
             Scope::All if self.packing == Packing::FirstFit || spread_label.is_some() => {
                 Some(self.holders(&model_ids))
             }
-            Scope::All => None,
+            Scope::All => selective.map(|mut list| {
+                if !model_ids.contains(&NONE) {
+                    list.retain(|&n| model_ids.iter().any(|&m| self.node_has_model(n, m)));
+                }
+                list
+            }),
         };
         let mut cands: Vec<Cand> = Vec::new();
         match explicit {
             Some(list) => {
                 let spread_counts = spread_label.map(|k| self.spread_counts(job, k));
                 for node in list {
-                    if !scope.allows(node) || !self.node_ok(job, node, staged, miss) {
+                    if !scope.allows(node) || !self.node_ok(job, con, node, staged, miss) {
                         continue;
                     }
                     let mut hide = self.hidden_by_reservations(job, node, miss);
@@ -330,7 +353,7 @@ impl Placer<'_> {
                 }
                 // Reserved nodes, scored with the reserved devices hidden.
                 for &(node, hide) in &reserved {
-                    if !self.node_ok(job, node, staged, miss) {
+                    if !self.node_ok(job, con, node, staged, miss) {
                         continue;
                     }
                     let sig = self.s.node_sig(node, hide);
@@ -376,7 +399,7 @@ impl Placer<'_> {
                     }
                     let i = best_class.expect("set");
                     let c = classes[i];
-                    if let Some(node) = self.member(c.at, job, staged, &reserved, miss) {
+                    if let Some(node) = self.member(c.at, job, con, staged, &reserved, miss) {
                         return self.build(job, group, node, c.model, &c.choice, 0, ask);
                     }
                     classes.swap_remove(i);
@@ -407,6 +430,7 @@ impl Placer<'_> {
         &self,
         class: u32,
         job: u32,
+        con: u32,
         staged: &[u32],
         reserved: &[(u32, u64)],
         miss: &mut Miss,
@@ -417,7 +441,7 @@ impl Placer<'_> {
             .copied()
             .find(|&node| {
                 reserved.binary_search_by_key(&node, |r| r.0).is_err()
-                    && self.node_ok(job, node, staged, miss)
+                    && self.node_ok(job, con, node, staged, miss)
             })
     }
 

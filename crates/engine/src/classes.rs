@@ -294,6 +294,7 @@ impl Snapshot {
 
     /// Put a node in the class of its current state (out of the index when not ready).
     pub(crate) fn reclass(&mut self, node: u32) {
+        self.version = self.version.wrapping_add(1);
         let sig = self.nodes[node as usize]
             .ready
             .then(|| self.node_sig(node, 0));

@@ -58,6 +58,9 @@ pub(crate) struct Cycle<'a> {
     /// Jobs this cycle admitted (or grew): never victims in the same cycle — a plan must not
     /// start a job and evict it at once.
     pub admitted: HashSet<u32>,
+    /// Of those, the jobs this cycle started (pending before it): a bind the cycle may still
+    /// take back.
+    pub started: HashSet<u32>,
     /// A victim search was cut short (same-cycle admissions, or the attempt budget): the next
     /// cycle must look at the jobs that failed again, even if it is incremental.
     pub retry_next: bool,
@@ -84,6 +87,7 @@ impl<'a> Cycle<'a> {
             reserved_queues: HashSet::default(),
             preempt_attempts: 0,
             admitted: HashSet::default(),
+            started: HashSet::default(),
             retry_next: false,
             failed: HashMap::default(),
             lowest_victim_priority: None,
@@ -214,14 +218,33 @@ impl<'a> Cycle<'a> {
         } else {
             sources.extend((0..nq).map(|_| Source::Full(None)));
         }
+        let complete = self.drain(&mut sources);
+        self.s.last_cycle_complete = complete;
+        if self.retry_next || (self.p.preemption && self.failed_could_preempt_admitted()) {
+            // Hand the first failed job of each (queue, priority) to the next cycle as if it
+            // had just arrived: an incremental cycle then retries the victim search for them
+            // without re-examining every pending job.
+            let mut again: Vec<u32> = self.failed.values().copied().collect();
+            again.sort_unstable();
+            self.s.fresh.extend(again);
+        }
+        self.s.reservations = std::mem::take(&mut self.reservations);
+        let mut res: Vec<_> = self.s.reservations.by_job().into_iter().collect();
+        res.sort_by_key(|r| r.job);
+        self.plan.reservations = res;
+    }
+
+    /// Hand every queue's jobs from `sources` to [`Cycle::consider`] in queue order. Returns
+    /// false when strict FIFO stopped at a job that did not fit.
+    fn drain(&mut self, sources: &mut [Source]) -> bool {
+        let nq = sources.len();
         let mut heap: PriorityQueue<u32, Reverse<(u64, u64, u32)>> = PriorityQueue::new();
         for q in 0..nq as u32 {
             if let Some(k) = self.heap_key(q, &sources[q as usize]) {
                 heap.push(q, k);
             }
         }
-        let mut complete = true;
-        'outer: while let Some((q, _)) = heap.pop() {
+        while let Some((q, _)) = heap.pop() {
             if let Some(reason) = self.queue_exhausted(q) {
                 // Nothing any of its jobs could use is left: skip them all at once.
                 self.s.queues[q as usize].skipped = Some(reason);
@@ -244,8 +267,7 @@ impl<'a> Cycle<'a> {
                 let admitted = self.consider(job);
                 if !admitted && self.p.head_of_line_blocking {
                     self.s.blocked_head = Some(job);
-                    complete = false;
-                    break 'outer;
+                    return false;
                 }
                 // A new failure memo may have closed the last open shape of this queue.
                 if !admitted && self.memo.len() > memo_before && self.skip_by_shapes(q) {
@@ -259,19 +281,7 @@ impl<'a> Cycle<'a> {
                 }
             }
         }
-        self.s.last_cycle_complete = complete;
-        if self.retry_next || (self.p.preemption && self.failed_could_preempt_admitted()) {
-            // Hand the first failed job of each (queue, priority) to the next cycle as if it
-            // had just arrived: an incremental cycle then retries the victim search for them
-            // without re-examining every pending job.
-            let mut again: Vec<u32> = self.failed.values().copied().collect();
-            again.sort_unstable();
-            self.s.fresh.extend(again);
-        }
-        self.s.reservations = std::mem::take(&mut self.reservations);
-        let mut res: Vec<_> = self.s.reservations.by_job().into_iter().collect();
-        res.sort_by_key(|r| r.job);
-        self.plan.reservations = res;
+        true
     }
 
     /// A reason when no pending job of queue `q` can start this cycle, checked without looking
@@ -296,6 +306,9 @@ impl<'a> Cycle<'a> {
             let f = bits.trailing_zeros();
             bits &= bits - 1;
             let quota = &self.s.quota;
+            if !quota.may_use(q, f) {
+                return None; // its jobs get their own reason (no quota for the flavor)
+            }
             if self.p.preemption
                 && quota.is_managed(q, f)
                 && quota.usage(q, f) < quota.nominal(q, f)
@@ -317,12 +330,7 @@ impl<'a> Cycle<'a> {
             let whole_only = qs.other_flavors & (1 << f) == 0;
             let by_count = &self.s.models[f as usize].nodes.by_count;
             if whole_only && by_count.iter().skip(1).all(Vec::is_empty) {
-                reason.get_or_insert(Reason::Capacity {
-                    flavor: f,
-                    per_task: 1,
-                    missing: 1,
-                    largest_free: 0,
-                });
+                reason.get_or_insert(Reason::NoFreeGpu { flavor: f });
                 continue;
             }
             return None;
@@ -525,6 +533,7 @@ impl<'a> Cycle<'a> {
             if j.phase == JobPhase::Pending {
                 j.phase = JobPhase::Running;
                 j.start = Some(self.now);
+                self.started.insert(job);
             }
             j.reason = None;
             j.eta = None;

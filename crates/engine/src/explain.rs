@@ -1,9 +1,20 @@
 //! Why a job is pending, where it stands, and when it should start.
 //!
 //! Every job the cycle could not start gets a [`Reason`]: a small value with the numbers that
-//! matter, stored on the job (no strings on the hot path). [`Snapshot::explain`] renders it with
-//! names, e.g. `queue team-a: quota h100-80gb 16/16 used, cohort has 0 to lend`, adds the job's
-//! position in its queue, and an estimated start when backfill computed one.
+//! matter, stored on the job (no strings on the hot path). [`Snapshot::why`] renders it with
+//! names, the same text for every driver (`gantry explain`, `gantry jobs`, a pod's
+//! `PodScheduled` condition, a PodGroup's conditions), e.g. `queue team-a: quota h100-80gb 16/16
+//! used, 0 is available; cohort has 0 to lend`.
+//!
+//! When capacity is what is missing, the text comes from an account of the cluster as it is now
+//! (see `account`), counted per task shape: how many more tasks the job needs, how many of them
+//! the free capacity of eligible nodes holds, and which nodes are excluded and why (not ready,
+//! tainted, not matching the selector or affinity, no healthy GPU). When no eligible node could
+//! ever hold one task, the job is **unresolvable** (kube-scheduler's
+//! `UnschedulableAndUnresolvable`): waiting will not help.
+//!
+//! [`Snapshot::explain`] adds the job's position in its queue and the estimated start that
+//! backfill computed.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +22,7 @@ use crate::snapshot::{JobId, JobPhase, Snapshot, Time, NONE};
 
 /// Why a job did not start in the last cycle. Counts of GPUs are whole devices; quota amounts
 /// are thousandths (as stored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Reason {
     /// Its queue has no quota left for the flavor, and the cohort cannot lend enough.
     Quota {
@@ -111,13 +122,28 @@ pub enum Reason {
         /// Replicas placed before giving up.
         placed: u32,
     },
+    /// The queue's quota lists none of the flavors the task may use (and the queue does not
+    /// allow unlisted flavors).
+    NotInQuota {
+        /// Leaf queue.
+        queue: u32,
+        /// The first flavor the task may use.
+        flavor: u32,
+        /// How many other flavors it may use (none listed either).
+        others: u32,
+    },
+    /// No node has a free whole GPU of the flavor (a queue skipped whole).
+    NoFreeGpu {
+        /// Flavor.
+        flavor: u32,
+    },
 }
 
 impl Reason {
     /// `Unresolvable` verdicts: no amount of waiting or preemption helps with the current
     /// cluster (the job asks more than any node, domain or quota tree could ever hold).
     pub fn is_unresolvable(&self) -> bool {
-        matches!(self, Reason::NoFlavor)
+        matches!(self, Reason::NoFlavor | Reason::NotInQuota { .. })
     }
 
     /// A short stable label, usable as a metric label.
@@ -136,6 +162,8 @@ impl Reason {
             Reason::NoFlavor => "no_flavor",
             Reason::Gang { .. } => "gang",
             Reason::Spread { .. } => "spread",
+            Reason::NotInQuota { .. } => "not_in_quota",
+            Reason::NoFreeGpu { .. } => "capacity",
         }
     }
 }
@@ -167,6 +195,21 @@ pub struct Explanation {
     pub reason: Option<String>,
     /// Estimated start, when backfill found one.
     pub estimated_start: Option<Time>,
+    /// No node of the cluster could ever hold it as asked (or its queue cannot use any of its
+    /// flavors): waiting will not help.
+    #[serde(default)]
+    pub unresolvable: bool,
+}
+
+/// Why a job waits, rendered: the stored reason, its text and whether it is unresolvable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Why {
+    /// The reason the last cycle stored.
+    pub reason: Reason,
+    /// In words with numbers, the same in every driver.
+    pub text: String,
+    /// Waiting will not help.
+    pub unresolvable: bool,
 }
 
 impl Snapshot {
@@ -265,6 +308,25 @@ impl Snapshot {
             Reason::Spread { placed } => format!(
                 "one replica per node: only {placed} nodes have room"
             ),
+            Reason::NotInQuota {
+                queue,
+                flavor: f,
+                others,
+            } => {
+                let more = match others {
+                    0 => String::new(),
+                    1 => " or the other allowed model".to_string(),
+                    n => format!(" or the {n} other allowed models"),
+                };
+                format!(
+                    "queue {} has no quota for {}{more} (list it in the queue's quotas, or set unlisted_flavors: allow)",
+                    self.quota.name(queue),
+                    flavor(f)
+                )
+            }
+            Reason::NoFreeGpu { flavor: f } => {
+                format!("no {} GPU is free on any node", flavor(f))
+            }
         }
     }
 
@@ -279,16 +341,79 @@ impl Snapshot {
         } else {
             None
         };
+        let why = reason.map(|r| self.why_of(id, r));
         Some(Explanation {
             job: j.name.to_string(),
             queue: self.quota.name(j.queue).to_string(),
             phase: j.phase,
             position,
             queue_length: q.pending.len(),
-            reason_label: reason.map(|r| r.label().to_string()),
-            reason: reason.map(|r| self.describe(&r)),
+            reason_label: why.as_ref().map(|w| {
+                if w.unresolvable {
+                    "unresolvable".to_string()
+                } else {
+                    w.reason.label().to_string()
+                }
+            }),
+            reason: why.as_ref().map(|w| w.text.clone()),
             estimated_start: j.eta,
+            unresolvable: why.as_ref().is_some_and(|w| w.unresolvable),
         })
+    }
+
+    /// Why a waiting job waits: its reason in words, the same for every driver. `None` for a
+    /// job that waits for nothing (running whole, or finished).
+    pub fn why(&self, id: JobId) -> Option<Why> {
+        self.reason(id).map(|r| self.why_of(id, r))
+    }
+
+    fn why_of(&self, id: JobId, r: Reason) -> Why {
+        let j = &self.jobs[id.idx()];
+        let running = j
+            .groups
+            .iter()
+            .find(|g| g.running < g.count)
+            .map_or(0, |g| g.running);
+        let key = (j.shape, j.queue, running, r);
+        if let Some((v, w)) = self.why_cache.borrow().get(&key) {
+            if *v == self.version {
+                return w.clone();
+            }
+        }
+        let w = self.render_why(id, r);
+        let mut cache = self.why_cache.borrow_mut();
+        if cache.len() > 65_536 {
+            cache.clear();
+        }
+        cache.insert(key, (self.version, w.clone()));
+        w
+    }
+
+    fn render_why(&self, id: JobId, r: Reason) -> Why {
+        let capacity = matches!(
+            r,
+            Reason::Capacity { .. }
+                | Reason::Shared { .. }
+                | Reason::Mig { .. }
+                | Reason::CpuMemory { .. }
+                | Reason::NoFreeGpu { .. }
+                | Reason::Gang { .. }
+        ) || matches!(r, Reason::Domain { .. })
+            && self.jobs[id.idx()].placement != crate::snapshot::PlacementC::Domain;
+        if capacity {
+            if let Some(a) = self.account(id) {
+                return Why {
+                    reason: r,
+                    text: a.text(self),
+                    unresolvable: a.never,
+                };
+            }
+        }
+        Why {
+            reason: r,
+            text: self.describe(&r),
+            unresolvable: r.is_unresolvable(),
+        }
     }
 
     /// Why a job waits: the reason the last cycle stored, or — under strict FIFO, where the

@@ -56,6 +56,7 @@
 //! assert_eq!(plan.binds[0].tasks.len(), 2); // the gang started whole, on two nodes
 //! ```
 
+mod account;
 mod audit;
 mod backfill;
 mod choose;
@@ -77,7 +78,7 @@ pub mod testing;
 mod workload;
 
 pub use cycle::schedule;
-pub use explain::{fmt_time, Explanation, Reason};
+pub use explain::{fmt_time, Explanation, Reason, Why};
 pub use named::{NamedAlloc, NamedGpu};
 pub use plan::{Bind, CycleStats, Plan, PreemptCause, Preemption, Reservation};
 pub use profile::{History, Ordering, Packing, Profile};
@@ -142,5 +143,7 @@ pub enum EngineError {
         reason: String,
     },
 }
+#[cfg(test)]
+mod reason_tests;
 #[cfg(test)]
 mod tests;

@@ -300,12 +300,16 @@ impl Placer<'_> {
         miss: &mut Miss,
     ) -> Option<TaskAlloc> {
         let d = &self.s.demands[self.job(job).groups[group as usize].demand as usize];
-        let (cpu, mem) = (d.cpu, d.mem);
+        let (cpu, mem, con) = (d.cpu, d.mem, d.constraint);
         let mut best: Option<MigChoice> = None;
         for &dev in &self.s.models[model.idx()].mig_devices {
             let dv = &self.s.devices[dev as usize];
             let node = dv.node;
-            if !dv.healthy || !self.s.nodes[node as usize].ready || !scope.allows(node) {
+            let eligible = self.s.eligible[con as usize]
+                .as_ref()
+                .is_none_or(|e| e.admits(node));
+            if !dv.healthy || !self.s.nodes[node as usize].ready || !scope.allows(node) || !eligible
+            {
                 continue;
             }
             let Some(m) = &dv.mig else { continue };
@@ -393,7 +397,11 @@ impl Placer<'_> {
         staged_nodes: &mut Vec<u32>,
         miss: &mut Miss,
     ) -> u32 {
-        let nvlink = self.s.demands[self.job(job).groups[group as usize].demand as usize].nvlink;
+        let (nvlink, con) = {
+            let d = &self.s.demands[self.job(job).groups[group as usize].demand as usize];
+            (d.nvlink, d.constraint)
+        };
+        self.s.eligible(con);
         let mut placed = 0;
         while placed < n {
             let t = match how {
@@ -466,6 +474,22 @@ impl Placer<'_> {
         };
         if options.is_empty() {
             return (0, Some(Reason::NoFlavor));
+        }
+        // Flavors the queue's quota does not list are not candidates at all (unless it allows
+        // unlisted ones), so reasons never name them.
+        let mut options = options;
+        let first = options[0].0;
+        let total = options.len() as u32;
+        options.retain(|(f, _, _)| f.0 == NONE || self.s.quota.may_use(q, f.0));
+        if options.is_empty() {
+            return (
+                0,
+                Some(Reason::NotInQuota {
+                    queue: q,
+                    flavor: first.0,
+                    others: total - 1,
+                }),
+            );
         }
         let mut best: Option<(u32, usize)> = None;
         let mut first_reason: Option<Reason> = None;

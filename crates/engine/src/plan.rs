@@ -58,6 +58,10 @@ pub struct CycleStats {
     pub queues_skipped: u64,
     /// Jobs that started (or grew).
     pub admitted: u64,
+    /// Binds this cycle took back so that a job within its queue's nominal quota could have
+    /// the room another queue was borrowing in the same cycle (in-quota work goes first).
+    #[serde(default)]
+    pub unadmitted: u64,
     /// Tasks placed.
     pub tasks_placed: u64,
     /// Victim searches attempted.

@@ -20,6 +20,8 @@ use gantry_model::QueueTree;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Cell {
+    /// The queue's quotas list the flavor (with any nominal, 0 included).
+    listed: bool,
     nominal: u64,
     borrowing_limit: Option<u64>,
     lending_limit: Option<u64>,
@@ -45,6 +47,8 @@ pub(crate) struct QuotaTree {
     cells: Vec<Vec<Cell>>,
     /// Per root, per flavor: whether any queue of that tree mentions the flavor.
     managed: Vec<Vec<bool>>,
+    /// Per queue: flavors its quotas do not list are usable (`unlisted_flavors: allow`).
+    allow_unlisted: Vec<bool>,
     flavors: usize,
 }
 
@@ -73,6 +77,7 @@ impl QuotaTree {
             root: vec![0; n],
             cells: vec![vec![Cell::default(); flavors]; n],
             managed: Vec::new(),
+            allow_unlisted: tree.queues.iter().map(|q| q.allow_unlisted).collect(),
             flavors,
         };
         for i in 0..n {
@@ -87,6 +92,7 @@ impl QuotaTree {
             for (name, quota) in &q.quotas {
                 if let Some(&f) = flavor_index.get(name.as_str()) {
                     let c = &mut t.cells[i][f as usize];
+                    c.listed = true;
                     c.nominal = quota.nominal;
                     c.borrowing_limit = quota.borrowing_limit;
                     c.lending_limit = quota.lending_limit;
@@ -184,8 +190,20 @@ impl QuotaTree {
         self.cells[q as usize][f as usize].borrowing_limit
     }
 
-    /// How much more of `f` queue `q` may use now.
+    /// Whether jobs of queue `q` may use flavor `f` at all: its quotas list it, or it allows
+    /// unlisted flavors.
+    pub fn may_use(&self, q: u32, f: u32) -> bool {
+        self.allow_unlisted[q as usize]
+            || self.cells[q as usize]
+                .get(f as usize)
+                .is_some_and(|c| c.listed)
+    }
+
+    /// How much more of `f` queue `q` may use now (0 for a flavor it may not use).
     pub fn available(&self, q: u32, f: u32) -> u64 {
+        if !self.may_use(q, f) {
+            return 0;
+        }
         if !self.is_managed(q, f) {
             return u64::MAX;
         }
@@ -210,12 +228,15 @@ impl QuotaTree {
         }
     }
 
-    /// What the cohort (everything above `q`) could still give it, ignoring `q`'s own guarantee.
+    /// What the cohort could lend `q` beyond its own unused nominal quota: what it may take
+    /// now minus what is its own (a queue's nominal sits in its cohort's pool, so the pool's
+    /// free amount counts it too).
     pub fn cohort_available(&self, q: u32, f: u32) -> u64 {
-        match self.parent[q as usize] {
-            None => 0,
-            Some(p) => self.available_at(p, f),
+        if self.parent[q as usize].is_none() {
+            return 0;
         }
+        let own_free = self.nominal(q, f).saturating_sub(self.usage(q, f));
+        self.available(q, f).saturating_sub(own_free)
     }
 
     /// Add (or with a negative delta, remove) usage at leaf `q`, updating pool usage upwards.
@@ -303,9 +324,29 @@ queues:
     }
 
     #[test]
-    fn unmanaged_flavors_are_unlimited() {
+    fn unlisted_flavors_are_denied_unless_allowed() {
+        // Kueue-like default: a flavor the queue does not list is not usable.
         let t = tree("queues: [{name: solo}]");
+        assert!(!t.may_use(0, 0));
+        assert_eq!(t.available(0, 0), 0);
+        // allow: no queue of the tree lists it, so only capacity limits it.
+        let t = tree("queues: [{name: solo, unlisted_flavors: allow}]");
         assert_eq!(t.available(0, 0), u64::MAX);
+        // allow is inherited from the cohort; a listed flavor with nominal 0 only borrows.
+        let t = tree(
+            r#"
+queues:
+  - {name: org, unlisted_flavors: allow}
+  - {name: a, parent: org, quotas: {gpu: {nominal: 4}}}
+  - {name: b, parent: org}
+  - {name: c, parent: org, unlisted_flavors: deny}
+  - {name: d, parent: org, unlisted_flavors: deny, quotas: {gpu: {nominal: 0}}}
+"#,
+        );
+        let f = |n: &str| t.find(n).expect("queue");
+        assert_eq!(t.available(f("b"), 0), 4_000); // borrows a's idle quota
+        assert_eq!(t.available(f("c"), 0), 0);
+        assert_eq!(t.available(f("d"), 0), 4_000);
     }
 
     #[test]

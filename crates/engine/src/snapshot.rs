@@ -120,6 +120,7 @@ pub(crate) struct NodeSlot {
     pub labels: Box<[(u32, u32)]>,
     pub ready: bool,
     pub dev_start: u32,
+    pub dev_count: u32,
     /// Free whole devices (local bit index), regardless of readiness.
     pub free_mask: u64,
     /// `(model, devices of that model)`.
@@ -289,6 +290,35 @@ pub(crate) struct DemandC {
     pub mem: u64,
     pub gpu: GpuNeed,
     pub nvlink: bool,
+    /// Where it may run: an index into `Snapshot::constraints` (0: no selector, affinity or
+    /// toleration; taints still apply).
+    pub constraint: u32,
+}
+
+/// What a rendered reason depends on besides the cluster: (job shape, queue, tasks of its first
+/// waiting group already running, the stored reason).
+pub(crate) type WhyKey = (u32, u32, u32, crate::Reason);
+
+/// Which nodes admit one set of constraints (selector, affinity, tolerations against labels and
+/// taints). Computed once per snapshot: labels and taints change only with a rebuild.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Eligible {
+    /// Every node admits it (no check needed).
+    pub all: bool,
+    /// Bit per node.
+    pub bits: Vec<u64>,
+    /// The admitting nodes, ascending.
+    pub list: Vec<u32>,
+}
+
+impl Eligible {
+    pub fn admits(&self, node: u32) -> bool {
+        self.all
+            || self
+                .bits
+                .get(node as usize / 64)
+                .is_some_and(|w| w >> (node % 64) & 1 == 1)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -452,6 +482,19 @@ pub struct Snapshot {
     pub(crate) frag_cache: Vec<(u32, u32, i64)>,
     /// The workload's shapes per layout and cut, at an epoch.
     pub(crate) layout_targets: Vec<[crate::score::LayoutTargets; 2]>,
+    /// Each node's labels and taints, as the cluster gave them (for eligibility and reasons).
+    pub(crate) node_meta: Vec<(BTreeMap<String, String>, Vec<gantry_model::Taint>)>,
+    /// Interned task constraints; index 0 is the empty one.
+    pub(crate) constraints: Vec<gantry_model::NodeConstraints>,
+    pub(crate) constraint_index: HashMap<gantry_model::NodeConstraints, u32>,
+    /// Per constraint, the nodes that admit it (filled when first needed).
+    pub(crate) eligible: Vec<Option<Eligible>>,
+    /// Bumped on every change of a node's state (bind, release, readiness, health): what
+    /// rendered reasons were computed against.
+    pub(crate) version: u64,
+    /// Rendered reasons per (shape, queue, tasks of the first group running, reason), valid
+    /// while `version` stands: jobs of one shape wait for the same reason.
+    pub(crate) why_cache: std::cell::RefCell<HashMap<WhyKey, (u64, crate::Why)>>,
 }
 
 fn popcount(m: u64) -> u32 {
@@ -496,7 +539,19 @@ impl Snapshot {
             score_cache: HashMap::default(),
             frag_cache: Vec::new(),
             layout_targets: Vec::new(),
+            node_meta: cluster
+                .nodes
+                .iter()
+                .map(|n| (n.labels.clone(), n.taints.clone()))
+                .collect(),
+            constraints: vec![gantry_model::NodeConstraints::default()],
+            constraint_index: HashMap::default(),
+            eligible: vec![None],
+            version: 0,
+            why_cache: Default::default(),
         };
+        s.constraint_index
+            .insert(gantry_model::NodeConstraints::default(), 0);
         // Geometries and flavors: every model, and every MIG profile of a model with MIG devices.
         for g in cluster.geometries.values() {
             s.geometries.push(g.clone());
@@ -667,6 +722,7 @@ impl Snapshot {
                 labels: labels.into(),
                 ready: true,
                 dev_start,
+                dev_count: node.devices.len() as u32,
                 free_mask,
                 model_masks: model_masks.into(),
                 domain_masks: domain_masks.into(),
@@ -867,11 +923,22 @@ impl Snapshot {
                 }
             }
         };
+        let constraint = match self.constraint_index.get(&d.constraints) {
+            Some(&c) => c,
+            None => {
+                let c = self.constraints.len() as u32;
+                self.constraints.push(d.constraints.clone());
+                self.eligible.push(None);
+                self.constraint_index.insert(d.constraints.clone(), c);
+                c
+            }
+        };
         let c = DemandC {
             cpu: d.cpu_milli,
             mem: d.memory_mib,
             gpu,
             nvlink: d.nvlink,
+            constraint,
         };
         if let Some(&id) = self.demand_index.get(&c) {
             return Ok(id);
@@ -958,6 +1025,52 @@ impl Snapshot {
         self.fresh.push(id);
         self.sync_pending(id);
         Ok(JobId(id))
+    }
+
+    /// The nodes that admit constraint `c`, computed on first use.
+    pub(crate) fn eligible(&mut self, c: u32) -> &Eligible {
+        let ci = c as usize;
+        if self.eligible[ci].is_none() {
+            let e = self.compute_eligible(c);
+            self.eligible[ci] = Some(e);
+        }
+        self.eligible[ci].as_ref().expect("just set")
+    }
+
+    /// Whether node `node` admits constraint `c` (uncached: for explanations).
+    pub(crate) fn admits(&self, c: u32, node: u32) -> Result<(), gantry_model::Exclusion> {
+        if let Some(e) = &self.eligible[c as usize] {
+            if e.all {
+                return Ok(());
+            }
+        }
+        let (labels, taints) = &self.node_meta[node as usize];
+        self.constraints[c as usize].admits(&self.nodes[node as usize].name, labels, taints)
+    }
+
+    fn compute_eligible(&self, c: u32) -> Eligible {
+        let con = &self.constraints[c as usize];
+        let n = self.nodes.len();
+        if con.is_empty() && self.node_meta.iter().all(|(_, t)| t.is_empty()) {
+            return Eligible {
+                all: true,
+                bits: Vec::new(),
+                list: (0..n as u32).collect(),
+            };
+        }
+        let mut bits = vec![0u64; n.div_ceil(64)];
+        let mut list = Vec::new();
+        for (i, (labels, taints)) in self.node_meta.iter().enumerate() {
+            if con.admits(&self.nodes[i].name, labels, taints).is_ok() {
+                bits[i / 64] |= 1 << (i % 64);
+                list.push(i as u32);
+            }
+        }
+        Eligible {
+            all: list.len() == n,
+            bits,
+            list,
+        }
     }
 
     /// A demand as the learned workload counts it (MIG demands are not counted).

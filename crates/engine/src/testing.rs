@@ -60,8 +60,26 @@ impl ClusterBuilder {
             cpu: 128_000,
             memory: 1024 * 1024,
             labels: BTreeMap::new(),
+            taints: Vec::new(),
             mig: mig.map(|slices| MigLayout { slices }),
         });
+        self
+    }
+
+    /// Taint every node of the last pool (`key=value:NoSchedule`).
+    pub fn taint(mut self, taint: &str) -> Self {
+        let t = taint.parse().expect("a taint");
+        if let Some(p) = self.spec.pools.last_mut() {
+            p.taints.push(t);
+        }
+        self
+    }
+
+    /// Label every node of the last pool.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        if let Some(p) = self.spec.pools.last_mut() {
+            p.labels.insert(key.into(), value.into());
+        }
         self
     }
 
@@ -97,7 +115,16 @@ impl QueueBuilder {
             parent: None,
             weight: 1.0,
             quotas: BTreeMap::new(),
+            unlisted_flavors: None,
         });
+        self
+    }
+
+    /// Let the last queue (and, for a cohort, its children) use flavors it does not list.
+    pub fn allow_unlisted(mut self) -> Self {
+        if let Some(q) = self.spec.queues.last_mut() {
+            q.unlisted_flavors = Some(gantry_model::UnlistedFlavors::Allow);
+        }
         self
     }
 
@@ -118,6 +145,7 @@ impl QueueBuilder {
             name: name.into(),
             parent: (!parent.is_empty()).then(|| parent.into()),
             weight,
+            unlisted_flavors: None,
             quotas: quotas
                 .iter()
                 .map(|&(f, n, b, l)| {
@@ -165,17 +193,7 @@ impl JobBuilder {
                 queue: "default".into(),
                 kind: JobKind::Batch,
                 priority_class: None,
-                tasks: vec![TaskGroupSpec {
-                    name: None,
-                    count: 1,
-                    cpu: None,
-                    memory: None,
-                    gpus: None,
-                    gpu_fraction: None,
-                    mig: None,
-                    gpu_models: vec![],
-                    nvlink: false,
-                }],
+                tasks: vec![TaskGroupSpec::default()],
                 min_available: None,
                 placement: None,
                 expected_runtime: None,
@@ -187,6 +205,44 @@ impl JobBuilder {
 
     fn last(&mut self) -> &mut TaskGroupSpec {
         self.spec.tasks.last_mut().expect("a job has a task group")
+    }
+
+    /// A node selector label (last task group).
+    pub fn selector(mut self, key: &str, value: &str) -> Self {
+        self.last().node_selector.insert(key.into(), value.into());
+        self
+    }
+
+    /// Tolerate a taint (`key=value:Effect`, Equal; `key:Effect` with no value: Exists).
+    pub fn tolerate(mut self, taint: &str) -> Self {
+        let t: gantry_model::Taint = taint.parse().expect("a taint");
+        let exists = t.value.is_empty();
+        self.last().tolerations.push(gantry_model::Toleration {
+            key: Some(t.key),
+            operator: if exists {
+                gantry_model::TolerationOp::Exists
+            } else {
+                gantry_model::TolerationOp::Equal
+            },
+            value: (!exists).then_some(t.value),
+            effect: Some(t.effect),
+        });
+        self
+    }
+
+    /// A required affinity term (`[(key, op, values)]`, ANDed); several calls are ORed.
+    pub fn affinity(mut self, term: &[(&str, gantry_model::SelectorOp, &[&str])]) -> Self {
+        self.last().node_affinity.push(gantry_model::SelectorTerm {
+            match_expressions: term
+                .iter()
+                .map(|(k, op, vs)| gantry_model::SelectorRequirement {
+                    key: (*k).into(),
+                    operator: *op,
+                    values: vs.iter().map(|v| (*v).into()).collect(),
+                })
+                .collect(),
+        });
+        self
     }
 
     /// Queue.

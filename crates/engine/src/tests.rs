@@ -73,16 +73,17 @@ fn nvlink_tasks_stay_in_one_domain_and_domains_are_kept_whole() {
         .reason(h.snap.job_by_name("five").expect("five"))
         .expect("reason");
     assert!(matches!(r, Reason::Domain { needed: 5, .. }), "{r:?}");
-    let text = h
+    // The node's domains hold 4 GPUs each: no waiting helps.
+    let x = h
         .snap
         .explain(h.snap.job_by_name("five").expect("five"))
-        .expect("x")
-        .reason
-        .expect("r");
-    assert!(
-        text.contains("needs 5 h100-80gb GPUs in one NVLink domain; the largest free domain has"),
-        "{text}"
+        .expect("x");
+    assert_eq!(
+        x.reason.as_deref(),
+        Some("no eligible h100-80gb node can ever hold a task of 5 h100-80gb GPUs in one NVLink domain: the largest NVLink domain on one has 4 GPUs")
     );
+    assert!(x.unresolvable);
+    assert_eq!(x.reason_label.as_deref(), Some("unresolvable"));
 }
 
 #[test]
@@ -175,7 +176,11 @@ fn fixed_mig_layouts_offer_only_their_slices() {
     let c = ClusterBuilder::new()
         .pool_with("mig", 1, 1, "a100-80gb", 1, Some(slices))
         .build();
-    let mut h = Harness::new(&c, &queues(&[("team-a", 0)]));
+    let q = QueueBuilder::new()
+        .queue("team-a", "", "h100-80gb", 0)
+        .allow_unlisted()
+        .build();
+    let mut h = Harness::new(&c, &q);
     h.submit(job("a").mig("3g.40gb"));
     h.submit(job("b").mig("3g.40gb"));
     h.submit(job("c").mig("1g.10gb"));
@@ -197,7 +202,8 @@ fn shared_device(h: &Harness, n: &str) -> u32 {
 fn shared_gpus_go_where_the_remainder_still_serves_the_workload() {
     // One node with 2 T4s. a (0.5), b (0.3) and c (0.5) arrive together, so the learned
     // workload is 0.5 with p = 2/3 and 0.3 with p = 1/3.
-    let mut h = Harness::new(&cluster(1, 2, "t4"), &queues(&[("team-a", 0)]));
+    let q = QueueBuilder::new().queue("team-a", "", "t4", 2).build();
+    let mut h = Harness::new(&cluster(1, 2, "t4"), &q);
     h.submit(job("a").fraction(0.5).models(&["t4"]));
     h.submit(job("b").fraction(0.3).models(&["t4"]));
     h.submit(job("c").fraction(0.5).models(&["t4"]));
@@ -213,8 +219,7 @@ fn shared_gpus_go_where_the_remainder_still_serves_the_workload() {
 
     // The best-fit profile packs by least remaining instead: b joins a (0.2 left) and c takes
     // the other GPU.
-    let mut h = Harness::new(&cluster(1, 2, "t4"), &queues(&[("team-a", 0)]))
-        .with_profile(Profile::best_fit());
+    let mut h = Harness::new(&cluster(1, 2, "t4"), &q).with_profile(Profile::best_fit());
     h.submit(job("a").fraction(0.5).models(&["t4"]));
     h.submit(job("b").fraction(0.3).models(&["t4"]));
     h.submit(job("c").fraction(0.5).models(&["t4"]));

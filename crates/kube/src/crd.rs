@@ -75,6 +75,10 @@ pub struct QueueSpec {
     /// Quota per flavor: a GPU model (`h100-80gb`) or a MIG profile (`a100-80gb/1g.10gb`).
     #[serde(default)]
     pub quotas: BTreeMap<String, FlavorQuota>,
+    /// Flavors `quotas` does not list: `deny` (default, as in Kueue) or `allow`. Absent: as the
+    /// parent says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlisted_flavors: Option<gantry_model::UnlistedFlavors>,
 }
 
 /// What the controller reports on a queue.

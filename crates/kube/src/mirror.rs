@@ -900,8 +900,8 @@ impl Mirror {
         for e in self.jobs.values_mut() {
             if let Some(id) = e.id {
                 if self.snap.job_phase(id) == JobPhase::Pending {
-                    if let Some(r) = self.snap.reason(id) {
-                        e.reason = Some(self.snap.describe(&r));
+                    if let Some(w) = self.snap.why(id) {
+                        e.reason = Some(w.text);
                     }
                 }
             }
@@ -1193,8 +1193,12 @@ mod tests {
             m.upsert_node(node(n));
             m.upsert_inventory(n, inventory(n, *g));
         }
+        // A queue with no quota that may use any flavor, up to capacity.
         m.upsert_queue(
-            serde_json::from_value(json!({"metadata": {"name": "q"}, "spec": {}})).unwrap(),
+            serde_json::from_value(
+                json!({"metadata": {"name": "q"}, "spec": {"unlistedFlavors": "allow"}}),
+            )
+            .unwrap(),
         );
         m
     }

@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 
 use gantry_engine::NamedAlloc;
 use gantry_model::quantity::Quantity;
-use gantry_model::{JobKind, JobSpec, Node, QueueSpec, QuotaSpec, TaskGroupSpec};
+use gantry_model::{
+    JobKind, JobSpec, Node, NodeConstraints, QueueSpec, QuotaSpec, SelectorOp, SelectorRequirement,
+    SelectorTerm, Taint, TaintEffect, TaskGroupSpec, Toleration, TolerationOp,
+};
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 
@@ -29,6 +32,121 @@ pub const ALLOCATION_ANNOTATION: &str = "gantry.dev/allocation";
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Prefix of MIG resources in the device plugin's mixed strategy (`nvidia.com/mig-1g.10gb`).
 pub const MIG_RESOURCE_PREFIX: &str = "nvidia.com/mig-";
+/// Pod annotation naming the GPU models a pod may use (`h100-80gb,a100-80gb`).
+pub const GPU_MODELS_ANNOTATION: &str = "gantry.dev/gpu-models";
+/// Taints the node lifecycle sets; gantry reads them as readiness, not as taints.
+const LIFECYCLE_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/unreachable",
+    "node.kubernetes.io/not-ready",
+];
+
+fn effect_of(e: &str, field: &str) -> Result<TaintEffect, String> {
+    match e {
+        "NoSchedule" => Ok(TaintEffect::NoSchedule),
+        "PreferNoSchedule" => Ok(TaintEffect::PreferNoSchedule),
+        "NoExecute" => Ok(TaintEffect::NoExecute),
+        other => Err(format!(
+            "{field}: {other:?} is not a taint effect (NoSchedule, PreferNoSchedule, NoExecute)"
+        )),
+    }
+}
+
+/// Where a pod may run: `spec.nodeSelector`, `spec.affinity.nodeAffinity.
+/// requiredDuringSchedulingIgnoredDuringExecution` (match expressions and the `metadata.name`
+/// match field) and `spec.tolerations`. Preferred node affinity is a scoring hint that gantry
+/// does not read.
+fn constraints_of(pod: &Pod) -> Result<NodeConstraints, String> {
+    let Some(spec) = &pod.spec else {
+        return Ok(NodeConstraints::default());
+    };
+    let mut c = NodeConstraints {
+        node_selector: spec
+            .node_selector
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
+    if let Some(req) = required {
+        for (i, term) in req.node_selector_terms.iter().enumerate() {
+            let field = format!("spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{i}]");
+            let mut exprs = Vec::new();
+            let all = term
+                .match_expressions
+                .iter()
+                .flatten()
+                .map(|e| ("matchExpressions", e.key.clone(), e))
+                .chain(
+                    term.match_fields
+                        .iter()
+                        .flatten()
+                        .map(|e| ("matchFields", "metadata.name".to_string(), e)),
+                );
+            for (j, (kind, key, e)) in all.enumerate() {
+                if kind == "matchFields" && e.key != "metadata.name" {
+                    return Err(format!(
+                        "{field}.matchFields: only metadata.name can be matched, not {:?}",
+                        e.key
+                    ));
+                }
+                let operator = match e.operator.as_str() {
+                    "In" => SelectorOp::In,
+                    "NotIn" => SelectorOp::NotIn,
+                    "Exists" => SelectorOp::Exists,
+                    "DoesNotExist" => SelectorOp::DoesNotExist,
+                    "Gt" => SelectorOp::Gt,
+                    "Lt" => SelectorOp::Lt,
+                    other => {
+                        return Err(format!(
+                            "{field}.{kind}[{j}].operator: {other:?} is not In, NotIn, Exists, DoesNotExist, Gt or Lt"
+                        ))
+                    }
+                };
+                exprs.push(SelectorRequirement {
+                    key,
+                    operator,
+                    values: e.values.clone().unwrap_or_default(),
+                });
+            }
+            c.node_affinity.push(SelectorTerm {
+                match_expressions: exprs,
+            });
+        }
+    }
+    for (i, t) in spec.tolerations.iter().flatten().enumerate() {
+        let field = format!("spec.tolerations[{i}]");
+        let operator = match t.operator.as_deref() {
+            None | Some("") | Some("Equal") => TolerationOp::Equal,
+            Some("Exists") => TolerationOp::Exists,
+            Some(other) => {
+                return Err(format!(
+                    "{field}.operator: {other:?} is not Equal or Exists"
+                ))
+            }
+        };
+        let effect = match t.effect.as_deref() {
+            None | Some("") => None,
+            Some(e) => Some(effect_of(e, &format!("{field}.effect"))?),
+        };
+        c.tolerations.push(Toleration {
+            key: t.key.clone().filter(|k| !k.is_empty()),
+            operator,
+            value: t.value.clone().filter(|v| !v.is_empty()),
+            effect,
+        });
+    }
+    c.validate().map_err(|e| format!("spec: {e}"))?;
+    Ok(c)
+}
 
 /// A pod's namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -114,6 +232,10 @@ pub struct PodDemand {
     pub gpus: u32,
     /// A MIG profile (`1g.10gb`), from an `nvidia.com/mig-<profile>` resource.
     pub mig: Option<String>,
+    /// Allowed GPU models, from the `gantry.dev/gpu-models` annotation (comma-separated).
+    pub gpu_models: Vec<String>,
+    /// `spec.nodeSelector`, required node affinity and `spec.tolerations`.
+    pub constraints: NodeConstraints,
 }
 
 /// What the scheduler needs of one pod.
@@ -317,7 +439,20 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, String> {
         Some(g) => JobKey::Group(key.ns.clone(), g.to_string()),
         None => JobKey::Pod(key.clone()),
     };
-    let demand = demand_of(pod)?;
+    let mut demand = demand_of(pod)?;
+    demand.constraints = constraints_of(pod)?;
+    demand.gpu_models = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(GPU_MODELS_ANNOTATION))
+        .map(|v| {
+            v.split(',')
+                .map(gantry_model::normalize_model)
+                .filter(|m| !m.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
     let node = pod
         .spec
         .as_ref()
@@ -373,9 +508,9 @@ pub struct NodeView {
 /// A Kubernetes Node and its inventory → the engine's node.
 ///
 /// Allocatable CPU and memory come from the Node's status, labels from its labels, devices
-/// from the inventory. A node is not ready when its `Ready` condition is not `True`, when it is
-/// cordoned (`spec.unschedulable`), or when it carries the `node.kubernetes.io/unreachable` or
-/// `not-ready` taints.
+/// from the inventory, taints from `spec.taints`. A node is not ready when its `Ready` condition
+/// is not `True`, when it is cordoned (`spec.unschedulable`), or when it carries the
+/// `node.kubernetes.io/unreachable` or `not-ready` taints (read as readiness, not as taints).
 ///
 /// # Errors
 /// A malformed allocatable quantity, naming the field.
@@ -403,18 +538,26 @@ pub fn node_of(node: &KubeNode, inventory: Option<&NodeInventorySpec>) -> Result
         .as_ref()
         .and_then(|s| s.unschedulable)
         .unwrap_or(false);
-    let lifecycle_taint = node
+    let all_taints = node
         .spec
         .as_ref()
         .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| {
-            ts.iter().any(|t| {
-                matches!(
-                    t.key.as_str(),
-                    "node.kubernetes.io/unreachable" | "node.kubernetes.io/not-ready"
-                )
-            })
+        .cloned()
+        .unwrap_or_default();
+    let lifecycle_taint = all_taints
+        .iter()
+        .any(|t| LIFECYCLE_TAINTS.contains(&t.key.as_str()));
+    let mut taints = Vec::new();
+    for (i, t) in all_taints.iter().enumerate() {
+        if LIFECYCLE_TAINTS.contains(&t.key.as_str()) {
+            continue;
+        }
+        taints.push(Taint {
+            key: t.key.clone(),
+            value: t.value.clone().unwrap_or_default(),
+            effect: effect_of(&t.effect, &format!("spec.taints[{i}].effect"))?,
         });
+    }
     let labels = node.metadata.labels.clone().unwrap_or_default();
     Ok(NodeView {
         node: Node {
@@ -422,6 +565,7 @@ pub fn node_of(node: &KubeNode, inventory: Option<&NodeInventorySpec>) -> Result
             cpu_milli: cpu,
             memory_mib: mem,
             labels: labels.into_iter().collect(),
+            taints,
             devices: inventory.map(|i| i.devices.clone()).unwrap_or_default(),
         },
         ready: ready_condition && !cordoned && !lifecycle_taint,
@@ -436,6 +580,7 @@ pub fn queue_specs<'a>(queues: impl IntoIterator<Item = &'a Queue>) -> Vec<Queue
             name: q.metadata.name.clone().unwrap_or_default(),
             parent: q.spec.parent.clone(),
             weight: q.spec.weight.unwrap_or(1.0),
+            unlisted_flavors: q.spec.unlisted_flavors,
             quotas: q
                 .spec
                 .quotas
@@ -507,8 +652,11 @@ pub fn job_spec(
             gpus: (d.gpus > 0).then_some(d.gpus),
             gpu_fraction: None,
             mig: d.mig.clone(),
-            gpu_models: Vec::new(),
+            gpu_models: d.gpu_models.clone(),
             nvlink: false,
+            node_selector: d.constraints.node_selector.clone(),
+            node_affinity: d.constraints.node_affinity.clone(),
+            tolerations: d.constraints.tolerations.clone(),
         });
         tasks.push(ps.iter().map(|p| p.key.clone()).collect());
     }
@@ -641,6 +789,7 @@ mod tests {
                         memory_mib: 32768,
                         gpus: 8,
                         mig: None,
+                        ..Default::default()
                     },
                 )),
             ),
@@ -661,6 +810,7 @@ mod tests {
                         memory_mib: 32768,
                         gpus: 0,
                         mig: Some("1g.10gb".into()),
+                        ..Default::default()
                     },
                 )),
             ),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use gantry_kube::{ControllerConfig, Metrics};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 struct Running {
@@ -399,5 +399,154 @@ async fn a_refused_bind_rolls_the_rest_of_the_gang_back() {
     })
     .await;
     assert_eq!(bound(&api, "ml", &names), 0);
+    ctl.stop().await;
+}
+
+/// The PodScheduled condition of a pod, once written: (reason, message).
+async fn scheduled_condition(api: &FakeApi, ns: &str, name: &str) -> (String, String) {
+    api.wait_for(20, "the pod's PodScheduled condition", |a| {
+        let p = a.get(CORE, "pods", ns, name)?;
+        let c = p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")?
+            .clone();
+        Some((
+            c["reason"].as_str()?.to_string(),
+            c["message"].as_str()?.to_string(),
+        ))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selectors_affinity_taints_and_gpu_models_are_honoured_with_reasons() {
+    let api = FakeApi::default();
+    let h100 = "NVIDIA-H100-80GB-HBM3";
+    api.apply(
+        CORE,
+        "nodes",
+        node_with("n-h100", json!({"nvidia.com/gpu.product": h100}), json!([])),
+    );
+    api.apply(
+        GANTRY,
+        "nodeinventories",
+        inventory_of("n-h100", 8, "h100-80gb"),
+    );
+    api.apply(
+        CORE,
+        "nodes",
+        node_with(
+            "n-a100",
+            json!({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}),
+            json!([]),
+        ),
+    );
+    api.apply(
+        GANTRY,
+        "nodeinventories",
+        inventory_of("n-a100", 8, "a100-80gb"),
+    );
+    api.apply(
+        CORE,
+        "nodes",
+        node_with(
+            "n-qa",
+            json!({"nvidia.com/gpu.product": h100}),
+            json!([{"key": "qa-dedicated", "value": "yes", "effect": "NoSchedule"}]),
+        ),
+    );
+    api.apply(
+        GANTRY,
+        "nodeinventories",
+        inventory_of("n-qa", 8, "h100-80gb"),
+    );
+    // team-a has H100 quota only: the A100s are not its to use.
+    api.apply(
+        GANTRY,
+        "queues",
+        json!({"apiVersion": "gantry.dev/v1alpha1", "kind": "Queue",
+        "metadata": {"name": "research"}, "spec": {"quotas": {}}}),
+    );
+    api.apply(
+        GANTRY,
+        "queues",
+        queue("team-a", Some("research"), Some(16.0)),
+    );
+    let ctl = start(&api, config("a", false));
+    let lone = |name: &str, gpus: u32, spec: Value, annotations: Value| {
+        let mut p = pod("ml", name, gpus, None, Some("team-a"));
+        for (k, v) in spec.as_object().expect("object") {
+            p["spec"][k] = v.clone();
+        }
+        p["metadata"]["annotations"] = annotations;
+        api.apply(CORE, "pods", p);
+    };
+    lone(
+        "ssd",
+        1,
+        json!({"nodeSelector": {"disktype": "ssd"}}),
+        json!({}),
+    );
+    lone(
+        "h100-only",
+        4,
+        json!({"nodeSelector": {"nvidia.com/gpu.product": h100}}),
+        json!({}),
+    );
+    lone("any", 4, json!({}), json!({}));
+    lone(
+        "qa",
+        1,
+        json!({"nodeSelector": {"kubernetes.io/hostname": "n-qa"},
+               "tolerations": [{"key": "qa-dedicated", "operator": "Exists", "effect": "NoSchedule"}]}),
+        json!({}),
+    );
+    lone(
+        "untolerated",
+        1,
+        json!({"nodeSelector": {"kubernetes.io/hostname": "n-qa"}}),
+        json!({}),
+    );
+    lone(
+        "nowhere",
+        1,
+        json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["does-not-exist"]}]}]}}}}),
+        json!({}),
+    );
+    lone(
+        "a100",
+        1,
+        json!({}),
+        json!({"gantry.dev/gpu-models": "a100-80gb"}),
+    );
+    api.wait_for(20, "the placeable pods bound", |a| {
+        ["h100-only", "any", "qa"]
+            .iter()
+            .all(|n| node_of(a, "ml", n).is_some())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(node_of(&api, "ml", "h100-only").as_deref(), Some("n-h100"));
+    assert_eq!(
+        node_of(&api, "ml", "any").as_deref(),
+        Some("n-h100"),
+        "no A100 quota, n-qa tainted"
+    );
+    assert_eq!(node_of(&api, "ml", "qa").as_deref(), Some("n-qa"));
+    let (reason, msg) = scheduled_condition(&api, "ml", "ssd").await;
+    assert_eq!(reason, "Unschedulable");
+    assert_eq!(msg, "no h100-80gb node can run a task of 1 h100-80gb GPU: 2 of 2 h100-80gb nodes excluded: 1 with taint qa-dedicated=yes:NoSchedule, 1 not matching node_selector disktype=ssd");
+    let (_, msg) = scheduled_condition(&api, "ml", "untolerated").await;
+    assert_eq!(msg, "no h100-80gb node can run a task of 1 h100-80gb GPU: 2 of 2 h100-80gb nodes excluded: 1 with taint qa-dedicated=yes:NoSchedule, 1 not matching node_selector kubernetes.io/hostname=n-qa");
+    let (_, msg) = scheduled_condition(&api, "ml", "nowhere").await;
+    assert_eq!(msg, "no h100-80gb node can run a task of 1 h100-80gb GPU: 2 of 2 h100-80gb nodes excluded: 1 with taint qa-dedicated=yes:NoSchedule, 1 not matching node affinity");
+    let (_, msg) = scheduled_condition(&api, "ml", "a100").await;
+    assert_eq!(msg, "queue team-a has no quota for a100-80gb (list it in the queue's quotas, or set unlisted_flavors: allow)");
+    for p in ["ssd", "untolerated", "nowhere", "a100"] {
+        assert_eq!(node_of(&api, "ml", p), None, "{p} was bound");
+    }
     ctl.stop().await;
 }

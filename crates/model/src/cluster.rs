@@ -123,6 +123,9 @@ pub struct Node {
     /// Topology and other labels (`rack: r3`, `zone: a`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Taints: tasks that do not tolerate a `NoSchedule` or `NoExecute` taint stay away.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<crate::Taint>,
     /// Its GPUs.
     #[serde(default)]
     pub devices: Vec<Device>,
@@ -160,6 +163,9 @@ pub struct NodePool {
     /// Extra labels on every node.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Taints on every node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<crate::Taint>,
     /// MIG layout for every device (`{}` = dynamic slices).
     #[serde(default)]
     pub mig: Option<MigLayout>,
@@ -266,6 +272,7 @@ impl ClusterSpec {
                     cpu_milli: pool.cpu,
                     memory_mib: pool.memory,
                     labels,
+                    taints: pool.taints.clone(),
                     devices,
                 });
             }

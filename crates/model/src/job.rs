@@ -7,11 +7,12 @@
 //! could never run, naming the field: `jobs[0].tasks[1].gpus: 9 requested but no flavor offers
 //! more than 8 per node`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{normalize_model, Catalog};
+use crate::eligibility::{NodeConstraints, SelectorTerm, Toleration};
 use crate::quantity::Quantity;
 use crate::queue::{check_name, PriorityClass, QueueTree};
 use crate::ModelError;
@@ -76,10 +77,39 @@ pub struct TaskGroupSpec {
     /// Keep a multi-GPU task's GPUs inside one NVLink domain.
     #[serde(default)]
     pub nvlink: bool,
+    /// Labels a node must carry with exactly these values (`{disktype: ssd}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Required node affinity: `[{match_expressions: [{key, operator, values}]}]`, terms ORed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_affinity: Vec<SelectorTerm>,
+    /// Taints the tasks tolerate: `[{key, operator: Equal|Exists, value, effect}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
 fn one() -> u32 {
     1
+}
+
+impl Default for TaskGroupSpec {
+    /// One task asking for nothing.
+    fn default() -> Self {
+        TaskGroupSpec {
+            name: None,
+            count: 1,
+            cpu: None,
+            memory: None,
+            gpus: None,
+            gpu_fraction: None,
+            mig: None,
+            gpu_models: Vec::new(),
+            nvlink: false,
+            node_selector: BTreeMap::new(),
+            node_affinity: Vec::new(),
+            tolerations: Vec::new(),
+        }
+    }
 }
 
 /// `min..max` replicas of an inference service.
@@ -172,6 +202,9 @@ pub struct Demand {
     pub gpu: GpuDemand,
     /// Multi-GPU task inside one NVLink domain.
     pub nvlink: bool,
+    /// Where the task may run (selector, affinity, tolerations).
+    #[serde(default, skip_serializing_if = "NodeConstraints::is_empty")]
+    pub constraints: NodeConstraints,
 }
 
 /// A validated task group.
@@ -624,6 +657,12 @@ fn validate_group(
     } else {
         GpuDemand::None
     };
+    let constraints = NodeConstraints {
+        node_selector: t.node_selector.clone(),
+        node_affinity: t.node_affinity.clone(),
+        tolerations: t.tolerations.clone(),
+    };
+    constraints.validate()?;
     Ok(TaskGroup {
         name,
         count: t.count,
@@ -632,6 +671,7 @@ fn validate_group(
             memory_mib,
             gpu,
             nvlink: t.nvlink,
+            constraints,
         },
     })
 }

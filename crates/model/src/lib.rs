@@ -13,6 +13,8 @@
 //!   nominal quota, borrowing and lending limits, and weights; priority classes.
 //! - [`job`]: jobs, task groups, GPU demands (whole, shared fraction, MIG profile), gangs,
 //!   placement constraints and inference replicas.
+//! - [`eligibility`]: where a task may run — node selectors, required node affinity, taints and
+//!   tolerations, with Kubernetes' semantics.
 //! - [`quantity`] and [`doc`]: parsing of `64Gi`, `500m`, `2h`, and of YAML/JSON documents, with
 //!   errors that name the field (`jobs[0].tasks[1].gpus: 9 requested but no flavor offers more
 //!   than 8 per node`) or the file, line and column.
@@ -22,6 +24,7 @@
 
 pub mod cluster;
 pub mod doc;
+pub mod eligibility;
 mod error;
 pub mod job;
 pub mod mig;
@@ -32,6 +35,10 @@ pub use cluster::{
     normalize_model, Catalog, Cluster, ClusterSpec, Device, Health, MigLayout, Node, NodePool,
     Slice,
 };
+pub use eligibility::{
+    Exclusion, NodeConstraints, SelectorOp, SelectorRequirement, SelectorTerm, Taint, TaintEffect,
+    Toleration, TolerationOp,
+};
 pub use error::ModelError;
 pub use job::{
     Demand, GpuDemand, Job, JobKind, JobSpec, JobsSpec, Placement, Replicas, Spread, TaskGroup,
@@ -40,7 +47,7 @@ pub use job::{
 pub use mig::{MigGeometry, MigProfile, ReportedProfile};
 pub use queue::{
     default_priority_classes, PriorityClass, QueueDef, QueueSpec, QueueTree, QueuesSpec, Quota,
-    QuotaSpec,
+    QuotaSpec, UnlistedFlavors,
 };
 
 /// The flavor name of a MIG profile on a model: `h100-80gb/1g.10gb`.

@@ -50,6 +50,24 @@ pub struct QueueSpec {
     /// Quota per flavor (`h100-80gb`, `h100-80gb/1g.10gb`).
     #[serde(default)]
     pub quotas: BTreeMap<String, QuotaSpec>,
+    /// What the queue may do with flavors its `quotas` do not list: `deny` (the default, as in
+    /// Kueue: list a flavor, with nominal 0 to only borrow it) or `allow` (the old behaviour:
+    /// unlisted flavors are limited only by what the tree's other queues list, or by capacity).
+    /// Absent: as the parent says (`deny` at a root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlisted_flavors: Option<UnlistedFlavors>,
+}
+
+/// What a queue may do with flavors its quotas do not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum UnlistedFlavors {
+    /// Not usable.
+    #[default]
+    Deny,
+    /// Usable, limited only by the tree's pool (when another queue lists the flavor) or capacity.
+    Allow,
 }
 
 /// A priority class: a value and whether jobs of the class may be preempted.
@@ -126,9 +144,18 @@ pub struct QueueDef {
     pub weight: f64,
     /// Quota per flavor.
     pub quotas: BTreeMap<String, Quota>,
+    /// Whether flavors `quotas` does not list are usable (see [`UnlistedFlavors`]), resolved
+    /// through the parents.
+    #[serde(default)]
+    pub allow_unlisted: bool,
 }
 
 impl QueueDef {
+    /// Whether jobs of this queue may use `flavor`: listed in its quotas, or unlisted flavors
+    /// are allowed.
+    pub fn may_use(&self, flavor: &str) -> bool {
+        self.allow_unlisted || self.quotas.contains_key(flavor)
+    }
     /// A leaf holds jobs; an inner node is a cohort.
     pub fn is_leaf(&self) -> bool {
         self.children.is_empty()
@@ -292,12 +319,18 @@ impl QueuesSpec {
                     },
                 );
             }
+            // Parents come first, so the parent's resolved value is known.
+            let allow_unlisted = match q.unlisted_flavors {
+                Some(u) => u == UnlistedFlavors::Allow,
+                None => parent.is_some_and(|p| queues[p].allow_unlisted),
+            };
             queues.push(QueueDef {
                 name: q.name.clone(),
                 parent,
                 children: Vec::new(),
                 weight: q.weight,
                 quotas,
+                allow_unlisted,
             });
         }
         for i in 0..queues.len() {
@@ -360,6 +393,7 @@ impl QueueTree {
                 children: vec![],
                 weight: 1.0,
                 quotas,
+                allow_unlisted: true,
             }],
             priority_classes: default_priority_classes()
                 .into_iter()

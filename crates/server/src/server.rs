@@ -26,6 +26,9 @@ use crate::state::{Assignment, Event, Report, State, Stop, TaskKey};
 use crate::store::{durable, Op, Store, Writer, WriterStats};
 use crate::ServerError;
 
+/// How many cycles `explain` runs the engine forward to estimate a start.
+const ESTIMATE_CYCLES: usize = 64;
+
 /// How the server runs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -224,6 +227,8 @@ impl Server {
                 parent: None,
                 weight: 1.0,
                 quotas: BTreeMap::new(),
+                // The out-of-the-box queue limits nothing: every flavor, up to capacity.
+                unlisted_flavors: Some(gantry_model::UnlistedFlavors::Allow),
             })?);
             ops.extend(state.ensure_fresh(now));
         }
@@ -548,8 +553,8 @@ fn pb_job(rec: &JobRecord, st: &State) -> pb::Job {
             .get(&rec.name)
             .filter(|e| e.rec.state == JobState::Pending && e.rec.attempt == rec.attempt)
             .and_then(|e| e.id)
-            .and_then(|id| st.snap.reason(id))
-            .map_or_else(|| rec.reason.clone(), |r| st.snap.describe(&r)),
+            .and_then(|id| st.snap.why(id))
+            .map_or_else(|| rec.reason.clone(), |w| w.text),
         requeues: rec.requeues,
         command: rec.command.clone(),
         spec_json: serde_json::to_string(&rec.spec).unwrap_or_default(),
@@ -882,6 +887,7 @@ impl pb::jobs_server::Jobs for Server {
             reason: rec.reason.clone(),
             position: 0,
             eta_ms: 0,
+            unresolvable: false,
         };
         let (id, ops) = self.lock().job_id(&name, now_ms());
         if !ops.is_empty() {
@@ -891,7 +897,20 @@ impl pb::jobs_server::Jobs for Server {
             let st = self.lock();
             if let Some(x) = st.snap.explain(id) {
                 out.position = x.position.map_or(0, |p| p as u32);
-                out.eta_ms = x.estimated_start.unwrap_or(0);
+                // Backfill's reservation when it made one, else the engine run forward over
+                // expected runtimes (bounded: at most ESTIMATE_CYCLES cycles ahead).
+                out.eta_ms = x
+                    .estimated_start
+                    .or_else(|| {
+                        (x.phase == gantry_engine::JobPhase::Pending)
+                            .then(|| {
+                                st.snap
+                                    .estimate_start(id, &st.profile, now_ms(), ESTIMATE_CYCLES)
+                            })
+                            .flatten()
+                    })
+                    .unwrap_or(0);
+                out.unresolvable = x.unresolvable;
                 if let Some(r) = x.reason {
                     out.reason = r;
                 }

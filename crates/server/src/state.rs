@@ -746,10 +746,10 @@ impl State {
             self.running.insert(name.clone());
             changed.insert(name);
         }
-        for (id, r) in &plan.reasons {
+        for (id, _) in &plan.reasons {
             let name = self.snap.job_name(*id).to_string();
-            if let Some(e) = self.jobs.get_mut(&name) {
-                e.rec.reason = self.snap.describe(r);
+            if let (Some(e), Some(w)) = (self.jobs.get_mut(&name), self.snap.why(*id)) {
+                e.rec.reason = w.text;
                 changed.insert(name);
             }
         }

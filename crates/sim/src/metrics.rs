@@ -87,6 +87,8 @@ pub struct EngineTime {
     pub incremental_cycles: u64,
     /// Victim searches attempted.
     pub preemption_attempts: u64,
+    /// Binds a cycle took back so in-quota work could have the room (never started).
+    pub taken_back: u64,
 }
 
 /// One queue's figures.
@@ -269,6 +271,7 @@ pub(crate) struct Recorder {
     memo_skips: u64,
     incremental: u64,
     preemption_attempts: u64,
+    taken_back: u64,
     preempt_priority: u64,
     preempt_reclaim: u64,
     queue_preempted: Vec<u64>,
@@ -353,6 +356,7 @@ impl Recorder {
             memo_skips: 0,
             incremental: 0,
             preemption_attempts: 0,
+            taken_back: 0,
             preempt_priority: 0,
             preempt_reclaim: 0,
             queue_preempted: vec![0; snap.queue_count()],
@@ -393,6 +397,7 @@ impl Recorder {
         self.memo_skips += stats.memo_skips;
         self.incremental += stats.incremental as u64;
         self.preemption_attempts += stats.preemption_attempts;
+        self.taken_back += stats.unadmitted;
     }
 
     pub fn preempted(&mut self, queue: u32, reclaim: bool) {
@@ -684,6 +689,7 @@ impl Recorder {
             memo_skips: self.memo_skips,
             incremental_cycles: self.incremental,
             preemption_attempts: self.preemption_attempts,
+            taken_back: self.taken_back,
         };
         let unalloc = match &fill {
             Some(f) => f.unallocated_gpus,

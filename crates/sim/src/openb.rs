@@ -100,6 +100,7 @@ pub fn parse_nodes(file: &str, text: &str) -> Result<Cluster> {
             })
             .collect();
         nodes.push(Node {
+            taints: Vec::new(),
             name: name.to_string(),
             cpu_milli,
             memory_mib,
@@ -178,6 +179,7 @@ impl Pod {
                 name: "pod".into(),
                 count: 1,
                 demand: Demand {
+                    constraints: Default::default(),
                     cpu_milli: self.cpu_milli,
                     memory_mib: self.memory_mib,
                     gpu,

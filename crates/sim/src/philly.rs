@@ -116,6 +116,7 @@ pub fn default_cluster() -> Cluster {
 pub fn default_cluster_of(nodes: u32) -> Cluster {
     ClusterSpec {
         pools: vec![NodePool {
+            taints: Vec::new(),
             name: "philly".into(),
             count: nodes,
             gpu_model: Some(MODEL.into()),
@@ -199,6 +200,7 @@ fn queues_for(jobs: &[PhillyJob], models: &[(String, u64)]) -> QueueTree {
         children: (1..=vcs.len()).collect(),
         weight: 1.0,
         quotas: BTreeMap::new(),
+        allow_unlisted: false,
     }];
     for (i, vc) in vcs.iter().enumerate() {
         queues.push(QueueDef {
@@ -219,6 +221,7 @@ fn queues_for(jobs: &[PhillyJob], models: &[(String, u64)]) -> QueueTree {
                     )
                 })
                 .collect(),
+            allow_unlisted: false,
         });
     }
     QueueTree {
@@ -240,6 +243,7 @@ pub fn to_job(j: &PhillyJob, name: String) -> Job {
         },
         count,
         demand: Demand {
+            constraints: Default::default(),
             cpu_milli: 0,
             memory_mib: 0,
             gpu: GpuDemand::Whole {

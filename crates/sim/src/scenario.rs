@@ -768,6 +768,9 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
                         kind: s.kind,
                         priority_class: s.priority_class.clone(),
                         tasks: vec![TaskGroupSpec {
+                            node_selector: Default::default(),
+                            node_affinity: Vec::new(),
+                            tolerations: Vec::new(),
                             name: None,
                             count: tasks,
                             cpu: s.cpu.clone(),

@@ -586,11 +586,34 @@ pub fn inventory(node: &str, gpus: u32, unhealthy: &[u32]) -> Value {
     })
 }
 
-/// A Queue with an H100 quota (`None`: no quota entry, only a cohort).
+/// A Node with labels (its hostname label included) and taints (`[{key, value, effect}]`).
+pub fn node_with(name: &str, labels: Value, taints: Value) -> Value {
+    let mut n = node(name, "r0");
+    let mut l = labels;
+    l["kubernetes.io/hostname"] = json!(name);
+    n["metadata"]["labels"] = l;
+    n["spec"]["taints"] = taints;
+    n
+}
+
+/// The inventory of `gpus` GPUs of `model` on `node`, one NVLink domain, all healthy.
+pub fn inventory_of(node: &str, gpus: u32, model: &str) -> Value {
+    let mut inv = inventory(node, gpus, &[]);
+    for d in inv["spec"]["devices"].as_array_mut().expect("devices") {
+        d["model"] = json!(model);
+    }
+    inv["spec"]["models"] = json!(model);
+    inv
+}
+
+/// A Queue with an H100 quota. `None`: no quota entry; a root made so lets its queues use
+/// flavors they do not list (`unlistedFlavors: allow`), as cohorts in these tests always did.
 pub fn queue(name: &str, parent: Option<&str>, nominal: Option<f64>) -> Value {
     let mut spec = json!({"quotas": {}});
     if let Some(p) = parent {
         spec["parent"] = json!(p);
+    } else if nominal.is_none() {
+        spec["unlistedFlavors"] = json!("allow");
     }
     if let Some(n) = nominal {
         spec["quotas"]["h100-80gb"] = json!({"nominal": n});

@@ -1,0 +1,195 @@
+//! Where tasks may run and why they wait, through `gantry serve`'s API: in-quota work before a
+//! borrower (no bind that the next cycle reclaims), node selectors and taints of registered
+//! nodes, reasons that name them, and an estimated start in `explain`.
+
+mod common;
+
+use common::*;
+use gantry_api::gantry::v1 as pb;
+use gantry_server::{Config, Server};
+use pb::jobs_client::JobsClient;
+use pb::queues_client::QueuesClient;
+
+async fn start(dir: &std::path::Path) -> (gantry_server::Running, tonic::transport::Channel) {
+    let mut c = Config::new(dir);
+    c.debounce_ms = 5;
+    let running = Server::start(c).await.expect("start");
+    let ch = channel(running.addr).await;
+    (running, ch)
+}
+
+fn submit(name: &str, queue: &str, tasks: &str) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        spec_json: format!(r#"{{"name": "{name}", "queue": "{queue}", "tasks": [{tasks}]}}"#),
+        command: vec!["sleep".into(), "1000".into()],
+        env: Default::default(),
+    }
+}
+
+async fn queue(q: &mut QueuesClient<tonic::transport::Channel>, json: &str) {
+    q.create_queue(pb::QueueRequest {
+        spec_json: json.into(),
+    })
+    .await
+    .expect("queue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_quota_job_goes_before_a_borrower_and_nothing_is_reclaimed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (running, ch) = start(dir.path()).await;
+    let mut queues = QueuesClient::new(ch.clone());
+    queue(&mut queues, r#"{"name": "lab"}"#).await;
+    queue(
+        &mut queues,
+        r#"{"name": "team-a", "parent": "lab", "quotas": {"h100-80gb": {"nominal": 7}}}"#,
+    )
+    .await;
+    queue(
+        &mut queues,
+        r#"{"name": "team-b", "parent": "lab", "quotas": {"h100-80gb": {"nominal": 1}}}"#,
+    )
+    .await;
+    pb::nodes_client::NodesClient::new(ch.clone())
+        .register_node(pb::RegisterNodeRequest {
+            node_json: node_json("n0", 8),
+        })
+        .await
+        .expect("register");
+    let mut jobs = JobsClient::new(ch.clone());
+    // team-b borrows the whole node; then its own 1-GPU job and team-a's 2 × 4 gang (which
+    // would borrow 1) wait for it.
+    jobs.submit_job(submit("busy", "team-b", r#"{"count": 1, "gpus": 8}"#))
+        .await
+        .expect("busy");
+    wait_state(&mut jobs, "busy", pb::JobState::Running).await;
+    jobs.submit_job(submit("small", "team-b", r#"{"count": 1, "gpus": 1}"#))
+        .await
+        .expect("small");
+    jobs.submit_job(submit("hello", "team-a", r#"{"count": 2, "gpus": 4}"#))
+        .await
+        .expect("hello");
+    wait_state(&mut jobs, "hello", pb::JobState::Pending).await;
+    // The node frees up: before, the gang was bound (team-a's share is lower) and reclaimed
+    // for `small` one cycle later. Now `small` is placed and the gang waits, never started.
+    jobs.cancel_job(pb::CancelJobRequest {
+        name: "busy".into(),
+    })
+    .await
+    .expect("cancel");
+    wait_state(&mut jobs, "small", pb::JobState::Running).await;
+    // Let a few more cycles run, then check the gang was never started nor requeued.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let hello = jobs
+        .get_job(pb::GetJobRequest {
+            name: "hello".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(hello.state, pb::JobState::Pending as i32);
+    assert_eq!(hello.requeues, 0, "the gang was bound and reclaimed");
+    assert_eq!(hello.started_ms, 0, "the gang was started");
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selectors_and_taints_of_registered_nodes_decide_and_explain() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (running, ch) = start(dir.path()).await;
+    let mut nodes = pb::nodes_client::NodesClient::new(ch.clone());
+    let mut qa: serde_json::Value = serde_json::from_str(&node_json("qa", 4)).expect("json");
+    qa["labels"] = serde_json::json!({"disktype": "ssd"});
+    qa["taints"] =
+        serde_json::json!([{"key": "qa-dedicated", "value": "yes", "effect": "NoSchedule"}]);
+    for n in [qa.to_string(), node_json("plain", 4)] {
+        nodes
+            .register_node(pb::RegisterNodeRequest { node_json: n })
+            .await
+            .expect("register");
+    }
+    let mut jobs = JobsClient::new(ch.clone());
+    // The default queue allows every flavor; `ssd` needs the tainted node and does not
+    // tolerate it; `ssd-ok` does; `plain` may not go to the tainted node.
+    for (name, task) in [
+        (
+            "ssd",
+            r#"{"gpus": 1, "node_selector": {"disktype": "ssd"}}"#,
+        ),
+        (
+            "ssd-ok",
+            r#"{"gpus": 1, "node_selector": {"disktype": "ssd"}, "tolerations": [{"key": "qa-dedicated", "operator": "Exists"}]}"#,
+        ),
+        ("plain", r#"{"gpus": 4}"#),
+        ("plain-2", r#"{"gpus": 4}"#),
+    ] {
+        jobs.submit_job(submit(name, "default", task))
+            .await
+            .expect(name);
+    }
+    let ok = wait_state(&mut jobs, "ssd-ok", pb::JobState::Running).await;
+    assert_eq!(ok.tasks[0].node, "qa");
+    let plain = wait_state(&mut jobs, "plain", pb::JobState::Running).await;
+    assert_eq!(plain.tasks[0].node, "plain");
+    let x = jobs
+        .explain_job(pb::ExplainJobRequest { name: "ssd".into() })
+        .await
+        .expect("explain")
+        .into_inner();
+    assert_eq!(
+        x.reason,
+        "no h100-80gb node can run a task of 1 h100-80gb GPU: 2 of 2 h100-80gb nodes excluded: 1 with taint qa-dedicated=yes:NoSchedule, 1 not matching node_selector disktype=ssd"
+    );
+    assert!(x.unresolvable);
+    let x = jobs
+        .explain_job(pb::ExplainJobRequest {
+            name: "plain-2".into(),
+        })
+        .await
+        .expect("explain")
+        .into_inner();
+    assert!(!x.unresolvable);
+    assert!(
+        x.reason
+            .ends_with("1 of 2 h100-80gb nodes excluded: 1 with taint qa-dedicated=yes:NoSchedule"),
+        "{}",
+        x.reason
+    );
+    running.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_estimates_a_start_from_expected_runtimes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (running, ch) = start(dir.path()).await;
+    pb::nodes_client::NodesClient::new(ch.clone())
+        .register_node(pb::RegisterNodeRequest {
+            node_json: node_json("n0", 4),
+        })
+        .await
+        .expect("register");
+    let mut jobs = JobsClient::new(ch.clone());
+    let with_runtime = |name: &str| pb::SubmitJobRequest {
+        spec_json: format!(
+            r#"{{"name": "{name}", "queue": "default", "expected_runtime": "1h", "tasks": [{{"gpus": 4}}]}}"#
+        ),
+        command: vec!["sleep".into(), "1000".into()],
+        env: Default::default(),
+    };
+    jobs.submit_job(with_runtime("first")).await.expect("first");
+    let first = wait_state(&mut jobs, "first", pb::JobState::Running).await;
+    jobs.submit_job(with_runtime("second"))
+        .await
+        .expect("second");
+    wait_state(&mut jobs, "second", pb::JobState::Pending).await;
+    let x = jobs
+        .explain_job(pb::ExplainJobRequest {
+            name: "second".into(),
+        })
+        .await
+        .expect("explain")
+        .into_inner();
+    // It starts when the first ends: its start plus one hour.
+    assert_eq!(x.eta_ms, first.started_ms + 3_600_000, "{x:?}");
+    running.shutdown().await.expect("shutdown");
+}
