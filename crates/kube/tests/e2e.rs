@@ -9,6 +9,7 @@
 //! - a pod selecting the H100 product label is bound to the H100 node, never the A100 one;
 //! - pods whose selector nobody matches, whose only node is tainted, or that ask for A100s the
 //!   queue has no quota for stay Pending with a `PodScheduled=False` message saying why.
+//!
 //! It prints `kubectl get queues,podgroups`-style lines, then deletes everything it created.
 
 use std::collections::BTreeSet;
