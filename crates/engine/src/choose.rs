@@ -17,7 +17,7 @@ use crate::classes::Sig;
 use crate::place::{Miss, Placer, Scope};
 use crate::profile::Packing;
 use crate::score::{self, Ask, Choice, LayoutTargets, Measure, NoFit};
-use crate::snapshot::{DeviceId, FlavorId, GpuAlloc, NodeId, SpreadC, TaskAlloc, NONE};
+use crate::snapshot::{DeviceId, FlavorId, GpuAlloc, NodeId, SpreadC, TaskAlloc, Time, NONE};
 use crate::workload::Cut;
 
 /// Keep a feasible candidate (`prefix` leads its key: minus the spread count, or 0), or record
@@ -186,16 +186,54 @@ impl Placer<'_> {
         r
     }
 
-    /// Devices of `node` this job may not use for reservations, recording the first holder.
-    fn hidden_by_reservations(&self, job: u32, node: u32, miss: &mut Miss) -> u64 {
+    /// Devices of `node` this job may not use for reservations (local bits), and the first
+    /// reservation that holds one.
+    fn hidden_by_reservations(&self, job: u32, node: u32) -> (u64, Option<(u32, Time)>) {
         if self.reservations.is_empty() {
-            return 0;
+            return (0, None);
         }
-        let (blocked, by) = self.reservations.blocked(self.s, node, self.end(job), job);
-        if blocked != 0 && miss.reserved.is_none() {
+        self.reservations.blocked(self.s, node, self.end(job), job)
+    }
+
+    /// Record in `miss` that a reservation held devices this task could use now on `node` (an
+    /// eligible, ready node): free devices of an allowed model, or with room for the fraction.
+    fn note_reserved(
+        &self,
+        node: u32,
+        hidden: (u64, Option<(u32, Time)>),
+        ask: Ask,
+        models: &[u32],
+        miss: &mut Miss,
+    ) {
+        let (blocked, by) = hidden;
+        if blocked == 0 || miss.reserved.is_some() {
+            return;
+        }
+        let n = &self.s.nodes[node as usize];
+        let model_mask: u64 = n
+            .model_masks
+            .iter()
+            .filter(|(m, _)| models.contains(&m.0))
+            .fold(0, |a, &(_, m)| a | m);
+        let useful = match ask {
+            Ask::Cpu => 0,
+            Ask::Whole { .. } => n.avail_mask() & model_mask,
+            Ask::Shared { milli } => {
+                let mut u = 0u64;
+                let mut m = model_mask;
+                while m != 0 {
+                    let i = m.trailing_zeros();
+                    m &= m - 1;
+                    if self.s.dev_free(n.dev_start + i) >= milli {
+                        u |= 1 << i;
+                    }
+                }
+                u
+            }
+        };
+        if blocked & useful != 0 {
             miss.reserved = by;
         }
-        blocked
     }
 
     /// Whether a node passes what classes leave out: eligibility (constraint `con`, computed
@@ -211,7 +249,7 @@ impl Placer<'_> {
         self.s.nodes[node as usize].ready
             && self.s.eligible[con as usize]
                 .as_ref()
-                .is_none_or(|e| e.admits(node))
+                .is_some_and(|e| e.admits(node))
             && self.spread_ok(job, node, staged, miss)
     }
 
@@ -279,7 +317,9 @@ impl Placer<'_> {
                     if !scope.allows(node) || !self.node_ok(job, con, node, staged, miss) {
                         continue;
                     }
-                    let mut hide = self.hidden_by_reservations(job, node, miss);
+                    let hidden = self.hidden_by_reservations(job, node);
+                    self.note_reserved(node, hidden, ask, &model_ids, miss);
+                    let mut hide = hidden.0;
                     if let Scope::Domain(dom) = scope {
                         hide |= !self.domain_mask(*dom, node);
                     }
@@ -317,7 +357,7 @@ impl Placer<'_> {
                 } else {
                     let mut v: Vec<(u32, u64)> = Vec::new();
                     for &n in self.reservations.nodes.keys() {
-                        let hide = self.hidden_by_reservations(job, n, miss);
+                        let hide = self.hidden_by_reservations(job, n).0;
                         if hide != 0 {
                             v.push((n, hide));
                         }
@@ -356,6 +396,8 @@ impl Placer<'_> {
                     if !self.node_ok(job, con, node, staged, miss) {
                         continue;
                     }
+                    let hidden = self.hidden_by_reservations(job, node);
+                    self.note_reserved(node, hidden, ask, &model_ids, miss);
                     let sig = self.s.node_sig(node, hide);
                     for &m in &model_ids {
                         if m != NONE && !self.node_has_model(node, m) {

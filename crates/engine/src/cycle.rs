@@ -61,6 +61,9 @@ pub(crate) struct Cycle<'a> {
     /// Of those, the jobs this cycle started (pending before it): a bind the cycle may still
     /// take back.
     pub started: HashSet<u32>,
+    /// Jobs this cycle admitted by evicting others: never taken back (their victims' evictions
+    /// are in the plan).
+    pub preemptors: HashSet<u32>,
     /// A victim search was cut short (same-cycle admissions, or the attempt budget): the next
     /// cycle must look at the jobs that failed again, even if it is incremental.
     pub retry_next: bool,
@@ -88,6 +91,7 @@ impl<'a> Cycle<'a> {
             preempt_attempts: 0,
             admitted: HashSet::default(),
             started: HashSet::default(),
+            preemptors: HashSet::default(),
             retry_next: false,
             failed: HashMap::default(),
             lowest_victim_priority: None,
@@ -408,7 +412,10 @@ impl<'a> Cycle<'a> {
             Err(reason) => {
                 let capacity_miss = !matches!(
                     reason,
-                    Reason::Quota { .. } | Reason::Reservation { .. } | Reason::NoFlavor
+                    Reason::Quota { .. }
+                        | Reason::Reservation { .. }
+                        | Reason::NoFlavor
+                        | Reason::NotInQuota { .. }
                 );
                 let reservation_free = self.p.backfill
                     && !self.reserved_queues.contains(&queue)
@@ -457,7 +464,9 @@ impl<'a> Cycle<'a> {
                     eta = self.reserve(job);
                 }
                 if fresh_gang {
-                    let key = if matches!(reason, Reason::Quota { .. }) {
+                    // Quota reasons depend on the queue; capacity ones do not.
+                    let key = if matches!(reason, Reason::Quota { .. } | Reason::NotInQuota { .. })
+                    {
                         (queue, shape)
                     } else {
                         (NONE, shape)
@@ -503,7 +512,7 @@ impl<'a> Cycle<'a> {
         })
     }
 
-    fn set_reason(&mut self, job: u32, reason: Option<Reason>, eta: Option<Time>) {
+    pub(crate) fn set_reason(&mut self, job: u32, reason: Option<Reason>, eta: Option<Time>) {
         let j = &mut self.s.jobs[job as usize];
         j.eta = eta;
         if j.reason != reason {

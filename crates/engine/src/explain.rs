@@ -137,6 +137,12 @@ pub enum Reason {
         /// Flavor.
         flavor: u32,
     },
+    /// It was about to start by borrowing, and a job within its own queue's nominal quota took
+    /// the room in the same cycle (it is looked at again next cycle).
+    YieldedTo {
+        /// The job that took the room.
+        job: u32,
+    },
 }
 
 impl Reason {
@@ -164,6 +170,7 @@ impl Reason {
             Reason::Spread { .. } => "spread",
             Reason::NotInQuota { .. } => "not_in_quota",
             Reason::NoFreeGpu { .. } => "capacity",
+            Reason::YieldedTo { .. } => "reclaim",
         }
     }
 }
@@ -327,6 +334,14 @@ impl Snapshot {
             Reason::NoFreeGpu { flavor: f } => {
                 format!("no {} GPU is free on any node", flavor(f))
             }
+            Reason::YieldedTo { job } => {
+                let j = &self.jobs[job as usize];
+                format!(
+                    "would borrow quota that job {} of queue {} (within its nominal quota) took in the same cycle",
+                    j.name,
+                    self.quota.name(j.queue)
+                )
+            }
         }
     }
 
@@ -369,12 +384,13 @@ impl Snapshot {
 
     fn why_of(&self, id: JobId, r: Reason) -> Why {
         let j = &self.jobs[id.idx()];
-        let running = j
+        let (group, running) = j
             .groups
             .iter()
-            .find(|g| g.running < g.count)
-            .map_or(0, |g| g.running);
-        let key = (j.shape, j.queue, running, r);
+            .enumerate()
+            .find(|(_, g)| g.running < g.count)
+            .map_or((0, 0), |(i, g)| (i as u32, g.running));
+        let key = (j.shape, j.queue, group, running, r);
         if let Some((v, w)) = self.why_cache.borrow().get(&key) {
             if *v == self.version {
                 return w.clone();

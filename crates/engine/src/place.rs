@@ -307,7 +307,7 @@ impl Placer<'_> {
             let node = dv.node;
             let eligible = self.s.eligible[con as usize]
                 .as_ref()
-                .is_none_or(|e| e.admits(node));
+                .is_some_and(|e| e.admits(node));
             if !dv.healthy || !self.s.nodes[node as usize].ready || !scope.allows(node) || !eligible
             {
                 continue;

@@ -139,7 +139,7 @@ impl Cycle<'_> {
 
     /// Take back a bind this cycle made: the job goes back to pending as if it had not been
     /// looked at, and the next cycle looks at it again.
-    fn unadmit(&mut self, v: u32) {
+    fn unadmit(&mut self, v: u32, job: u32) {
         if let Some(i) = self.plan.binds.iter().position(|b| b.job.0 == v) {
             let b = self.plan.binds.remove(i);
             self.plan.stats.admitted = self.plan.stats.admitted.saturating_sub(1);
@@ -152,11 +152,15 @@ impl Cycle<'_> {
         // The job is known and running, so requeue cannot fail.
         let _ = self.s.requeue(JobId(v));
         self.plan.stats.unadmitted += 1;
+        self.set_reason(v, Some(Reason::YieldedTo { job }), None);
     }
 
     /// Try to admit `job` by evicting others. Returns whether it was admitted.
     pub(crate) fn try_preempt(&mut self, job: u32, reason: &Reason) -> bool {
-        if matches!(reason, Reason::NoFlavor | Reason::Spread { .. }) {
+        if matches!(
+            reason,
+            Reason::NoFlavor | Reason::Spread { .. } | Reason::NotInQuota { .. }
+        ) {
             return false;
         }
         let (q, prio) = {
@@ -170,7 +174,7 @@ impl Cycle<'_> {
             None => i32::MAX,
         };
         let wanted = self.wanted_flavors(job);
-        let reclaim = self.within_nominal(q, &wanted);
+        let reclaim = !wanted.is_empty() && self.within_nominal(q, &wanted);
         if !reclaim && prio <= lowest {
             return false;
         }
@@ -213,6 +217,7 @@ impl Cycle<'_> {
                     let take_back = reclaim
                         && vq != q
                         && self.started.contains(&v)
+                        && !self.preemptors.contains(&v)
                         && vj.runtime.is_none()
                         && vj.submit >= self.s.jobs[job as usize].submit;
                     if !take_back {
@@ -293,7 +298,7 @@ impl Cycle<'_> {
         for &v in &chosen {
             if self.admitted.remove(&v) {
                 self.started.remove(&v);
-                self.unadmit(v);
+                self.unadmit(v, job);
                 continue;
             }
             let vq = self.s.jobs[v as usize].queue;
@@ -314,6 +319,7 @@ impl Cycle<'_> {
         match self.place(job, &mut tx) {
             Ok(_) => {
                 self.commit(job, tx);
+                self.preemptors.insert(job);
                 true
             }
             Err(_) => {

@@ -274,6 +274,13 @@ fn in_quota_work_is_placed_before_borrowing_work_in_one_cycle() {
     h.advance(10);
     h.complete("busy");
     let p1 = h.cycle();
+    // Same cycle: the gang was bound (team-a's share is lower), then taken back for `small`.
+    assert_eq!(p1.stats.unadmitted, 1);
+    assert!(p1.binds.iter().all(|b| h.snap.job_name(b.job) != "hello"));
+    assert_eq!(
+        why(&h, "hello").0,
+        "would borrow quota that job small of queue team-b (within its nominal quota) took in the same cycle"
+    );
     let p2 = h.cycle();
     assert!(h.running("small"));
     assert!(!h.running("hello"));
@@ -302,4 +309,39 @@ fn the_same_reason_text_for_the_failure_memo_and_the_first_job_of_a_shape() {
         first.starts_with("needs 1 more task of 2 h100-80gb GPUs"),
         "{first}"
     );
+}
+
+#[test]
+fn a_flavor_one_queue_may_not_use_does_not_block_another_queue_with_the_same_jobs() {
+    // team-a lists only A100s, team-b H100s; identical jobs asking for an H100.
+    let c = ClusterBuilder::new()
+        .pool("a", 1, 8, "a100-80gb")
+        .pool("h", 1, 8, "h100-80gb")
+        .build();
+    let q = QueueBuilder::new()
+        .cohort("root")
+        .queue("team-a", "root", "a100-80gb", 8)
+        .queue("team-b", "root", "h100-80gb", 8)
+        .build();
+    let mut h = Harness::new(&c, &q);
+    h.submit(
+        JobBuilder::new("ja")
+            .queue("team-a")
+            .gpus(1)
+            .models(&["h100-80gb"]),
+    );
+    h.submit(
+        JobBuilder::new("jb")
+            .queue("team-b")
+            .gpus(1)
+            .models(&["h100-80gb"]),
+    );
+    h.cycle();
+    assert!(
+        h.running("jb"),
+        "team-b's job was memo-skipped with team-a's reason"
+    );
+    assert!(why(&h, "ja")
+        .0
+        .starts_with("queue team-a has no quota for h100-80gb"));
 }

@@ -295,9 +295,9 @@ pub(crate) struct DemandC {
     pub constraint: u32,
 }
 
-/// What a rendered reason depends on besides the cluster: (job shape, queue, tasks of its first
-/// waiting group already running, the stored reason).
-pub(crate) type WhyKey = (u32, u32, u32, crate::Reason);
+/// What a rendered reason depends on besides the cluster: (job shape, queue, its first waiting
+/// group, that group's tasks already running, the stored reason).
+pub(crate) type WhyKey = (u32, u32, u32, u32, crate::Reason);
 
 /// Which nodes admit one set of constraints (selector, affinity, tolerations against labels and
 /// taints). Computed once per snapshot: labels and taints change only with a rebuild.
