@@ -244,6 +244,7 @@ impl NodeInventory {
                             profile: s.profile.clone(),
                             start: s.start,
                             uuid: s.uuid.clone(),
+                            health: s.health,
                         })
                         .collect(),
                 }),
@@ -329,6 +330,32 @@ pub fn model_name(product: &str, memory_mib: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mig_slice_s_own_health_reaches_the_published_node() {
+        use crate::fake::FakeInventory;
+        let y = "node: n1\ngpus:\n  - {name: NVIDIA A100-SXM4-80GB, memory_mib: 81920, count: 1}\nmig:\n  0:\n    slices: [{profile: 1g.10gb, start: 0}, {profile: 1g.10gb, start: 1}]\n";
+        let mut inv = FakeInventory::from_yaml(y, "t")
+            .expect("ok")
+            .discover()
+            .expect("d");
+        // An XID on the second slice only (what the health tracker does).
+        inv.gpus[0].mig.as_mut().expect("mig").slices[1].health = Health::Unhealthy;
+        let node = inv.to_model_node();
+        let slices = &node.devices[0].mig.as_ref().expect("mig layout").slices;
+        assert_eq!(slices.len(), 2);
+        assert_eq!(slices[0].health, Health::Healthy);
+        assert_eq!(slices[1].health, Health::Unhealthy);
+        assert_eq!(
+            node.devices[0].health,
+            Health::Healthy,
+            "the GPU itself is fine"
+        );
+        // And it survives the NodeInventory's JSON (the CRD schema has the field).
+        let back: gantry_model::Node =
+            serde_json::from_str(&serde_json::to_string(&node).expect("json")).expect("parse");
+        assert_eq!(back, node);
+    }
 
     #[test]
     fn model_names_from_products() {

@@ -1,20 +1,27 @@
 //! Publishing the node's inventory to Kubernetes (feature `kube`).
 //!
 //! The scheduler in Kubernetes mode reads each node's exact GPU inventory — devices, NVLink
-//! domains and peers, health, MIG layout — from a `NodeInventory` object (group `gantry.dev`,
-//! named after the node; the CRD is `gantry_kube::crd::NodeInventory`), written with
-//! server-side apply under the field manager [`FIELD_MANAGER`]. A merge patch of the Node sets
-//! labels in the spirit of GPU feature discovery ([`crate::labels::node_labels`]: product,
-//! memory, count, MIG strategy), so ordinary `nodeSelector`s work too. Labels this plugin set
-//! before and no longer computes (a MIG profile that went away) are removed.
+//! domains and peers, health of each device and MIG slice, MIG layout — from a `NodeInventory`
+//! object (group `gantry.dev`, named after the node; the CRD is `gantry_crd::NodeInventory`),
+//! written with server-side apply under the field manager [`FIELD_MANAGER`].
+//!
+//! - The object names its Node as owner (`ownerReferences`, with the Node's uid), so the garbage
+//!   collector deletes it with the Node.
+//! - Its status carries `heartbeatTime`, written on every publish and every `--heartbeat`: a
+//!   plugin that is gone stops it, and the scheduler stops placing new pods on that node.
+//! - A merge patch of the Node sets labels in the spirit of GPU feature discovery
+//!   ([`crate::labels::node_labels`]: product, memory, count, MIG strategy), so ordinary
+//!   `nodeSelector`s work too. Labels this plugin set before and no longer computes (a MIG
+//!   profile that went away) are removed.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use gantry_kube::crd::{NodeInventory as KubeInventory, NodeInventorySpec};
+use gantry_crd::{NodeInventory as KubeInventory, NodeInventorySpec};
 use gantry_model::Node;
 use k8s_openapi::api::core::v1::Node as KubeNode;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
 
 use crate::inventory::NodeInventory;
@@ -103,32 +110,73 @@ impl KubeNodePublisher {
             .unwrap_or_default();
         let (patch, labels) = self.patch_for(inventory, node, &previous)?;
         let api: Api<KubeNode> = Api::all(self.client.clone());
-        tokio::time::timeout(
-            self.timeout,
-            api.patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch)),
-        )
-        .await
-        .map_err(|_| err(format!("no answer within {:?}", self.timeout)))?
-        .map_err(|e| err(format!("patch node {}: {e}", self.node)))?;
+        let patched = self
+            .call(
+                "patch node",
+                api.patch(&self.node, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await?;
         if let Ok(mut l) = self.last_labels.lock() {
             *l = labels;
         }
-        let object = KubeInventory::new(
+        let mut object = KubeInventory::new(
             &self.node,
             NodeInventorySpec::new(node.devices.clone(), inventory.driver.clone()),
         );
+        // Owned by the Node: deleted with it.
+        if let Some(uid) = patched.metadata.uid.clone() {
+            object.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Node".into(),
+                name: self.node.clone(),
+                uid,
+                ..OwnerReference::default()
+            }]);
+        }
         let api: Api<KubeInventory> = Api::all(self.client.clone());
-        tokio::time::timeout(
-            self.timeout,
-            api.patch(
-                &self.node,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&object),
-            ),
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        self.call(
+            "apply NodeInventory",
+            api.patch(&self.node, &apply, &Patch::Apply(&object)),
         )
-        .await
-        .map_err(|_| err(format!("no answer within {:?}", self.timeout)))?
-        .map_err(|e| err(format!("apply NodeInventory {}: {e}", self.node)))?;
+        .await?;
+        self.beat().await
+    }
+
+    /// One API call, bounded by the timeout; errors say what was attempted.
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, PluginError> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| {
+                err(format!(
+                    "{what} {}: no answer within {:?}",
+                    self.node, self.timeout
+                ))
+            })?
+            .map_err(|e| err(format!("{what} {}: {e}", self.node)))
+    }
+
+    /// Write `status.heartbeatTime` = now (server-side apply on the status subresource).
+    ///
+    /// # Errors
+    /// The API call failed or timed out.
+    pub async fn beat(&self) -> Result<(), PluginError> {
+        let api: Api<KubeInventory> = Api::all(self.client.clone());
+        let status = serde_json::json!({
+            "apiVersion": "gantry.dev/v1alpha1",
+            "kind": "NodeInventory",
+            "status": {"heartbeatTime": k8s_openapi::jiff::Timestamp::now().to_string()},
+        });
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        self.call(
+            "heartbeat NodeInventory",
+            api.patch_status(&self.node, &apply, &Patch::Apply(&status)),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -145,6 +193,12 @@ impl Publisher for KubeNodePublisher {
         let handle =
             tokio::runtime::Handle::try_current().map_err(|_| err("needs a tokio runtime"))?;
         handle.block_on(self.apply(inventory, node))
+    }
+
+    fn heartbeat(&self) -> Result<(), PluginError> {
+        let handle =
+            tokio::runtime::Handle::try_current().map_err(|_| err("needs a tokio runtime"))?;
+        handle.block_on(self.beat())
     }
 }
 
@@ -181,7 +235,8 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
                 bodies.push(v);
                 send.send_response(respond(&serde_json::json!({
-                    "apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}
+                    "apiVersion": "v1", "kind": "Node",
+                    "metadata": {"name": "n1", "uid": "node-uid-1"}
                 })));
                 let (req, send) = handle.next_request().await.expect("apply");
                 assert_eq!(req.method(), "PATCH");
@@ -202,9 +257,28 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
                 send.send_response(respond(&v));
                 applied.push(v);
+                // Then the heartbeat, on the status subresource.
+                let (req, send) = handle.next_request().await.expect("heartbeat");
+                assert_eq!(req.method(), "PATCH");
+                assert_eq!(
+                    req.uri().path(),
+                    "/apis/gantry.dev/v1alpha1/nodeinventories/n1/status"
+                );
+                let body = req.into_body().collect_bytes().await.expect("body");
+                let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                assert!(v["status"]["heartbeatTime"].is_string(), "{v}");
+                let mut echo = v.clone();
+                echo["metadata"] = serde_json::json!({"name": "n1"});
+                echo["spec"] = serde_json::json!({});
+                send.send_response(respond(&echo));
             }
             let inv: KubeInventory = serde_json::from_value(applied[0].clone()).expect("inventory");
             assert_eq!(inv.spec.devices, want_node.devices);
+            let owner = &inv.metadata.owner_references.as_ref().expect("owned")[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+                ("Node", "n1", "node-uid-1")
+            );
             assert_eq!(inv.spec.gpus, 2);
             assert_eq!(inv.spec.models, "a100-80gb");
             let first = &bodies[0]["metadata"];

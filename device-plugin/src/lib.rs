@@ -87,6 +87,9 @@ pub struct Settings {
     pub health: HealthConfig,
     /// What Allocate returns.
     pub allocate: AllocateOptions,
+    /// How often the publisher reports that this plugin is alive even when nothing changed
+    /// (zero: never). The scheduler treats a node whose inventory stops heartbeating as stale.
+    pub heartbeat: std::time::Duration,
 }
 
 /// Discover the devices and build the first snapshot.
@@ -133,7 +136,9 @@ pub async fn serve(
         stop.clone(),
     )
     .map_err(|e| PluginError::io("start the health thread", e))?;
-    let publisher_task = publisher.map(|p| tokio::spawn(publish::run_publisher(rx.clone(), p)));
+    let heartbeat = settings.heartbeat;
+    let publisher_task =
+        publisher.map(|p| tokio::spawn(publish::run_publisher(rx.clone(), p, heartbeat)));
     let manager = kubelet::Manager::new(settings.kubelet, rx, handoff, settings.allocate);
     let result = manager.run(shutdown).await;
     stop.store(true, Ordering::Relaxed);

@@ -156,6 +156,11 @@ struct RunArgs {
     /// Format of published inventories.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     publish_format: Format,
+    /// How often `--publish kube` reports this plugin alive in the NodeInventory's status
+    /// (`0s`: never). The scheduler stops placing new pods on a node whose inventory has not
+    /// heartbeated for its `--inventory-stale-after-secs` (default 90 s).
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    heartbeat: Duration,
 }
 
 fn node_name(cli: &Cli) -> String {
@@ -378,6 +383,7 @@ fn run(cli: Cli) -> Result<()> {
                     dev_root: args.dev_root.clone(),
                     mismatch: args.handoff_mismatch,
                 },
+                heartbeat: args.heartbeat,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -1,11 +1,12 @@
 //! Publishing the node's exact inventory for the scheduler.
 //!
 //! A [`Publisher`] receives the node as a [`gantry_model::Node`] whenever it changes (devices,
-//! health, MIG layout). Here are the trait and the stdout and file publishers; with feature
-//! `kube`, `kube_publish::KubeNodePublisher` writes the inventory to the Kubernetes Node (an
-//! annotation the scheduler reads, plus GPU-feature-discovery labels). The standalone node agent
-//! (gantry gRPC API) implements the trait in its own crate. [`run_publisher`] drives one from the
-//! node state.
+//! health of devices and MIG slices, MIG layout), and a heartbeat in between. Here are the
+//! trait and the stdout and file publishers; with feature `kube`,
+//! `kube_publish::KubeNodePublisher` writes the node's `NodeInventory` object (owned by its
+//! Node, with the heartbeat in its status) and GPU-feature-discovery labels on the Node. The
+//! standalone node agent (gantry gRPC API) implements the trait in its own crate.
+//! [`run_publisher`] drives one from the node state.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -60,6 +61,14 @@ pub trait Publisher: Send + Sync + fmt::Debug {
         let _ = inventory;
         self.publish(node)
     }
+
+    /// Say this plugin is alive though nothing changed (default: nothing to do).
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    fn heartbeat(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
 }
 
 /// Writes each inventory to standard output.
@@ -112,12 +121,20 @@ impl Publisher for FilePublisher {
     }
 }
 
-/// Publish the node now and after every change of `state`, until the state's sender is dropped.
+/// Publish the node now and after every change of `state`, and heartbeat every `heartbeat`
+/// (zero: never) in between, until the state's sender is dropped. A publish that failed is
+/// tried again at the next heartbeat.
 pub async fn run_publisher(
     mut state: watch::Receiver<Arc<Snapshot>>,
     publisher: Arc<dyn Publisher>,
+    heartbeat: std::time::Duration,
 ) {
     let mut last: Option<Node> = None;
+    let mut beat = (!heartbeat.is_zero()).then(|| {
+        let mut i = tokio::time::interval(heartbeat);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     loop {
         let inventory = state.borrow_and_update().inventory.clone();
         let node = inventory.to_model_node();
@@ -130,8 +147,30 @@ pub async fn run_publisher(
                 Err(e) => tracing::error!(error = %e, "publisher panicked"),
             }
         }
-        if state.changed().await.is_err() {
-            break;
+        let ticked = async {
+            match beat.as_mut() {
+                Some(i) => {
+                    i.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            changed = state.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            () = ticked => {
+                if last.is_some() {
+                    let p = publisher.clone();
+                    match tokio::task::spawn_blocking(move || p.heartbeat()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+                        Err(e) => tracing::error!(error = %e, "publisher panicked"),
+                    }
+                }
+            }
         }
     }
 }

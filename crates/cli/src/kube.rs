@@ -40,6 +40,23 @@ pub struct ControllerArgs {
     /// Writes allowed at once above the QPS.
     #[arg(long, default_value_t = 100)]
     burst: u32,
+    /// Events per second, a bucket of their own so events never delay a bind (0: none).
+    #[arg(long, default_value_t = 50.0)]
+    event_qps: f64,
+    /// Events allowed at once above --event-qps.
+    #[arg(long, default_value_t = 100)]
+    event_burst: u32,
+    /// Longest one API call may take, in ms, before it counts as failed.
+    #[arg(long, default_value_t = 10_000)]
+    api_timeout_ms: u64,
+    /// Seconds the scheduling loop may go without turning before /readyz fails and the leader
+    /// gives up its lease.
+    #[arg(long, default_value_t = 30)]
+    stall_after_secs: u64,
+    /// Seconds a NodeInventory may go without a new heartbeat from its device plugin before its
+    /// node takes no new pods (0: never).
+    #[arg(long, default_value_t = 90)]
+    inventory_stale_after_secs: u64,
     /// Hold a Lease so that only one replica schedules.
     #[arg(long)]
     leader_elect: bool,
@@ -101,6 +118,21 @@ fn controller(a: ControllerArgs) -> anyhow::Result<()> {
     if !a.qps.is_finite() || a.qps < 0.0 {
         anyhow::bail!("--qps: must be a non-negative number, got {}", a.qps);
     }
+    if !a.event_qps.is_finite() || a.event_qps < 0.0 {
+        anyhow::bail!(
+            "--event-qps: must be a non-negative number, got {}",
+            a.event_qps
+        );
+    }
+    if a.event_burst == 0 {
+        anyhow::bail!("--event-burst: must be at least 1");
+    }
+    if a.api_timeout_ms == 0 {
+        anyhow::bail!("--api-timeout-ms: must be at least 1");
+    }
+    if a.stall_after_secs == 0 {
+        anyhow::bail!("--stall-after-secs: must be at least 1");
+    }
     let identity = a.identity.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("gantry-{}", std::process::id()))
     });
@@ -108,6 +140,11 @@ fn controller(a: ControllerArgs) -> anyhow::Result<()> {
     cfg.scheduler_name = a.scheduler_name;
     cfg.qps = a.qps;
     cfg.burst = a.burst;
+    cfg.event_qps = a.event_qps;
+    cfg.event_burst = a.event_burst;
+    cfg.api_timeout = Duration::from_millis(a.api_timeout_ms);
+    cfg.stall_after = Duration::from_secs(a.stall_after_secs);
+    cfg.inventory_stale_after = Duration::from_secs(a.inventory_stale_after_secs);
     cfg.leader_elect = a.leader_elect;
     cfg.lease_namespace = a.lease_namespace;
     cfg.lease_name = a.lease_name;
@@ -119,9 +156,10 @@ fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let client = kube::Client::try_default()
+        let config = kube::Config::infer()
             .await
             .context("no Kubernetes configuration (in-cluster service account or KUBECONFIG)")?;
+        let client = gantry_kube::controller::client(config)?;
         let metrics = Metrics::new();
         let listener = tokio::net::TcpListener::bind(&a.metrics_listen)
             .await

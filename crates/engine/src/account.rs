@@ -283,7 +283,7 @@ impl Snapshot {
                             }
                             c
                         };
-                        now += count(m.used);
+                        now += count(m.used | m.offline);
                         ever += count(0);
                     }
                     (now, ever, 0, healthy.len() as u32)

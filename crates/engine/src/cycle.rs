@@ -176,7 +176,7 @@ impl<'a> Cycle<'a> {
     fn run(&mut self) {
         self.update_history();
         self.s.workload.refresh();
-        let freed = std::mem::take(&mut self.s.freed);
+        let freed = std::mem::take(&mut self.s.freed) | self.s.protection_ended(self.now);
         let fresh = std::mem::take(&mut self.s.fresh);
         // A reservation whose start has passed (its blockers overran their expected runtime)
         // would hold its devices against everyone: recompute everything instead.

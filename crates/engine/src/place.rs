@@ -321,7 +321,7 @@ impl Placer<'_> {
             let mut dev_best: Option<(u32, u8)> = None;
             let mut consider = |start: u8| {
                 let mask = p.mask_at(start);
-                if mask & m.used != 0 {
+                if mask & (m.used | m.offline) != 0 {
                     return;
                 }
                 let cost = before - geo.open_placements(m.used | mask);

@@ -186,7 +186,7 @@ impl Cycle<'_> {
                     continue;
                 }
                 let vj = &self.s.jobs[v as usize];
-                if !vj.preemptible || vj.tasks.is_empty() {
+                if !vj.preemptible || vj.tasks.is_empty() || vj.protected_until > self.now {
                     continue;
                 }
                 if !vj

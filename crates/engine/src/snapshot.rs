@@ -87,6 +87,8 @@ pub(crate) struct MigSlot {
     pub geometry: u16,
     /// Used memory slices.
     pub used: u8,
+    /// Memory slices of pre-created slices that are unhealthy: never offered.
+    pub offline: u8,
     /// Pre-created slices `(profile, start)`: when set, only these are offered.
     pub fixed: Option<Box<[(u8, u8)]>>,
 }
@@ -378,6 +380,8 @@ pub(crate) struct JobSlot {
     pub in_pending: bool,
     /// Whether it is counted as partly placed (some tasks run, some wait).
     pub partial: bool,
+    /// Not a preemption victim before this time (a refused eviction backs off).
+    pub protected_until: Time,
 }
 
 impl JobSlot {
@@ -458,6 +462,9 @@ pub struct Snapshot {
     pub(crate) shapes: HashMap<ShapeKey, u32>,
     /// Set when capacity or quota was freed since the last cycle: old pending jobs need a look.
     pub(crate) freed: bool,
+    /// Earliest end of a job's protection from preemption (`Snapshot::protect`): when it passes,
+    /// a victim is available again and old pending jobs need a look.
+    pub(crate) protection_ends: Option<Time>,
     /// Jobs submitted (or requeued) since the last cycle.
     pub(crate) fresh: Vec<u32>,
     /// The last cycle looked at every pending job (did not stop early).
@@ -526,6 +533,7 @@ impl Snapshot {
             demand_index: HashMap::default(),
             shapes: HashMap::default(),
             freed: true,
+            protection_ends: None,
             fresh: Vec::new(),
             last_cycle_complete: false,
             last_history_update: None,
@@ -632,9 +640,18 @@ impl Snapshot {
                                     .collect::<Box<[_]>>(),
                             )
                         };
+                        let offline = layout
+                            .slices
+                            .iter()
+                            .filter(|sl| sl.health != Health::Healthy)
+                            .filter_map(|sl| {
+                                geo.profile(&sl.profile).map(|(_, p)| p.mask_at(sl.start))
+                            })
+                            .fold(0u8, |a, m| a | m);
                         Some(MigSlot {
                             geometry: gi,
                             used: 0,
+                            offline,
                             fixed,
                         })
                     }
@@ -1019,6 +1036,7 @@ impl Snapshot {
             shape,
             in_pending: false,
             partial: false,
+            protected_until: 0,
         };
         self.job_names.insert(job.name.as_str().into(), id);
         self.jobs.push(slot);
@@ -1469,6 +1487,73 @@ impl Snapshot {
         self.reclass(node);
         if healthy {
             self.freed = true;
+        }
+    }
+
+    /// Set the health of the pre-created MIG slice at memory slice `start` of `device` (one XID
+    /// can hit one slice). An unhealthy slice is not offered; a task on it keeps it until the
+    /// driver stops the task. Returns false when the device has no such slice.
+    pub fn set_slice_health(&mut self, device: DeviceId, start: u8, health: Health) -> bool {
+        let Some(d) = self.devices.get_mut(device.idx()) else {
+            return false;
+        };
+        let Some(m) = d.mig.as_mut() else {
+            return false;
+        };
+        let Some(&(profile, _)) = m
+            .fixed
+            .as_ref()
+            .and_then(|f| f.iter().find(|(_, s)| *s == start))
+        else {
+            return false;
+        };
+        let mask = self.geometries[m.geometry as usize].profiles[profile as usize].mask_at(start);
+        let before = m.offline;
+        if health == Health::Healthy {
+            m.offline &= !mask;
+        } else {
+            m.offline |= mask;
+        }
+        if m.offline != before {
+            let node = d.node;
+            self.reclass(node);
+            if health == Health::Healthy {
+                self.freed = true;
+            }
+        }
+        true
+    }
+
+    /// Keep job `id` out of every victim search until `until` (ms): the driver's eviction of it
+    /// was refused (a PodDisruptionBudget) and backs off. `0` lifts it.
+    pub fn protect(&mut self, id: JobId, until: Time) {
+        let Some(j) = self.jobs.get_mut(id.idx()) else {
+            return;
+        };
+        if until < j.protected_until {
+            // Lifted early: a victim is back.
+            self.freed = true;
+        }
+        j.protected_until = until;
+        if until > 0 {
+            self.protection_ends = Some(self.protection_ends.map_or(until, |t| t.min(until)));
+        }
+    }
+
+    /// Whether a protection ended by `now` (then the next cycle is a full one); moves the mark
+    /// to the next protection still running.
+    pub(crate) fn protection_ended(&mut self, now: Time) -> bool {
+        match self.protection_ends {
+            Some(t) if t <= now => {
+                self.protection_ends = self
+                    .jobs
+                    .iter()
+                    .map(|j| j.protected_until)
+                    .filter(|&u| u > now)
+                    .min();
+                true
+            }
+            _ => false,
         }
     }
 

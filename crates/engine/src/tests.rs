@@ -166,11 +166,13 @@ fn fixed_mig_layouts_offer_only_their_slices() {
             profile: "3g.40gb".into(),
             start: 4,
             uuid: String::new(),
+            health: gantry_model::Health::Healthy,
         },
         gantry_model::Slice {
             profile: "2g.20gb".into(),
             start: 0,
             uuid: String::new(),
+            health: gantry_model::Health::Healthy,
         },
     ];
     let c = ClusterBuilder::new()
@@ -189,6 +191,70 @@ fn fixed_mig_layouts_offer_only_their_slices() {
     assert!(!h.running("b"), "only one 3g slice exists");
     assert!(!h.running("c"), "no 1g slice exists in the fixed layout");
     h.snap.audit().expect("audit");
+}
+
+#[test]
+fn an_unhealthy_mig_slice_is_not_offered_and_comes_back_when_it_recovers() {
+    let slice = |start: u8, health| gantry_model::Slice {
+        profile: "1g.10gb".into(),
+        start,
+        uuid: format!("MIG-{start}"),
+        health,
+    };
+    // Two 1g slices; the one at start 0 had an XID.
+    let slices = vec![
+        slice(0, gantry_model::Health::Unhealthy),
+        slice(1, gantry_model::Health::Healthy),
+    ];
+    let c = ClusterBuilder::new()
+        .pool_with("mig", 1, 1, "a100-80gb", 1, Some(slices))
+        .build();
+    let q = QueueBuilder::new()
+        .queue("team-a", "", "h100-80gb", 0)
+        .allow_unlisted()
+        .build();
+    let mut h = Harness::new(&c, &q);
+    h.submit(job("a").mig("1g.10gb"));
+    h.submit(job("b").mig("1g.10gb"));
+    h.cycle();
+    let start_of =
+        |h: &Harness, n: &str| match h.snap.job_tasks(h.snap.job_by_name(n).expect("j"))[0].gpu {
+            GpuAlloc::Mig { start, .. } => start,
+            ref g => panic!("{g:?}"),
+        };
+    assert!(h.running("a"));
+    assert_eq!(start_of(&h, "a"), 1, "placed on the unhealthy slice");
+    assert!(!h.running("b"), "only one healthy slice");
+    // The slice recovers: b takes it. A slice id that does not exist is refused.
+    let dev = crate::DeviceId(0);
+    assert!(!h
+        .snap
+        .set_slice_health(dev, 5, gantry_model::Health::Healthy));
+    assert!(h
+        .snap
+        .set_slice_health(dev, 0, gantry_model::Health::Healthy));
+    h.cycle();
+    assert!(h.running("b"));
+    assert_eq!(start_of(&h, "b"), 0);
+    h.snap.audit().expect("audit");
+}
+
+#[test]
+fn a_protected_job_is_no_victim_until_its_time_passes() {
+    let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &queues(&[("team-a", 8)]));
+    h.submit(job("low").gpus(8).priority("batch"));
+    h.cycle();
+    let low = h.snap.job_by_name("low").expect("low");
+    // Its eviction was refused: no victim for 10 s.
+    h.snap.protect(low, h.now + 10_000);
+    h.submit(job("high").gpus(8).priority("training"));
+    let plan = h.cycle();
+    assert!(plan.preemptions.is_empty(), "{:?}", plan.preemptions);
+    assert!(h.running("low") && !h.running("high"));
+    h.advance(11);
+    let plan = h.cycle();
+    assert_eq!(plan.preemptions.len(), 1);
+    assert!(h.running("high"));
 }
 
 fn shared_device(h: &Harness, n: &str) -> u32 {

@@ -1,30 +1,41 @@
-//! Writing a cycle's [`Actions`] to the API server.
+//! Writing a cycle's [`Actions`] to the API server, outside the scheduling loop.
 //!
-//! - Evictions first (they free devices the binds may use), through the Eviction API so
-//!   PodDisruptionBudgets are honoured.
-//! - Binds: one `pods/binding` request per pod, whose annotations (the allocation and the device
-//!   uuids the device plugin reads from `gantry.dev/devices`) the API server copies onto the pod
-//!   together with `spec.nodeName`. The engine only plans whole gangs, so a gang's pods are all
-//!   in the same batch; they are bound concurrently.
-//! - Pod conditions (`PodScheduled=False`, reason `Unschedulable`, the engine's message),
-//!   PodGroup and Queue statuses (status subresource), and Events.
+//! The loop hands each cycle's actions to a [`Writer`] and goes on scheduling; nothing the API
+//! server does (a slow reply, a 429, a call that never returns) can hold it. What came of each
+//! write comes back as an [`Outcome`] on a channel the loop reads between cycles, so the
+//! [`Mirror`](crate::Mirror) forgets what did not happen.
 //!
-//! Every request first takes a token from a [`RateLimiter`] (`--qps`, `--burst`), the way
-//! client-go throttles a scheduler. Failures are counted and returned so the mirror can forget
-//! what it assumed.
+//! - **Binds** (the critical path, like kube-scheduler's binding cycle): one `pods/binding`
+//!   request per pod, whose annotations (the allocation and the device uuids the device plugin
+//!   reads from `gantry.dev/devices`) the API server copies onto the pod together with
+//!   `spec.nodeName`. A gang's pods are bound concurrently and reported together, so a refused
+//!   member rolls the rest back. Jobs are bound concurrently with each other.
+//! - **Evictions** go through the Eviction API so PodDisruptionBudgets are honoured. A refusal
+//!   (429) is a value, [`EvictResult::Refused`], with the server's `Retry-After`; the mirror backs
+//!   the victim off and tells the preemptor why it waits.
+//! - **Statuses** (pod `PodScheduled` conditions, PodGroup and Queue statuses) go through a
+//!   coalescing queue: a newer status for the same object replaces one not yet written.
+//! - **Events** go to the [`EventSink`](crate::events::EventSink), off the critical path.
+//!
+//! Binds, evictions and statuses take a token from one [`RateLimiter`] (`--qps`, `--burst`), the
+//! way client-go throttles a scheduler; events have their own bucket. Every call is bounded by
+//! `--api-timeout`: a call that does not answer in time counts as failed.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{EvictParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::crd::{PodGroup, Queue};
+use crate::crd::{PodGroup, PodGroupStatus, Queue, QueueStatus};
+use crate::events::EventSink;
 use crate::metrics::Metrics;
-use crate::mirror::{Actions, BindAction, EvictAction, Regarding};
+use crate::mirror::{Actions, BindAction, EvictAction, PodCondition, Regarding};
 use crate::translate::{JobKey, PodKey};
 
 /// A token bucket: `qps` tokens per second, at most `burst` saved. `qps <= 0` disables it.
@@ -74,39 +85,142 @@ impl RateLimiter {
     }
 }
 
-/// What did not go through.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct ApplyReport {
-    /// Pods bound.
-    pub bound: usize,
-    /// Binds refused: (pod, job, error).
-    pub failed_binds: Vec<(PodKey, JobKey, String)>,
-    /// Evictions made.
-    pub evicted: usize,
-    /// Evictions refused: (pod, job, error). A 404 counts as done (the pod is gone already).
-    pub failed_evictions: Vec<(PodKey, JobKey, String)>,
-    /// Status and event writes that failed (logged).
-    pub failed_writes: usize,
-    /// The status writes among them, so the mirror writes them again next cycle.
-    pub failed_status: Vec<Regarding>,
+/// What became of an eviction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvictResult {
+    /// Evicted (or already gone).
+    Done,
+    /// Refused with 429: a PodDisruptionBudget allows no disruption now.
+    Refused {
+        /// The API server's message.
+        message: String,
+        /// `Retry-After`, when the server gave one.
+        retry_after: Option<Duration>,
+    },
+    /// Another error, or no answer within the call timeout.
+    Failed(String),
 }
 
-/// Writes actions with one client.
-pub struct Applier {
+/// What came of writes, reported back to the loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every bind of one job's batch answered: each pod's result.
+    Binds {
+        /// The job.
+        job: JobKey,
+        /// Each bind and its result.
+        results: Vec<(BindAction, Result<(), String>)>,
+    },
+    /// An eviction answered.
+    Eviction {
+        /// What was asked.
+        action: EvictAction,
+        /// What became of it.
+        result: EvictResult,
+    },
+    /// A status write was refused (the mirror writes it again next cycle).
+    StatusFailed(Regarding),
+}
+
+/// How the writer talks to the API server.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Requests per second for binds, evictions and statuses (<= 0: no throttle).
+    pub qps: f64,
+    /// Requests that may go at once above `qps`.
+    pub burst: u32,
+    /// Longest one call may take.
+    pub timeout: Duration,
+    /// Most binds and evictions in flight at once.
+    pub concurrency: usize,
+    /// Events per second (own bucket; <= 0: none).
+    pub event_qps: f64,
+    /// Events that may go at once above `event_qps`.
+    pub event_burst: u32,
+    /// This replica's name (events' `reportingInstance`).
+    pub instance: String,
+}
+
+impl WriterConfig {
+    /// `qps`/`burst` for writes, the same for events, a 10 s call timeout and up to 128 writes
+    /// in flight.
+    pub fn new(qps: f64, burst: u32, instance: impl Into<String>) -> Self {
+        WriterConfig {
+            qps,
+            burst,
+            timeout: Duration::from_secs(10),
+            concurrency: 128,
+            event_qps: qps,
+            event_burst: burst,
+            instance: instance.into(),
+        }
+    }
+}
+
+/// The status of one object to write.
+#[derive(Debug, Clone, PartialEq)]
+enum StatusWrite {
+    Pod(PodCondition),
+    Group(PodGroupStatus),
+    Queue(QueueStatus),
+}
+
+/// Statuses waiting to be written, newest per object.
+#[derive(Debug, Default)]
+struct StatusQueue {
+    pending: Mutex<BTreeMap<StatusKey, StatusWrite>>,
+    notify: Notify,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum StatusKey {
+    Pod(PodKey),
+    Group(String, String),
+    Queue(String),
+}
+
+impl StatusKey {
+    fn regarding(&self) -> Regarding {
+        match self {
+            StatusKey::Pod(p) => Regarding::Pod(p.clone()),
+            StatusKey::Group(ns, n) => Regarding::PodGroup(ns.clone(), n.clone()),
+            StatusKey::Queue(n) => Regarding::Queue(n.clone()),
+        }
+    }
+}
+
+struct Inner {
     client: Client,
     limiter: RateLimiter,
-    recorder: Recorder,
-    metrics: Metrics,
-    concurrency: usize,
+    timeout: Duration,
+    permits: Semaphore,
     leader: Option<tokio::sync::watch::Receiver<bool>>,
+    metrics: Metrics,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    statuses: StatusQueue,
 }
 
-impl std::fmt::Debug for Applier {
+/// Writes actions in the background; see the module docs.
+pub struct Writer {
+    inner: Arc<Inner>,
+    events: EventSink,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Applier")
-            .field("limiter", &self.limiter)
-            .field("concurrency", &self.concurrency)
+        f.debug_struct("Writer")
+            .field("limiter", &self.inner.limiter)
+            .field("timeout", &self.inner.timeout)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
@@ -114,32 +228,58 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
-impl Applier {
-    /// An applier for `client`, throttled to `qps`/`burst`, reporting events as `instance`.
-    pub fn new(client: Client, qps: f64, burst: u32, instance: String, metrics: Metrics) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "gantry-scheduler".into(),
-                instance: Some(instance),
-            },
-        );
-        Applier {
-            client,
-            limiter: RateLimiter::new(qps, burst),
-            recorder,
-            metrics,
-            concurrency: burst.clamp(1, 64) as usize,
-            leader: None,
+/// Run `call` within `timeout`; a late answer is an error that says so.
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(CallError::Api(e)),
+        Err(_) => Err(CallError::Timeout(timeout)),
+    }
+}
+
+#[derive(Debug)]
+enum CallError {
+    Api(kube::Error),
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Api(e) => write!(f, "{e}"),
+            CallError::Timeout(d) => write!(f, "no answer within {} ms", d.as_millis()),
         }
     }
+}
 
-    /// Check `leader` before every bind and eviction (leader election on).
-    pub fn with_leader(mut self, leader: tokio::sync::watch::Receiver<bool>) -> Self {
-        self.leader = Some(leader);
-        self
+impl CallError {
+    fn not_found(&self) -> bool {
+        matches!(self, CallError::Api(e) if is_not_found(e))
     }
+}
 
+/// What an eviction's error means: a 429 is a refusal (PodDisruptionBudget) with the server's
+/// `Retry-After`; anything else is a failure.
+fn classify_eviction(e: &CallError) -> EvictResult {
+    match e {
+        CallError::Api(kube::Error::Api(s)) if s.code == 429 => EvictResult::Refused {
+            message: s.message.clone(),
+            retry_after: s
+                .details
+                .as_ref()
+                .map(|d| d.retry_after_seconds)
+                .filter(|&s| s > 0)
+                .map(|s| Duration::from_secs(u64::from(s))),
+        },
+        _ if e.not_found() => EvictResult::Done,
+        other => EvictResult::Failed(other.to_string()),
+    }
+}
+
+impl Inner {
     fn leading(&self) -> bool {
         self.leader.as_ref().is_none_or(|l| *l.borrow())
     }
@@ -147,6 +287,8 @@ impl Applier {
     /// One request per pod: the API server copies a Binding's annotations onto the pod as it
     /// sets `spec.nodeName`, so the device plugin never sees a bound pod without its devices.
     async fn bind(&self, b: &BindAction) -> Result<(), String> {
+        let _permit = self.permits.acquire().await.map_err(|e| e.to_string())?;
+        self.limiter.acquire().await;
         // A throttled batch can outlast the lease: every bind checks it still leads.
         if !self.leading() {
             return Err("this replica no longer holds the lease".into());
@@ -158,211 +300,249 @@ impl Applier {
             "metadata": {"name": b.pod.name, "namespace": b.pod.ns, "annotations": b.annotations},
             "target": {"apiVersion": "v1", "kind": "Node", "name": b.node},
         });
-        self.limiter.acquire().await;
-        api.create_subresource::<_, serde_json::Value>(
-            "binding",
-            &b.pod.name,
-            &PostParams::default(),
-            &binding,
+        self.metrics.writes_in_flight.inc();
+        let r = bounded(
+            self.timeout,
+            api.create_subresource::<_, serde_json::Value>(
+                "binding",
+                &b.pod.name,
+                &PostParams::default(),
+                &binding,
+            ),
         )
-        .await
-        .map_err(|e| format!("bind to {}: {e}", b.node))?;
-        Ok(())
+        .await;
+        self.metrics.writes_in_flight.dec();
+        r.map(|_| ())
+            .map_err(|e| format!("bind to {}: {e}", b.node))
     }
 
-    async fn bind_one<'a>(&self, b: &'a BindAction) -> (&'a BindAction, Result<(), String>) {
-        (b, self.bind(b).await)
-    }
-
-    async fn evict_one<'a>(&self, e: &'a EvictAction) -> (&'a EvictAction, Result<(), String>) {
-        (e, self.evict(e).await)
-    }
-
-    async fn evict(&self, e: &EvictAction) -> Result<(), String> {
+    async fn evict(&self, e: &EvictAction) -> EvictResult {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return EvictResult::Failed("the writer is shutting down".into());
+        };
+        self.limiter.acquire().await;
         if !self.leading() {
-            return Err("this replica no longer holds the lease".into());
+            return EvictResult::Failed("this replica no longer holds the lease".into());
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &e.pod.ns);
-        self.limiter.acquire().await;
-        match api.evict(&e.pod.name, &EvictParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(err) if is_not_found(&err) => Ok(()),
-            Err(err) => Err(err.to_string()),
+        self.metrics.writes_in_flight.inc();
+        let r = bounded(
+            self.timeout,
+            api.evict(&e.pod.name, &EvictParams::default()),
+        )
+        .await;
+        self.metrics.writes_in_flight.dec();
+        match r {
+            Ok(_) => EvictResult::Done,
+            Err(err) => classify_eviction(&err),
         }
     }
 
-    /// Merge-patch an object's status subresource; false when the API refused (a 404 means the
-    /// object is gone, which is not a failure).
-    async fn write_status<K, S>(&self, api: &Api<K>, name: &str, status: &S) -> bool
+    /// Merge-patch an object's status subresource.
+    async fn merge_status<K, S>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        status: &S,
+    ) -> Result<(), CallError>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
         S: serde::Serialize,
     {
         let patch = serde_json::json!({ "status": status });
+        bounded(
+            self.timeout,
+            api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Write one status; false when the API refused (a 404 means the object is gone, which is
+    /// not a failure).
+    async fn write_status(&self, key: &StatusKey, w: &StatusWrite) -> bool {
         self.limiter.acquire().await;
-        match api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => true,
-            Err(e) if is_not_found(&e) => true,
+        let r = match (key, w) {
+            (StatusKey::Pod(pod), StatusWrite::Pod(c)) => {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.ns);
+                let patch = serde_json::json!({"status": {"conditions": [{
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": c.message,
+                    "lastTransitionTime": c.since,
+                }]}});
+                bounded(
+                    self.timeout,
+                    api.patch_status(
+                        &pod.name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(&patch),
+                    ),
+                )
+                .await
+                .map(|_| ())
+            }
+            (StatusKey::Group(ns, name), StatusWrite::Group(st)) => {
+                let api: Api<PodGroup> = Api::namespaced(self.client.clone(), ns);
+                self.merge_status(&api, name, st).await
+            }
+            (StatusKey::Queue(name), StatusWrite::Queue(st)) => {
+                let api: Api<Queue> = Api::all(self.client.clone());
+                self.merge_status(&api, name, st).await
+            }
+            _ => Ok(()),
+        };
+        match r {
+            Ok(()) => true,
+            Err(e) if e.not_found() => true,
             Err(e) => {
-                tracing::warn!(object = %name, error = %e, "cannot write status");
+                tracing::warn!(object = ?key, error = %e, "cannot write status");
                 false
             }
         }
     }
 
-    fn reference(&self, r: &Regarding) -> ObjectReference {
-        match r {
-            Regarding::Pod(p) => ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                namespace: Some(p.ns.clone()),
-                name: Some(p.name.clone()),
-                ..Default::default()
-            },
-            Regarding::PodGroup(ns, name) => ObjectReference {
-                api_version: Some("gantry.dev/v1alpha1".into()),
-                kind: Some("PodGroup".into()),
-                namespace: Some(ns.clone()),
-                name: Some(name.clone()),
-                ..Default::default()
-            },
-            Regarding::Queue(name) => ObjectReference {
-                api_version: Some("gantry.dev/v1alpha1".into()),
-                kind: Some("Queue".into()),
-                name: Some(name.clone()),
-                ..Default::default()
-            },
-        }
-    }
-
-    /// Write everything; never stops at the first failure.
-    pub async fn apply(&self, actions: &Actions) -> ApplyReport {
-        let mut report = ApplyReport::default();
-        // Futures are collected first: a closure inside the stream would make the future
-        // borrow a higher-ranked lifetime that `tokio::spawn` cannot accept.
-        let futs: Vec<_> = actions
-            .evictions
-            .iter()
-            .map(|e| self.evict_one(e))
-            .collect();
-        let evictions: Vec<_> = futures::stream::iter(futs)
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        for (e, r) in evictions {
-            match r {
-                Ok(()) => {
-                    report.evicted += 1;
-                    self.metrics.evictions.inc();
-                    tracing::info!(pod = %e.pod, job = %e.job, reason = %e.reason, "evicted");
-                }
-                Err(err) => {
-                    tracing::warn!(pod = %e.pod, error = %err, "eviction refused");
-                    report
-                        .failed_evictions
-                        .push((e.pod.clone(), e.job.clone(), err));
-                }
-            }
-        }
-        let futs: Vec<_> = actions.binds.iter().map(|b| self.bind_one(b)).collect();
-        let binds: Vec<_> = futures::stream::iter(futs)
-            .buffer_unordered(self.concurrency)
-            .collect()
-            .await;
-        for (b, r) in binds {
-            match r {
-                Ok(()) => {
-                    report.bound += 1;
-                    self.metrics.binds.inc();
-                    tracing::info!(pod = %b.pod, job = %b.job, node = %b.node, "bound");
-                }
-                Err(err) => {
-                    self.metrics.bind_errors.inc();
-                    tracing::warn!(pod = %b.pod, job = %b.job, error = %err, "bind failed");
-                    report
-                        .failed_binds
-                        .push((b.pod.clone(), b.job.clone(), err));
-                }
-            }
-        }
-        for (pod, message) in &actions.pod_conditions {
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.ns);
-            let patch = serde_json::json!({"status": {"conditions": [{
-                "type": "PodScheduled",
-                "status": "False",
-                "reason": "Unschedulable",
-                "message": message,
-            }]}});
-            self.limiter.acquire().await;
-            if let Err(e) = api
-                .patch_status(
-                    &pod.name,
-                    &PatchParams::default(),
-                    &Patch::Strategic(&patch),
-                )
-                .await
-            {
-                if !is_not_found(&e) {
-                    report.failed_writes += 1;
-                    report.failed_status.push(Regarding::Pod(pod.clone()));
-                    tracing::warn!(%pod, error = %e, "cannot set PodScheduled");
-                }
-            }
-        }
-        for ((ns, name), status) in &actions.group_statuses {
-            let api: Api<PodGroup> = Api::namespaced(self.client.clone(), ns);
-            if !self.write_status(&api, name, status).await {
-                report.failed_writes += 1;
-                report
-                    .failed_status
-                    .push(Regarding::PodGroup(ns.clone(), name.clone()));
-            }
-        }
-        for (name, status) in &actions.queue_statuses {
-            let api: Api<Queue> = Api::all(self.client.clone());
-            if !self.write_status(&api, name, status).await {
-                report.failed_writes += 1;
-                report.failed_status.push(Regarding::Queue(name.clone()));
-            }
-        }
-        for ev in &actions.events {
-            let event = Event {
-                type_: if ev.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: ev.reason.clone(),
-                note: Some(truncate(&ev.note, 1000)),
-                action: "Scheduling".into(),
-                secondary: None,
+    /// Write the queued statuses, newest per object, until told to stop.
+    async fn status_worker(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let Ok(mut p) = self.statuses.pending.lock() else {
+                    return;
+                };
+                std::mem::take(&mut *p)
             };
-            self.limiter.acquire().await;
-            if let Err(e) = self
-                .recorder
-                .publish(&event, &self.reference(&ev.regarding))
-                .await
-            {
-                report.failed_writes += 1;
-                tracing::debug!(error = %e, "cannot record event");
+            if batch.is_empty() {
+                self.statuses.notify.notified().await;
+                continue;
+            }
+            let me = &self;
+            let failed: Vec<StatusKey> = futures::stream::iter(batch)
+                .map(|(k, w)| async move { (!me.write_status(&k, &w).await).then_some(k) })
+                .buffer_unordered(16)
+                .filter_map(|k| async move { k })
+                .collect()
+                .await;
+            for k in failed {
+                let _ = self.outcomes.send(Outcome::StatusFailed(k.regarding()));
             }
         }
-        report
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+impl Writer {
+    /// A writer for `client`; the receiver gets what came of every bind, eviction and failed
+    /// status write. `leader`, when given, is checked before every bind and eviction.
+    pub fn new(
+        client: Client,
+        cfg: &WriterConfig,
+        metrics: Metrics,
+        leader: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> (Writer, mpsc::UnboundedReceiver<Outcome>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            client: client.clone(),
+            limiter: RateLimiter::new(cfg.qps, cfg.burst),
+            timeout: cfg.timeout,
+            permits: Semaphore::new(cfg.concurrency.max(1)),
+            leader,
+            metrics: metrics.clone(),
+            outcomes: tx,
+            statuses: StatusQueue::default(),
+        });
+        let (events, event_task) = EventSink::start(client, cfg, metrics);
+        let status_task = tokio::spawn(inner.clone().status_worker());
+        (
+            Writer {
+                inner,
+                events,
+                tasks: vec![status_task, event_task],
+            },
+            rx,
+        )
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
+
+    /// Start writing `actions`; returns at once. Evictions and binds start now, statuses and
+    /// events are queued.
+    pub fn submit(&self, actions: Actions) {
+        let Actions {
+            evictions,
+            binds,
+            pod_conditions,
+            group_statuses,
+            queue_statuses,
+            events,
+        } = actions;
+        for e in evictions {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let result = inner.evict(&e).await;
+                match &result {
+                    EvictResult::Done => {
+                        inner.metrics.evictions.inc();
+                        tracing::info!(pod = %e.pod, job = %e.job, reason = %e.reason, "evicted");
+                    }
+                    EvictResult::Refused { message, .. } | EvictResult::Failed(message) => {
+                        inner.metrics.eviction_refusals.inc();
+                        tracing::warn!(pod = %e.pod, error = %message, "eviction refused");
+                    }
+                }
+                let _ = inner.outcomes.send(Outcome::Eviction { action: e, result });
+            });
+        }
+        let mut by_job: Vec<(JobKey, Vec<BindAction>)> = Vec::new();
+        for b in binds {
+            match by_job.last_mut() {
+                Some((j, v)) if *j == b.job => v.push(b),
+                _ => by_job.push((b.job.clone(), vec![b])),
+            }
+        }
+        for (job, batch) in by_job {
+            let inner = self.inner.clone();
+            let t0 = Instant::now();
+            tokio::spawn(async move {
+                let results = futures::future::join_all(batch.into_iter().map(|b| {
+                    let inner = &inner;
+                    async move {
+                        let r = inner.bind(&b).await;
+                        inner.metrics.bind_latency.observe(t0.elapsed().as_secs_f64());
+                        match &r {
+                            Ok(()) => {
+                                inner.metrics.binds.inc();
+                                tracing::debug!(pod = %b.pod, job = %b.job, node = %b.node, "bound");
+                            }
+                            Err(err) => {
+                                inner.metrics.bind_errors.inc();
+                                tracing::warn!(pod = %b.pod, job = %b.job, error = %err, "bind failed");
+                            }
+                        }
+                        (b, r)
+                    }
+                }))
+                .await;
+                let _ = inner.outcomes.send(Outcome::Binds { job, results });
+            });
+        }
+        let queued =
+            !pod_conditions.is_empty() || !group_statuses.is_empty() || !queue_statuses.is_empty();
+        if queued {
+            if let Ok(mut p) = self.inner.statuses.pending.lock() {
+                for c in pod_conditions {
+                    p.insert(StatusKey::Pod(c.pod.clone()), StatusWrite::Pod(c));
+                }
+                for ((ns, name), st) in group_statuses {
+                    p.insert(StatusKey::Group(ns, name), StatusWrite::Group(st));
+                }
+                for (name, st) in queue_statuses {
+                    p.insert(StatusKey::Queue(name), StatusWrite::Queue(st));
+                }
+            }
+            self.inner.statuses.notify.notify_one();
+        }
+        for ev in events {
+            self.events.record(ev);
+        }
     }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
@@ -392,9 +572,53 @@ mod tests {
         }
     }
 
+    fn api_error(code: u16, retry: u32) -> CallError {
+        CallError::Api(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+            details: Some(
+                serde_json::from_value(serde_json::json!({"retryAfterSeconds": retry}))
+                    .expect("status details"),
+            ),
+            ..Default::default()
+        })))
+    }
+
     #[test]
-    fn long_notes_are_cut_on_a_char_boundary() {
-        assert_eq!(truncate("abc", 5), "abc");
-        assert_eq!(truncate("ééé", 3), "é…");
+    fn a_429_is_a_refusal_with_the_servers_retry_after_and_a_404_is_done() {
+        match classify_eviction(&api_error(429, 10)) {
+            EvictResult::Refused {
+                message,
+                retry_after,
+            } => {
+                assert!(message.contains("disruption budget"));
+                assert_eq!(retry_after, Some(Duration::from_secs(10)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            classify_eviction(&api_error(429, 0)),
+            EvictResult::Refused {
+                retry_after: None,
+                ..
+            }
+        ));
+        assert_eq!(classify_eviction(&api_error(404, 0)), EvictResult::Done);
+        assert!(matches!(
+            classify_eviction(&api_error(500, 0)),
+            EvictResult::Failed(_)
+        ));
+        assert_eq!(
+            classify_eviction(&CallError::Timeout(Duration::from_secs(2))),
+            EvictResult::Failed("no answer within 2000 ms".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_that_never_answers_is_cut_at_the_timeout() {
+        tokio::time::pause();
+        let never = std::future::pending::<Result<(), kube::Error>>();
+        let r = bounded(Duration::from_secs(3), never).await;
+        assert!(matches!(r, Err(CallError::Timeout(_))), "{r:?}");
     }
 }

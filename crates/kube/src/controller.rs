@@ -5,11 +5,16 @@
 //! [`Mirror`]. Each watch lists once and then streams changes; a re-list after a broken watch
 //! turns objects that vanished meanwhile into deletes, so nothing is ever re-listed per cycle.
 //! After a change, and at least every `tick`, the leader runs a cycle once the changes have
-//! settled for `debounce`, and the [`Applier`] writes the result. Replicas that do not hold the
-//! lease keep their mirror warm and write nothing, so a hand-over needs no warm-up.
+//! settled for `debounce`, and hands the result to the [`Writer`], which writes it in the
+//! background: the loop never waits on the API server. What came of the writes (a refused
+//! bind, an eviction a PodDisruptionBudget refused) comes back on a channel the same loop reads,
+//! so the mirror is only ever touched by this one task. Replicas that do not hold the lease keep
+//! their mirror warm and write nothing, so a hand-over needs no warm-up.
+//!
+//! The loop beats [`Metrics::beat`] on every turn. If it stops turning for `stall_after`,
+//! `/readyz` fails and the leader stops renewing its Lease, so a standby takes over.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -20,13 +25,12 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::apply::{Applier, ApplyReport};
+use crate::apply::{Writer, WriterConfig};
 use crate::crd::{NodeInventory, PodGroup, Queue};
 use crate::error::KubeError;
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
-use crate::mirror::{Actions, Mirror};
-use crate::translate::{JobKey, PodKey};
+use crate::mirror::Mirror;
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -37,6 +41,20 @@ pub struct ControllerConfig {
     pub qps: f64,
     /// Requests that may go at once before throttling.
     pub burst: u32,
+    /// Events per second, a bucket of their own (<= 0: none).
+    pub event_qps: f64,
+    /// Events that may go at once before throttling.
+    pub event_burst: u32,
+    /// Longest any one API call may take before it counts as failed.
+    pub api_timeout: Duration,
+    /// Most binds and evictions in flight at once.
+    pub concurrency: usize,
+    /// How long the loop may go without turning before `/readyz` fails and the leader steps
+    /// down.
+    pub stall_after: Duration,
+    /// How long a NodeInventory may go without a new heartbeat before its node takes no new
+    /// pods (zero: never).
+    pub inventory_stale_after: Duration,
     /// Use a Lease so only one replica schedules.
     pub leader_elect: bool,
     /// Lease namespace.
@@ -58,13 +76,22 @@ pub struct ControllerConfig {
 }
 
 impl ControllerConfig {
-    /// Defaults: scheduler `gantry`, 50 qps / burst 100, leader election on, lease
-    /// `gantry-system/gantry-scheduler` for 15 s renewed every 2 s, 20 ms debounce, 1 s tick.
+    /// Defaults: scheduler `gantry`, 50 qps / burst 100 for writes and the same for events
+    /// (kube-scheduler's defaults), 10 s per API call, 128 writes in flight, leader election on,
+    /// lease `gantry-system/gantry-scheduler` for 15 s renewed every 2 s, 20 ms debounce, 1 s
+    /// tick, stalled after 30 s, inventories stale after 90 s without a heartbeat (the device
+    /// plugin beats every 30 s).
     pub fn new(identity: impl Into<String>) -> Self {
         ControllerConfig {
             scheduler_name: "gantry".into(),
             qps: 50.0,
             burst: 100,
+            event_qps: 50.0,
+            event_burst: 100,
+            api_timeout: Duration::from_secs(10),
+            concurrency: 128,
+            stall_after: Duration::from_secs(30),
+            inventory_stale_after: Duration::from_secs(90),
             leader_elect: true,
             lease_namespace: "gantry-system".into(),
             lease_name: "gantry-scheduler".into(),
@@ -227,7 +254,9 @@ fn apply_change(m: &mut Mirror, c: Change) {
         Change::NodeGone(n) => m.delete_node(&n),
         Change::Inventory(i) => {
             let name = i.name_any();
+            let beat = i.status.as_ref().and_then(|s| s.heartbeat_time.clone());
             m.upsert_inventory(&name, i.spec);
+            m.inventory_heartbeat(&name, beat.as_deref(), now_ms());
         }
         Change::InventoryGone(n) => m.delete_inventory(&n),
         Change::Queue(q) => m.upsert_queue(*q),
@@ -240,45 +269,6 @@ fn apply_change(m: &mut Mirror, c: Change) {
     }
 }
 
-/// A gang whose placement was only partly bound (the API refused a member) is rolled back:
-/// the members bound in this batch are evicted, so no gang is left partly running.
-fn roll_back_partial_gangs(
-    mirror: &mut Mirror,
-    actions: &Actions,
-    report: &ApplyReport,
-) -> Actions {
-    let mut out = Actions::default();
-    let failed: BTreeSet<&JobKey> = report
-        .failed_binds
-        .iter()
-        .map(|(_, job, _)| job)
-        .filter(|j| matches!(j, JobKey::Group(..)))
-        .collect();
-    for job in failed {
-        let refused: BTreeSet<&PodKey> = report
-            .failed_binds
-            .iter()
-            .filter(|(_, j, _)| j == job)
-            .map(|(p, _, _)| p)
-            .collect();
-        let bound: Vec<PodKey> = actions
-            .binds
-            .iter()
-            .filter(|b| &b.job == job && !refused.contains(&b.pod))
-            .map(|b| b.pod.clone())
-            .collect();
-        let why = report
-            .failed_binds
-            .iter()
-            .find(|(_, j, _)| j == job)
-            .map(|(p, _, e)| format!("binding {p} failed: {e}"))
-            .unwrap_or_default();
-        out.evictions
-            .extend(mirror.roll_back_gang(job, &bound, &why));
-    }
-    out
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -286,27 +276,61 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A client for the controller: `config` with kube-client's default retry turned off. That
+/// retry (up to 15 tries, backing off to 1,000 s, on 429/503/504) would turn one eviction a
+/// PodDisruptionBudget refuses into minutes of waiting; the controller bounds every call itself
+/// and treats a refusal as an answer.
+///
+/// # Errors
+/// The configuration cannot make a client (TLS, auth).
+pub fn client(mut config: kube::Config) -> Result<Client, KubeError> {
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))
+}
+
 /// Keep trying for the lease; publish whether this replica holds it. A holder that cannot
-/// renew within the lease duration steps down.
-async fn elect(mut lock: LeaseLock, cfg: ControllerConfig, tx: watch::Sender<bool>) {
+/// renew within the lease duration steps down, and so does one whose loop stalled.
+async fn elect(
+    mut lock: LeaseLock,
+    cfg: ControllerConfig,
+    metrics: Metrics,
+    tx: watch::Sender<bool>,
+) {
     // client-go's renew deadline: stop leading well before a standby may take over (it waits a
     // whole lease duration from the last renewal it saw, which is no earlier than `sent`).
     let renew_deadline = cfg.lease_duration * 2 / 3;
     let mut last_renewal_sent = tokio::time::Instant::now();
     loop {
         let sent = tokio::time::Instant::now();
-        let leader = match lock.try_acquire_or_renew().await {
-            Ok(l) => {
-                if l {
-                    last_renewal_sent = sent;
+        if metrics.stalled() {
+            // A leader whose loop does not turn binds nothing: let a standby have the lease.
+            if tx.send_replace(false) {
+                tracing::error!(
+                    stalled_ms = metrics.since_beat().as_millis() as u64,
+                    "the scheduling loop stalled; stopped renewing the lease"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.renew_every) => {}
+                _ = tx.closed() => return,
+            }
+            continue;
+        }
+        // A lease call that does not answer counts as a failed one.
+        let call = tokio::time::timeout(renew_deadline, lock.try_acquire_or_renew()).await;
+        let leader =
+            match call.unwrap_or_else(|_| Err(KubeError::Client("lease call timed out".into()))) {
+                Ok(l) => {
+                    if l {
+                        last_renewal_sent = sent;
+                    }
+                    l
                 }
-                l
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "lease call failed");
-                *tx.borrow() && last_renewal_sent.elapsed() < renew_deadline
-            }
-        };
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease call failed");
+                    *tx.borrow() && last_renewal_sent.elapsed() < renew_deadline
+                }
+            };
         if tx.send_replace(leader) != leader && !leader {
             tracing::warn!(identity = %cfg.identity, "lost the lease; stopped scheduling");
         }
@@ -324,6 +348,9 @@ async fn elect(mut lock: LeaseLock, cfg: ControllerConfig, tx: watch::Sender<boo
 
 /// Run the controller until `shutdown` resolves. The lease is released on the way out.
 ///
+/// `client` should come from [`client`] (no built-in retry); the writer bounds every call with
+/// `cfg.api_timeout` either way.
+///
 /// # Errors
 /// The engine refused an empty cluster (not expected).
 pub async fn run(
@@ -333,6 +360,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), KubeError> {
     let mut mirror = Mirror::new(cfg.profile.clone())?;
+    mirror.set_inventory_stale_after(cfg.inventory_stale_after);
+    metrics.set_stall_after(cfg.stall_after);
+    metrics.beat();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watches = start_watches(&client, &cfg.scheduler_name, &tx);
     drop(tx);
@@ -345,20 +375,30 @@ pub async fn run(
             &cfg.identity,
             cfg.lease_duration,
         );
-        Some(tokio::spawn(elect(lock, cfg.clone(), lead_tx)))
+        Some(tokio::spawn(elect(
+            lock,
+            cfg.clone(),
+            metrics.clone(),
+            lead_tx,
+        )))
     } else {
         drop(lead_tx);
         None
     };
-    let applier = Arc::new(
-        Applier::new(
-            client.clone(),
-            cfg.qps,
-            cfg.burst,
-            cfg.identity.clone(),
-            metrics.clone(),
-        )
-        .with_leader(lead_rx.clone()),
+    let wcfg = WriterConfig {
+        qps: cfg.qps,
+        burst: cfg.burst,
+        timeout: cfg.api_timeout,
+        concurrency: cfg.concurrency,
+        event_qps: cfg.event_qps,
+        event_burst: cfg.event_burst,
+        instance: cfg.identity.clone(),
+    };
+    let (writer, mut outcomes) = Writer::new(
+        client.clone(),
+        &wcfg,
+        metrics.clone(),
+        Some(lead_rx.clone()),
     );
     let mut synced: BTreeSet<&'static str> = BTreeSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -366,30 +406,41 @@ pub async fn run(
     let mut due: Option<tokio::time::Instant> = None;
     let mut next_tick = tokio::time::Instant::now() + cfg.tick;
     loop {
+        metrics.beat();
         let wake = due.unwrap_or(next_tick).min(next_tick);
         tokio::select! {
             _ = &mut shutdown => break,
             c = rx.recv() => {
                 let Some(c) = c else { break };
-                if let Change::Synced(kind) = &c {
-                    synced.insert(kind);
-                    if synced.len() == 5 {
-                        metrics.set_ready();
-                        tracing::info!("caches synced");
-                    }
-                }
-                apply_change(&mut mirror, c);
-                while let Ok(c) = rx.try_recv() {
+                let mut next = Some(c);
+                while let Some(c) = next {
                     if let Change::Synced(kind) = &c {
                         synced.insert(kind);
-                        if synced.len() == 5 {
+                        if synced.len() == 5 && !metrics.is_ready() {
                             metrics.set_ready();
+                            tracing::info!("caches synced");
                         }
                     }
                     apply_change(&mut mirror, c);
+                    next = rx.try_recv().ok();
                 }
                 pending_change = true;
                 due = Some(tokio::time::Instant::now() + cfg.debounce);
+            }
+            o = outcomes.recv() => {
+                let Some(o) = o else { break };
+                let mut next = Some(o);
+                while let Some(o) = next {
+                    let follow = mirror.outcome(o, now_ms());
+                    if !follow.is_empty() {
+                        writer.submit(follow);
+                    }
+                    next = outcomes.try_recv().ok();
+                }
+                // Failures are looked at again on the next cycle, after the debounce: a refusal
+                // does not clear in microseconds, and backed-off victims wait longer still.
+                pending_change = true;
+                due.get_or_insert_with(|| tokio::time::Instant::now() + cfg.debounce);
             }
             _ = tokio::time::sleep_until(wake) => {
                 let leader = *lead_rx.borrow();
@@ -398,53 +449,29 @@ pub async fn run(
                 if ticked {
                     next_tick = tokio::time::Instant::now() + cfg.tick;
                 }
+                due = None;
                 if !(leader && metrics.is_ready() && (pending_change || ticked)) {
-                    due = None;
                     metrics.observe(&mirror);
                     continue;
                 }
-                due = None;
                 pending_change = false;
                 let t0 = std::time::Instant::now();
                 let actions = mirror.cycle(now_ms());
-                let report = applier.apply(&actions).await;
-                for (pod, job, _) in &report.failed_binds {
-                    mirror.bind_failed(pod, job);
-                }
-                let rollback = roll_back_partial_gangs(&mut mirror, &actions, &report);
-                if !rollback.evictions.is_empty() {
-                    let r = applier.apply(&rollback).await;
-                    for (pod, job, _) in &r.failed_evictions {
-                        mirror.evict_failed(pod, job);
-                    }
-                }
-                for (pod, job, _) in &report.failed_evictions {
-                    mirror.evict_failed(pod, job);
-                }
-                mirror.status_writes_failed(&report.failed_status);
-                // Failures are retried on the next tick, not at once: a refusal (a
-                // PodDisruptionBudget, a lost lease) does not clear in milliseconds.
-                if !report.failed_binds.is_empty() || !report.failed_evictions.is_empty() {
-                    pending_change = true;
-                }
-                metrics.preemptions.inc_by(
-                    actions
-                        .events
-                        .iter()
-                        .filter(|e| e.reason == "Preempted")
-                        .count() as u64,
-                );
-                metrics.cycle.observe(t0.elapsed().as_secs_f64());
-                metrics.observe(&mirror);
-                let _span = tracing::debug_span!(
-                    "cycle",
-                    binds = report.bound,
-                    evictions = report.evicted,
-                    failed = report.failed_binds.len()
-                )
-                .entered();
+                let elapsed = t0.elapsed();
+                metrics.cycle.observe(elapsed.as_secs_f64());
+                let (binds, evictions) = (actions.binds.len(), actions.evictions.len());
                 if !actions.is_empty() {
-                    tracing::debug!(elapsed_ms = t0.elapsed().as_millis() as u64, "cycle applied");
+                    writer.submit(actions);
+                }
+                gantry_metrics::SchedulerMetrics::raise_to(&metrics.preemptions, mirror.preemptions());
+                metrics.observe(&mirror);
+                if binds + evictions > 0 {
+                    tracing::debug!(
+                        binds,
+                        evictions,
+                        elapsed_us = elapsed.as_micros() as u64,
+                        "cycle planned"
+                    );
                 }
             }
         }
@@ -453,7 +480,7 @@ pub async fn run(
         w.abort();
     }
     // The elector releases the lease once no one listens to it any more.
-    drop(applier);
+    drop(writer);
     drop(lead_rx);
     if let Some(e) = elector {
         let _ = tokio::time::timeout(Duration::from_secs(5), e).await;

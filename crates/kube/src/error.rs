@@ -23,6 +23,9 @@ pub enum KubeError {
         /// Why.
         reason: String,
     },
+    /// A client could not be made from the configuration.
+    #[error("kube client: {0}")]
+    Client(String),
     /// Encoding a generated document failed.
     #[error("encode: {0}")]
     Encode(String),

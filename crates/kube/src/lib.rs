@@ -10,19 +10,26 @@
 //!   demands and jobs, Nodes plus inventories to nodes, Queues to the queue tree).
 //! - [`mirror`]: the cluster as the watches show it, an engine snapshot kept in step one event
 //!   at a time, and one cycle's plan turned into API writes ([`Actions`]).
-//! - [`apply`]: the writes: annotate and bind, evict, pod conditions, statuses, events, all
-//!   throttled by a client-side token bucket (`--qps`, `--burst`).
+//! - [`status`]: what the API shows of each job: pod conditions, PodGroup phases and
+//!   conditions, Queue statuses.
+//! - [`apply`]: the writes, outside the scheduling loop: binds, evictions (a refusal is a
+//!   value), statuses, throttled by a client-side token bucket (`--qps`, `--burst`) and bounded
+//!   by a call timeout; what came of them flows back to the loop.
+//! - [`events`]: Events `kubectl describe` shows, written off the critical path.
 //! - [`leader`]: Lease-based leader election.
 //! - [`controller`]: the watches, the cycle loop and the leader's hand-over.
 //! - [`metrics`]: Prometheus metrics and `/healthz`, `/readyz`.
 //! - [`error`]: the crate's typed errors.
 pub mod apply;
 pub mod controller;
-pub mod crd;
+/// The custom resources, from `gantry-crd` (shared with the device plugin).
+pub use gantry_crd as crd;
 pub mod error;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod mirror;
+pub mod status;
 pub mod translate;
 
 pub use controller::{run, ControllerConfig};

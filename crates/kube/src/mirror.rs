@@ -21,13 +21,11 @@ use gantry_model::{Cluster, ClusterSpec, QueueTree, QueuesSpec};
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use kube::ResourceExt;
 
-use crate::crd::{
-    GroupCondition, NodeInventorySpec, PodGroup, PodGroupPhase, PodGroupSpec, PodGroupStatus,
-    Queue, QueueStatus,
-};
+use crate::apply::{EvictResult, Outcome};
+use crate::crd::{NodeInventorySpec, PodGroup, PodGroupSpec, PodGroupStatus, Queue, QueueStatus};
 use crate::error::KubeError;
 use crate::translate::{
-    bind_annotations, created_ms, job_spec, node_of, pod_info, queue_specs, JobKey, JobTranslation,
+    bind_annotations, created_ms, job_spec, node_of, pod_info, queue_tree, JobKey, JobTranslation,
     NodeView, PodInfo, PodKey, PodState,
 };
 
@@ -53,6 +51,8 @@ pub struct EvictAction {
     pub job: JobKey,
     /// Why (`preempted by … (Priority)`).
     pub reason: String,
+    /// The job it makes room for, when it is a preemption victim.
+    pub preemptor: Option<JobKey>,
 }
 
 /// An object an event is about.
@@ -71,12 +71,38 @@ pub enum Regarding {
 pub struct EventAction {
     /// What it is about.
     pub regarding: Regarding,
+    /// Its `metadata.uid` (kubectl finds an object's events by uid; empty when unknown).
+    pub uid: String,
     /// `Normal` or `Warning`.
     pub warning: bool,
-    /// One CamelCase word (`Scheduled`, `Preempted`, `Unschedulable`).
+    /// One CamelCase word, kube-scheduler's where one exists (`Scheduled`, `FailedScheduling`,
+    /// `Preempted`).
     pub reason: String,
     /// Human text.
     pub note: String,
+}
+
+impl EventAction {
+    /// The event's `action`, from its reason (kube-scheduler's words).
+    pub fn action(&self) -> &'static str {
+        match self.reason.as_str() {
+            "Scheduled" => "Binding",
+            "Preempted" | "Nominated" | "PreemptionBlocked" => "Preempting",
+            "Evicted" => "Evicting",
+            _ => "Scheduling",
+        }
+    }
+}
+
+/// `PodScheduled=False` for a pod that waits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodCondition {
+    /// The pod.
+    pub pod: PodKey,
+    /// Why it waits.
+    pub message: String,
+    /// RFC 3339 time the condition became False (kept while it stays False).
+    pub since: String,
 }
 
 /// Everything one cycle wants written to the API, in the order it should be applied.
@@ -86,8 +112,8 @@ pub struct Actions {
     pub evictions: Vec<EvictAction>,
     /// Binds, gang by gang.
     pub binds: Vec<BindAction>,
-    /// Pods to mark `PodScheduled=False` with this message.
-    pub pod_conditions: Vec<(PodKey, String)>,
+    /// Pods to mark `PodScheduled=False`.
+    pub pod_conditions: Vec<PodCondition>,
     /// PodGroup statuses that changed.
     pub group_statuses: Vec<((String, String), PodGroupStatus)>,
     /// Queue statuses that changed.
@@ -107,13 +133,25 @@ impl Actions {
 type BoundPods = Vec<(PodKey, Option<NamedAlloc>)>;
 
 #[derive(Debug, Default)]
-struct JobEntry {
-    id: Option<JobId>,
+pub(crate) struct JobEntry {
+    pub(crate) id: Option<JobId>,
     /// The translation the snapshot holds, and the allocations it was given back.
     current: Option<(JobTranslation, BoundPods)>,
     /// Why it is not in the snapshot, or why it waits.
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
+
+/// A victim whose eviction was refused: not a victim again before `until_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    pub(crate) until_ms: u64,
+    pub(crate) attempts: u32,
+}
+
+/// The first wait after a refused eviction, doubled on each refusal up to [`BACKOFF_MAX_MS`].
+pub const BACKOFF_MIN_MS: u64 = 1_000;
+/// The longest wait after refused evictions.
+pub const BACKOFF_MAX_MS: u64 = 300_000;
 
 /// See the module docs.
 #[derive(Debug)]
@@ -122,33 +160,51 @@ pub struct Mirror {
     kube_nodes: BTreeMap<String, KubeNode>,
     inventories: BTreeMap<String, NodeInventorySpec>,
     views: BTreeMap<String, NodeView>,
-    queues: BTreeMap<String, Queue>,
-    groups: BTreeMap<(String, String), (PodGroupSpec, u64)>,
-    pods: BTreeMap<PodKey, PodInfo>,
-    bad_pods: BTreeMap<PodKey, String>,
-    pods_of: BTreeMap<JobKey, BTreeSet<PodKey>>,
-    jobs: BTreeMap<JobKey, JobEntry>,
-    in_flight: BTreeMap<PodKey, NamedAlloc>,
+    pub(crate) queues: BTreeMap<String, Queue>,
+    pub(crate) groups: BTreeMap<(String, String), (PodGroupSpec, u64)>,
+    pub(crate) group_uids: BTreeMap<(String, String), String>,
+    pub(crate) pods: BTreeMap<PodKey, PodInfo>,
+    /// Pods gantry cannot schedule as written: why, and their uid.
+    pub(crate) bad_pods: BTreeMap<PodKey, (String, String)>,
+    pub(crate) pods_of: BTreeMap<JobKey, BTreeSet<PodKey>>,
+    pub(crate) jobs: BTreeMap<JobKey, JobEntry>,
+    pub(crate) in_flight: BTreeMap<PodKey, NamedAlloc>,
     evicting: BTreeSet<PodKey>,
+    /// Victims whose eviction was refused, backing off.
+    pub(crate) protection: BTreeMap<JobKey, Backoff>,
+    /// Preemptors whose victims could not be evicted: why they wait.
+    pub(crate) budget_wait: BTreeMap<JobKey, String>,
+    /// Jobs evicted for a preemptor (by whom), until they run again.
+    pub(crate) preempted: BTreeMap<JobKey, String>,
     /// Devices (whole uuids, `uuid@start` for MIG slices) that pods present in the API hold by
     /// their recorded allocation, running or terminating. A bind never goes out for a device
     /// another pod still claims: the API, not the snapshot, has the last word.
     claims: HashMap<String, PodKey>,
     /// Binds planned onto devices another pod still claims (a preempted pod in its grace
     /// period, a pod being deleted), sent once the claim is gone.
-    held: BTreeMap<PodKey, BindAction>,
-    snap: Snapshot,
+    pub(crate) held: BTreeMap<PodKey, BindAction>,
+    pub(crate) snap: Snapshot,
     tree: QueueTree,
-    tree_error: Option<String>,
+    /// Per inventory: the heartbeat last seen, and when (this controller's clock, ms).
+    heartbeats: BTreeMap<String, (Option<String>, u64)>,
+    /// Inventories whose heartbeat stopped: their nodes take no new pods.
+    stale: BTreeSet<String>,
+    /// How long an inventory may go without a new heartbeat (0: never stale).
+    stale_after_ms: u64,
+    next_stale_check_ms: u64,
+    /// Queues left out of the tree, and why.
+    pub(crate) invalid_queues: BTreeMap<String, String>,
     structure_dirty: bool,
     dirty: BTreeSet<JobKey>,
     resubmits: usize,
-    observed_pod_reason: HashMap<PodKey, String>,
-    observed_group: BTreeMap<(String, String), PodGroupStatus>,
-    observed_queue: BTreeMap<String, QueueStatus>,
+    preemptions: u64,
+    /// `PodScheduled=False` as the API shows it: message and transition time.
+    pub(crate) observed_pod_reason: HashMap<PodKey, (String, String)>,
+    pub(crate) observed_group: BTreeMap<(String, String), PodGroupStatus>,
+    pub(crate) observed_queue: BTreeMap<String, QueueStatus>,
 }
 
-fn rfc3339(now_ms: u64) -> String {
+pub(crate) fn rfc3339(now_ms: u64) -> String {
     k8s_openapi::jiff::Timestamp::from_millisecond(now_ms as i64)
         .map(|t| t.to_string())
         .unwrap_or_default()
@@ -172,6 +228,7 @@ impl Mirror {
             views: BTreeMap::new(),
             queues: BTreeMap::new(),
             groups: BTreeMap::new(),
+            group_uids: BTreeMap::new(),
             pods: BTreeMap::new(),
             bad_pods: BTreeMap::new(),
             pods_of: BTreeMap::new(),
@@ -180,12 +237,20 @@ impl Mirror {
             claims: HashMap::new(),
             held: BTreeMap::new(),
             evicting: BTreeSet::new(),
+            protection: BTreeMap::new(),
+            budget_wait: BTreeMap::new(),
+            preempted: BTreeMap::new(),
             snap,
             tree,
-            tree_error: None,
+            invalid_queues: BTreeMap::new(),
+            heartbeats: BTreeMap::new(),
+            stale: BTreeSet::new(),
+            stale_after_ms: 0,
+            next_stale_check_ms: 0,
             structure_dirty: true,
             dirty: BTreeSet::new(),
             resubmits: 0,
+            preemptions: 0,
             observed_pod_reason: HashMap::new(),
             observed_group: BTreeMap::new(),
             observed_queue: BTreeMap::new(),
@@ -212,9 +277,10 @@ impl Mirror {
         self.views.values().filter(|v| v.ready).count()
     }
 
-    /// Why the queue tree is not valid, if it is not (the last valid tree stays in use).
-    pub fn tree_error(&self) -> Option<&str> {
-        self.tree_error.as_deref()
+    /// Queues left out of the tree because they are not valid, and why (the rest of the tree
+    /// is in use).
+    pub fn invalid_queues(&self) -> &BTreeMap<String, String> {
+        &self.invalid_queues
     }
 
     // ------------------------------------------------------------------ nodes
@@ -227,7 +293,12 @@ impl Mirror {
             return;
         };
         let view = match node_of(kn, self.inventories.get(name)) {
-            Ok(v) => v,
+            Ok(mut v) => {
+                if self.stale.contains(name) {
+                    v.node.taints.push(stale_taint());
+                }
+                v
+            }
             Err(e) => {
                 tracing::warn!(node = name, error = %e, "node left out");
                 if self.views.remove(name).is_some() {
@@ -244,9 +315,19 @@ impl Mirror {
                         self.snap.set_node_ready(id, view.ready);
                     }
                     for (a, b) in old.node.devices.iter().zip(&view.node.devices) {
+                        let Some(d) = self.snap.device_by_uuid(&b.uuid) else {
+                            continue;
+                        };
                         if a.health != b.health {
-                            if let Some(d) = self.snap.device_by_uuid(&b.uuid) {
-                                self.snap.set_device_health(d, b.health);
+                            self.snap.set_device_health(d, b.health);
+                        }
+                        // One XID can hit one MIG slice and not its siblings.
+                        let slices = |x: &gantry_model::Device| {
+                            x.mig.as_ref().map(|m| m.slices.clone()).unwrap_or_default()
+                        };
+                        for (sa, sb) in slices(a).iter().zip(&slices(b)) {
+                            if sa.health != sb.health {
+                                self.snap.set_slice_health(d, sb.start, sb.health);
                             }
                         }
                     }
@@ -282,6 +363,51 @@ impl Mirror {
     /// A NodeInventory was deleted.
     pub fn delete_inventory(&mut self, name: &str) {
         self.inventories.remove(name);
+        self.heartbeats.remove(name);
+        self.stale.remove(name);
+        self.refresh_node(name);
+    }
+
+    /// Nodes whose inventory has not heartbeated for `after` take no new pods (zero: never).
+    pub fn set_inventory_stale_after(&mut self, after: std::time::Duration) {
+        self.stale_after_ms = after.as_millis() as u64;
+    }
+
+    /// An inventory's heartbeat as the watch shows it, seen at `now_ms` on this controller's
+    /// clock. Staleness counts from when the value last changed, so the node's clock does not
+    /// matter (as with leases).
+    pub fn inventory_heartbeat(&mut self, name: &str, value: Option<&str>, now_ms: u64) {
+        let value = value.map(str::to_string);
+        if self.heartbeats.get(name).is_none_or(|(v, _)| *v != value) {
+            self.heartbeats.insert(name.to_string(), (value, now_ms));
+        }
+        self.check_stale(name, now_ms);
+    }
+
+    /// Nodes whose inventory is stale now.
+    pub fn stale_nodes(&self) -> impl Iterator<Item = &str> {
+        self.stale.iter().map(String::as_str)
+    }
+
+    fn check_stale(&mut self, name: &str, now_ms: u64) {
+        let stale = self.stale_after_ms > 0
+            && self
+                .heartbeats
+                .get(name)
+                .is_some_and(|(_, seen)| now_ms.saturating_sub(*seen) > self.stale_after_ms);
+        if stale == self.stale.contains(name) {
+            return;
+        }
+        if stale {
+            tracing::warn!(
+                node = name,
+                "NodeInventory stopped heartbeating; no new pods go there"
+            );
+            self.stale.insert(name.to_string());
+        } else {
+            tracing::info!(node = name, "NodeInventory heartbeats again");
+            self.stale.remove(name);
+        }
         self.refresh_node(name);
     }
 
@@ -314,6 +440,9 @@ impl Mirror {
         if let Some(st) = &g.status {
             self.observed_group.insert(key.clone(), st.clone());
         }
+        if let Some(uid) = &g.metadata.uid {
+            self.group_uids.insert(key.clone(), uid.clone());
+        }
         let created = created_ms(&g.metadata);
         let changed = self.groups.get(&key).is_none_or(|(s, _)| s != &g.spec);
         self.groups.insert(key.clone(), (g.spec, created));
@@ -326,6 +455,9 @@ impl Mirror {
     pub fn delete_group(&mut self, ns: &str, name: &str) {
         let key = (ns.to_string(), name.to_string());
         self.observed_group.remove(&key);
+        self.group_uids.remove(&key);
+        self.preempted
+            .remove(&JobKey::Group(key.0.clone(), key.1.clone()));
         if self.groups.remove(&key).is_some() {
             self.dirty.insert(JobKey::Group(key.0, key.1));
         }
@@ -346,7 +478,14 @@ impl Mirror {
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"))
             .filter(|c| c.status == "False")
-            .and_then(|c| c.message.clone());
+            .and_then(|c| {
+                let since = c
+                    .last_transition_time
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default();
+                c.message.clone().map(|m| (m, since))
+            });
         match reason {
             Some(r) => self.observed_pod_reason.insert(key.clone(), r),
             None => self.observed_pod_reason.remove(&key),
@@ -388,7 +527,8 @@ impl Mirror {
                 self.unlink(&key);
                 self.set_claims(&key, None);
                 self.pods.remove(&key);
-                self.bad_pods.insert(key, e);
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                self.bad_pods.insert(key, (e, uid));
             }
         }
     }
@@ -503,6 +643,7 @@ impl Mirror {
                     pod: pod.clone(),
                     job: job.clone(),
                     reason: format!("gang rolled back: {why}"),
+                    preemptor: None,
                 });
             }
         }
@@ -537,33 +678,20 @@ impl Mirror {
     // ------------------------------------------------------------------ the cycle
 
     fn rebuild(&mut self, actions: &mut Actions) {
-        let specs = queue_specs(self.queues.values());
-        match (QueuesSpec {
-            queues: specs,
-            priority_classes: None,
-        })
-        .build()
-        {
-            Ok(tree) => {
-                self.tree = tree;
-                self.tree_error = None;
-            }
-            Err(e) => {
-                let msg = format!("queues are not a valid tree, keeping the last valid one: {e}");
-                if self.tree_error.as_deref() != Some(&msg) {
-                    tracing::warn!(error = %e, "invalid queue tree");
-                    for name in self.queues.keys() {
-                        actions.events.push(EventAction {
-                            regarding: Regarding::Queue(name.clone()),
-                            warning: true,
-                            reason: "InvalidQueues".into(),
-                            note: msg.clone(),
-                        });
-                    }
-                }
-                self.tree_error = Some(msg);
+        let (tree, invalid) = queue_tree(self.queues.values());
+        for (name, why) in &invalid {
+            if self.invalid_queues.get(name) != Some(why) {
+                tracing::warn!(queue = %name, error = %why, "queue left out of the tree");
+                actions.events.push(self.event(
+                    Regarding::Queue(name.clone()),
+                    true,
+                    "InvalidQueue",
+                    why.clone(),
+                ));
             }
         }
+        self.tree = tree;
+        self.invalid_queues = invalid;
         let nodes: Vec<_> = self.views.values().map(|v| v.node.clone()).collect();
         let cluster = ClusterSpec {
             nodes,
@@ -632,6 +760,13 @@ impl Mirror {
             if self.pods_of.get(key).is_none_or(BTreeSet::is_empty) {
                 self.pods_of.remove(key);
                 self.jobs.remove(key);
+                self.protection.remove(key);
+                self.budget_wait.remove(key);
+                // A PodGroup keeps showing that it was preempted until new pods come; a lone
+                // pod that is gone has nothing left to show it on.
+                if let JobKey::Pod(_) = key {
+                    self.preempted.remove(key);
+                }
             }
             return;
         }
@@ -689,7 +824,10 @@ impl Mirror {
         let job = match tr.spec.validate(&self.tree, None) {
             Ok(j) => j,
             Err(e) => {
-                entry.reason = Some(format!("cannot be scheduled: {e}"));
+                entry.reason = Some(match self.invalid_queues.get(&tr.spec.queue) {
+                    Some(why) => format!("its queue is left out: {why}"),
+                    None => format!("cannot be scheduled: {e}"),
+                });
                 return;
             }
         };
@@ -741,6 +879,7 @@ impl Mirror {
                         pod: pod.clone(),
                         job: key.clone(),
                         reason: format!("requeued: {why}"),
+                        preemptor: None,
                     });
                 }
             }
@@ -756,9 +895,72 @@ impl Mirror {
         }
     }
 
+    /// The uid of what an event is about (empty when unknown).
+    pub(crate) fn uid_of(&self, r: &Regarding) -> String {
+        match r {
+            Regarding::Pod(p) => self
+                .pods
+                .get(p)
+                .map(|i| i.uid.clone())
+                .or_else(|| self.bad_pods.get(p).map(|(_, u)| u.clone()))
+                .unwrap_or_default(),
+            Regarding::PodGroup(ns, n) => self
+                .group_uids
+                .get(&(ns.clone(), n.clone()))
+                .cloned()
+                .unwrap_or_default(),
+            Regarding::Queue(n) => self
+                .queues
+                .get(n)
+                .and_then(|q| q.metadata.uid.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// An event about `regarding`, with its uid.
+    pub(crate) fn event(
+        &self,
+        regarding: Regarding,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) -> EventAction {
+        EventAction {
+            uid: self.uid_of(&regarding),
+            regarding,
+            warning,
+            reason: reason.into(),
+            note,
+        }
+    }
+
+    /// Jobs whose eviction for a preemptor went through (for `gantry_preemptions_total`).
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions
+    }
+
+    /// Keep backed-off victims out of this cycle's victim searches.
+    fn apply_protection(&mut self, now_ms: u64) {
+        for (job, b) in &self.protection {
+            if b.until_ms > now_ms {
+                if let Some(id) = self.jobs.get(job).and_then(|e| e.id) {
+                    self.snap.protect(id, b.until_ms);
+                }
+            }
+        }
+    }
+
     /// Sync what changed, run the engine, and say what to write.
     pub fn cycle(&mut self, now_ms: u64) -> Actions {
         let mut actions = Actions::default();
+        if now_ms >= self.next_stale_check_ms {
+            // At most once a second: staleness is measured in tens of seconds.
+            self.next_stale_check_ms = now_ms + 1_000;
+            let watched: Vec<String> = self.heartbeats.keys().cloned().collect();
+            for name in watched {
+                self.check_stale(&name, now_ms);
+            }
+        }
         if self.resubmits > 4 * self.jobs.len().max(1024) {
             // Retired slots stay in the snapshot; rebuilding compacts it.
             self.structure_dirty = true;
@@ -776,6 +978,7 @@ impl Mirror {
             }
         }
         self.release_held(&mut actions);
+        self.apply_protection(now_ms);
         let plan = schedule(&mut self.snap, &self.profile, now_ms);
         let names: HashMap<String, JobKey> = self
             .jobs
@@ -791,7 +994,10 @@ impl Mirror {
             ) else {
                 continue;
             };
-            let by = preemptor.map(|k| k.to_string()).unwrap_or_default();
+            let by = preemptor
+                .as_ref()
+                .map(|k| k.to_string())
+                .unwrap_or_default();
             let reason = format!("preempted by {by} ({:?})", p.cause);
             let pods: Vec<PodKey> = self
                 .live_pods(&victim)
@@ -806,6 +1012,7 @@ impl Mirror {
                     pod,
                     job: victim.clone(),
                     reason: reason.clone(),
+                    preemptor: preemptor.clone(),
                 });
             }
             if let Some(e) = self.jobs.get_mut(&victim) {
@@ -814,12 +1021,6 @@ impl Mirror {
                     let _ = self.snap.cancel(id);
                 }
             }
-            actions.events.push(EventAction {
-                regarding: regarding_of(&victim),
-                warning: true,
-                reason: "Preempted".into(),
-                note: reason,
-            });
         }
         for b in &plan.binds {
             let Some(key) = key_of(&self.snap, b.job) else {
@@ -832,7 +1033,7 @@ impl Mirror {
                 continue;
             };
             entry.reason = None;
-            let (mut placed, mut waiting) = (0usize, 0usize);
+            let mut waiting = 0usize;
             let mut batch = Vec::new();
             for t in &b.tasks {
                 let Some(pod) = tr
@@ -866,7 +1067,6 @@ impl Mirror {
                     .iter()
                     .any(|k| self.claims.get(k).is_some_and(|h| h != &pod));
                 waiting += usize::from(claimed);
-                placed += 1;
                 batch.push(BindAction {
                     pod: pod.clone(),
                     job: key.clone(),
@@ -876,194 +1076,229 @@ impl Mirror {
             }
             // A gang goes out whole: if one member waits, all of this placement waits.
             if waiting > 0 {
+                let nodes: BTreeSet<&str> = batch.iter().map(|b| b.node.as_str()).collect();
+                let note = format!(
+                    "{} pods placed on {}; bound once preempted or deleted pods release the devices of {waiting} of them",
+                    batch.len(),
+                    nodes.into_iter().collect::<Vec<_>>().join(", ")
+                );
                 for b in batch {
                     self.held.insert(b.pod.clone(), b);
                 }
+                actions
+                    .events
+                    .push(self.event(regarding_of(&key), false, "Nominated", note));
             } else {
                 actions.binds.extend(batch);
             }
-            actions.events.push(EventAction {
-                regarding: regarding_of(&key),
-                warning: false,
-                reason: if waiting > 0 { "Nominated" } else { "Scheduled" }.into(),
-                note: if waiting > 0 {
-                    format!(
-                        "{placed} pods placed by gantry; bound once preempted or deleted pods release {waiting} of their placements"
-                    )
-                } else {
-                    format!("{placed} pods placed by gantry")
-                },
-            });
         }
         // Every waiting job's reason as the engine sees it now: the plan's reasons, and for a
-        // queue the cycle skipped whole (out of quota), the queue's reason.
-        for e in self.jobs.values_mut() {
-            if let Some(id) = e.id {
-                if self.snap.job_phase(id) == JobPhase::Pending {
-                    if let Some(w) = self.snap.why(id) {
+        // queue the cycle skipped whole (out of quota), the queue's reason. A preemptor whose
+        // victims could not be evicted says so instead.
+        for (key, e) in &mut self.jobs {
+            let Some(id) = e.id else { continue };
+            match self.snap.job_phase(id) {
+                JobPhase::Pending => {
+                    if let Some(msg) = self.budget_wait.get(key) {
+                        e.reason = Some(msg.clone());
+                    } else if let Some(w) = self.snap.why(id) {
                         e.reason = Some(w.text);
                     }
                 }
+                JobPhase::Running => {
+                    self.budget_wait.remove(key);
+                    self.preempted.remove(key);
+                }
+                _ => {}
             }
         }
         self.statuses(now_ms, &mut actions);
         actions
     }
 
-    fn statuses(&mut self, now_ms: u64, actions: &mut Actions) {
-        // Pods: PodScheduled=False with the reason of their job, or of their own spec.
-        let mut want_pod: Vec<(PodKey, String)> = Vec::new();
-        for (key, why) in &self.bad_pods {
-            want_pod.push((
-                key.clone(),
-                format!("gantry cannot schedule this pod: {why}"),
+    /// Take in what came of writes the last cycles sent; returns what to write because of it
+    /// (a gang's roll-back, events).
+    pub fn outcome(&mut self, o: Outcome, now_ms: u64) -> Actions {
+        let mut out = Actions::default();
+        match o {
+            Outcome::Binds { job, results } => self.binds_answered(&job, results, &mut out),
+            Outcome::Eviction { action, result } => {
+                self.eviction_answered(action, result, now_ms, &mut out);
+            }
+            Outcome::StatusFailed(r) => self.status_writes_failed(std::slice::from_ref(&r)),
+        }
+        out
+    }
+
+    fn binds_answered(
+        &mut self,
+        job: &JobKey,
+        results: Vec<(BindAction, Result<(), String>)>,
+        out: &mut Actions,
+    ) {
+        let mut bound: Vec<BindAction> = Vec::new();
+        let mut failed: Vec<(BindAction, String)> = Vec::new();
+        for (b, r) in results {
+            match r {
+                Ok(()) => {
+                    let note = format!(
+                        "Successfully assigned {}/{} to {}",
+                        b.pod.ns, b.pod.name, b.node
+                    );
+                    out.events.push(self.event(
+                        Regarding::Pod(b.pod.clone()),
+                        false,
+                        "Scheduled",
+                        note,
+                    ));
+                    bound.push(b);
+                }
+                Err(e) => {
+                    let note = format!("Binding rejected: {e}");
+                    out.events.push(self.event(
+                        Regarding::Pod(b.pod.clone()),
+                        true,
+                        "FailedScheduling",
+                        note,
+                    ));
+                    self.bind_failed(&b.pod, job);
+                    failed.push((b, e));
+                }
+            }
+        }
+        let JobKey::Group(..) = job else { return };
+        if failed.is_empty() {
+            let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+            for b in &bound {
+                *per_node.entry(b.node.as_str()).or_default() += 1;
+            }
+            let nodes: Vec<String> = per_node
+                .into_iter()
+                .map(|(n, c)| {
+                    if c > 1 {
+                        format!("{n} ×{c}")
+                    } else {
+                        n.to_string()
+                    }
+                })
+                .collect();
+            let note = format!("{} pods bound to {}", bound.len(), nodes.join(", "));
+            out.events
+                .push(self.event(regarding_of(job), false, "Scheduled", note));
+        } else if !bound.is_empty() {
+            // A gang whose placement was only partly bound is rolled back: the members bound in
+            // this batch are evicted, so no gang is left partly running.
+            let why = format!("binding {} failed: {}", failed[0].0.pod, failed[0].1);
+            let pods: Vec<PodKey> = bound.iter().map(|b| b.pod.clone()).collect();
+            out.evictions.extend(self.roll_back_gang(job, &pods, &why));
+            out.events.push(self.event(
+                regarding_of(job),
+                true,
+                "FailedScheduling",
+                format!("gang rolled back: {why}"),
             ));
         }
-        for (jkey, pods) in &self.pods_of {
-            let Some(e) = self.jobs.get(jkey) else {
-                continue;
-            };
-            let Some(why) = &e.reason else { continue };
-            for pk in pods {
-                let Some(p) = self.pods.get(pk) else { continue };
-                if p.node.is_none() && p.state == PodState::Live && !self.in_flight.contains_key(pk)
-                {
-                    want_pod.push((pk.clone(), why.clone()));
-                }
-            }
-        }
-        for (pk, why) in want_pod {
-            if self.observed_pod_reason.get(&pk) != Some(&why) {
-                self.observed_pod_reason.insert(pk.clone(), why.clone());
-                actions.pod_conditions.push((pk, why));
-            }
-        }
-        // PodGroups.
-        let keys: Vec<(String, String)> = self.groups.keys().cloned().collect();
-        for gk in keys {
-            let jkey = JobKey::Group(gk.0.clone(), gk.1.clone());
-            let pods: Vec<&PodInfo> = self
-                .pods_of
-                .get(&jkey)
-                .into_iter()
-                .flatten()
-                .filter_map(|k| self.pods.get(k))
-                .collect();
-            let running = pods
-                .iter()
-                .filter(|p| p.state == PodState::Live && p.node.is_some())
-                .count() as u32
-                + pods
-                    .iter()
-                    .filter(|p| {
-                        p.node.is_none()
-                            && self.in_flight.contains_key(&p.key)
-                            && !self.held.contains_key(&p.key)
-                    })
-                    .count() as u32;
-            let live = pods.iter().filter(|p| p.state == PodState::Live).count();
-            let entry = self.jobs.get(&jkey);
-            let in_snapshot = entry.and_then(|e| e.id);
-            let reason = entry.and_then(|e| e.reason.clone());
-            let (phase, message) = if live == 0 && !pods.is_empty() {
-                if pods.iter().all(|p| p.state == PodState::Succeeded) {
-                    (PodGroupPhase::Succeeded, String::new())
-                } else {
-                    (PodGroupPhase::Failed, "a pod failed".to_string())
-                }
-            } else if let Some(id) = in_snapshot {
-                match self.snap.job_phase(id) {
-                    JobPhase::Running => (PodGroupPhase::Running, String::new()),
-                    _ => match reason {
-                        Some(r) => (PodGroupPhase::Unschedulable, r),
-                        None => (PodGroupPhase::Inqueue, String::new()),
-                    },
-                }
-            } else {
-                let r = reason.unwrap_or_else(|| "no pods yet".into());
-                if r.contains("waiting for minMember") || pods.is_empty() {
-                    (PodGroupPhase::Pending, r)
-                } else {
-                    (PodGroupPhase::Unschedulable, r)
-                }
-            };
-            let observed = self.observed_group.get(&gk);
-            let conditions = conditions_for(
-                phase,
-                &message,
-                observed.map(|o| o.conditions.as_slice()).unwrap_or(&[]),
-                now_ms,
-            );
-            let want = PodGroupStatus {
-                phase,
-                conditions,
-                running,
-                message: message.clone(),
-            };
-            if observed != Some(&want) {
-                if phase == PodGroupPhase::Unschedulable
-                    && observed.is_none_or(|o| o.message != message)
-                {
-                    actions.events.push(EventAction {
-                        regarding: Regarding::PodGroup(gk.0.clone(), gk.1.clone()),
-                        warning: true,
-                        reason: "Unschedulable".into(),
-                        note: message.clone(),
-                    });
-                }
-                self.observed_group.insert(gk.clone(), want.clone());
-                actions.group_statuses.push((gk, want));
-            }
-        }
-        // Queues.
-        let mut admitted: HashMap<String, u32> = HashMap::new();
-        for e in self.jobs.values() {
-            if let Some(id) = e.id {
-                if self.snap.job_phase(id) == JobPhase::Running {
-                    let q = self.snap.job_queue(id);
-                    *admitted
-                        .entry(self.snap.queue_name(q).to_string())
-                        .or_default() += 1;
-                }
-            }
-        }
-        let names: Vec<String> = self.queues.keys().cloned().collect();
-        for name in names {
-            let Some(q) = self.snap.queue_by_name(&name) else {
-                continue;
-            };
-            let mut usage = BTreeMap::new();
-            let mut share: f64 = 0.0;
-            let mut summary = Vec::new();
-            for f in self.snap.flavors() {
-                let used = self.snap.queue_usage(q, f);
-                let nominal = self.snap.queue_nominal(q, f);
-                if used == 0 && nominal == 0 {
-                    continue;
-                }
-                let flavor = self.snap.flavor_name(f).to_string();
-                usage.insert(flavor.clone(), used as f64 / 1000.0);
-                if nominal > 0 {
-                    share = share.max(used as f64 / nominal as f64);
-                }
-                summary.push(format!(
-                    "{flavor} {}/{}",
-                    fmt_milli(used),
-                    fmt_milli(nominal)
+    }
+
+    fn eviction_answered(
+        &mut self,
+        a: EvictAction,
+        result: EvictResult,
+        now_ms: u64,
+        out: &mut Actions,
+    ) {
+        let (refused, message, retry_after) = match result {
+            EvictResult::Done => {
+                let Some(_) = &a.preemptor else {
+                    out.events.push(self.event(
+                        Regarding::Pod(a.pod.clone()),
+                        false,
+                        "Evicted",
+                        a.reason.clone(),
+                    ));
+                    return;
+                };
+                self.protection.remove(&a.job);
+                out.events.push(self.event(
+                    Regarding::Pod(a.pod.clone()),
+                    false,
+                    "Preempted",
+                    a.reason.clone(),
                 ));
+                if self
+                    .preempted
+                    .insert(a.job.clone(), a.reason.clone())
+                    .is_none()
+                {
+                    self.preemptions += 1;
+                    if let JobKey::Group(..) = &a.job {
+                        out.events.push(self.event(
+                            regarding_of(&a.job),
+                            false,
+                            "Preempted",
+                            a.reason.clone(),
+                        ));
+                    }
+                }
+                return;
             }
-            let want = QueueStatus {
-                usage,
-                pending: self.snap.queue_pending(q) as u32,
-                admitted: admitted.get(&name).copied().unwrap_or(0),
-                share: (share * 1000.0).round() / 1000.0,
-                summary: summary.join(", "),
-            };
-            if self.observed_queue.get(&name) != Some(&want) {
-                self.observed_queue.insert(name.clone(), want.clone());
-                actions.queue_statuses.push((name, want));
+            EvictResult::Refused {
+                message,
+                retry_after,
+            } => (true, message, retry_after),
+            EvictResult::Failed(message) => (false, message, None),
+        };
+        self.evict_failed(&a.pod, &a.job);
+        // Not a preemption (a gang roll-back, a requeue): tried again next cycle.
+        let Some(by) = a.preemptor.clone() else {
+            return;
+        };
+        let b = self.protection.entry(a.job.clone()).or_insert(Backoff {
+            until_ms: 0,
+            attempts: 0,
+        });
+        b.attempts += 1;
+        let exp = BACKOFF_MIN_MS
+            .saturating_mul(1u64 << (b.attempts - 1).min(20))
+            .min(BACKOFF_MAX_MS);
+        let wait = retry_after.map_or(exp, |d| (d.as_millis() as u64).max(exp));
+        b.until_ms = now_ms + wait;
+        let secs = wait.div_ceil(1000);
+        let why = if refused {
+            format!(
+                "waiting on a PodDisruptionBudget: evicting {} was refused ({message}); next try in {secs} s",
+                a.pod
+            )
+        } else {
+            format!(
+                "waiting to preempt: evicting {} failed ({message}); next try in {secs} s",
+                a.pod
+            )
+        };
+        self.drop_nomination(&by);
+        self.budget_wait.insert(by.clone(), why.clone());
+        out.events
+            .push(self.event(regarding_of(&by), true, "PreemptionBlocked", why));
+    }
+
+    /// A preemptor was placed on devices a victim keeps (its eviction was refused): forget the
+    /// placement, so the victim gets its devices back and the preemptor is placed again.
+    fn drop_nomination(&mut self, job: &JobKey) {
+        let pods: Vec<PodKey> = self
+            .pods_of
+            .get(job)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for p in pods {
+            // Only binds not sent yet: a sent bind is the API's to confirm or refuse.
+            if self.held.remove(&p).is_some() {
+                self.in_flight.remove(&p);
             }
         }
+        self.retire(job);
+        self.dirty.insert(job.clone());
     }
 }
 
@@ -1077,78 +1312,53 @@ fn claim_keys(a: &NamedAlloc) -> Vec<String> {
     }
 }
 
-fn fmt_milli(v: u64) -> String {
-    if v.is_multiple_of(1000) {
-        (v / 1000).to_string()
-    } else {
-        format!("{:.2}", v as f64 / 1000.0)
-    }
-}
-
-fn regarding_of(key: &JobKey) -> Regarding {
+pub(crate) fn regarding_of(key: &JobKey) -> Regarding {
     match key {
         JobKey::Group(ns, name) => Regarding::PodGroup(ns.clone(), name.clone()),
         JobKey::Pod(p) => Regarding::Pod(p.clone()),
     }
 }
 
-/// One condition per phase type; the current phase's is `True`. A condition keeps its
-/// transition time while its status stays the same.
-fn conditions_for(
-    phase: PodGroupPhase,
-    message: &str,
-    observed: &[GroupCondition],
-    now_ms: u64,
-) -> Vec<GroupCondition> {
-    [
-        PodGroupPhase::Pending,
-        PodGroupPhase::Inqueue,
-        PodGroupPhase::Running,
-        PodGroupPhase::Unschedulable,
-    ]
-    .into_iter()
-    .map(|t| {
-        let status = if t == phase { "True" } else { "False" };
-        let old = observed.iter().find(|c| c.type_ == t.as_str());
-        let time = match old {
-            Some(c) if c.status == status => c.last_transition_time.clone(),
-            _ => rfc3339(now_ms),
-        };
-        GroupCondition {
-            type_: t.as_str().to_string(),
-            status: status.to_string(),
-            reason: if t == phase {
-                t.as_str().to_string()
-            } else {
-                format!("Not{}", t.as_str())
-            },
-            message: if t == phase {
-                message.to_string()
-            } else {
-                String::new()
-            },
-            last_transition_time: time,
-        }
-    })
-    .collect()
-}
-
+/// The same node apart from health (of devices and MIG slices), which the snapshot takes in
+/// place; anything else (taints included) rebuilds it.
 fn same_hardware(a: &gantry_model::Node, b: &gantry_model::Node) -> bool {
     a.name == b.name
         && a.cpu_milli == b.cpu_milli
         && a.memory_mib == b.memory_mib
         && a.labels == b.labels
+        && a.taints == b.taints
         && a.devices.len() == b.devices.len()
         && a.devices.iter().zip(&b.devices).all(|(x, y)| {
             let mut y = y.clone();
             y.health = x.health;
+            if let (Some(mx), Some(my)) = (&x.mig, y.mig.as_mut()) {
+                if mx.slices.len() == my.slices.len() {
+                    for (sx, sy) in mx.slices.iter().zip(my.slices.iter_mut()) {
+                        sy.health = sx.health;
+                    }
+                }
+            }
             *x == y
         })
 }
 
+/// The taint a node whose inventory stopped heartbeating carries in the snapshot: new GPU pods
+/// stay off it, and the reason names it.
+pub fn stale_taint() -> gantry_model::Taint {
+    gantry_model::Taint {
+        key: STALE_TAINT_KEY.into(),
+        value: "no-heartbeat".into(),
+        effect: gantry_model::TaintEffect::NoSchedule,
+    }
+}
+
+/// Key of [`stale_taint`].
+pub const STALE_TAINT_KEY: &str = "gantry.dev/inventory-stale";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::PodGroupPhase;
     use serde_json::json;
 
     fn node(name: &str) -> KubeNode {
@@ -1180,7 +1390,7 @@ mod tests {
         node: Option<&str>,
     ) -> Pod {
         serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "ml", "labels": labels, "annotations": ann},
+            "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}"), "labels": labels, "annotations": ann},
             "spec": {"schedulerName": "gantry", "nodeName": node, "containers": [{"name": "c",
                 "resources": {"limits": {"nvidia.com/gpu": gpus.to_string()}}}]}
         }))
@@ -1256,7 +1466,8 @@ mod tests {
                 binds: 2,
                 evictions: 0,
                 condition_contains: None,
-                group_phase: Some(PodGroupPhase::Running),
+                // Binds sent, not yet confirmed by the watch.
+                group_phase: Some(PodGroupPhase::Nominated),
             },
             Row {
                 what: "a group pod before its PodGroup names what is missing",
@@ -1327,7 +1538,7 @@ mod tests {
                 Some(needle) => assert!(
                     a.pod_conditions
                         .iter()
-                        .any(|(_, msg)| msg.contains(needle) && !msg.is_empty()),
+                        .any(|c| c.message.contains(needle) && !c.message.is_empty()),
                     "{}: {:?}",
                     row.what,
                     a.pod_conditions
@@ -1375,7 +1586,7 @@ mod tests {
         assert!(
             a.pod_conditions
                 .iter()
-                .any(|(p, msg)| p.name == "b" && msg.contains("quota")),
+                .any(|c| c.pod.name == "b" && c.message.contains("quota")),
             "{:?}",
             a.pod_conditions
         );
@@ -1461,6 +1672,180 @@ mod tests {
         assert_eq!(a.binds.len(), 1, "{a:#?}");
         assert_eq!(a.binds[0].pod.name, "high");
         assert_eq!(m.held(), 0);
+    }
+
+    #[test]
+    fn a_refused_eviction_backs_the_victim_off_and_tells_the_preemptor_why() {
+        let mut m = mirror(&[("n0", 8)]);
+        let low_labels = json!({"gantry.dev/queue": "q", "gantry.dev/priority-class": "batch"});
+        m.upsert_pod(&bound_pod("low", 8, low_labels.clone(), false));
+        m.upsert_pod(&pod(
+            "high",
+            8,
+            json!({"gantry.dev/queue": "q", "gantry.dev/priority-class": "training"}),
+            json!({}),
+            None,
+        ));
+        let a = m.cycle(1_000);
+        assert_eq!(a.evictions.len(), 1);
+        assert!(
+            !a.events.iter().any(|e| e.reason == "Preempted"),
+            "Preempted before the eviction went through: {:?}",
+            a.events
+        );
+        let ev = a.evictions[0].clone();
+        assert_eq!(
+            ev.preemptor.as_ref().map(ToString::to_string).as_deref(),
+            Some("pod ml/high")
+        );
+        // A PodDisruptionBudget refuses it, asking for 5 s.
+        let follow = m.outcome(
+            Outcome::Eviction {
+                action: ev,
+                result: EvictResult::Refused {
+                    message: "Cannot evict pod as it would violate the pod's disruption budget."
+                        .into(),
+                    retry_after: Some(std::time::Duration::from_secs(5)),
+                },
+            },
+            1_100,
+        );
+        assert!(follow.evictions.is_empty(), "{follow:#?}");
+        assert!(follow
+            .events
+            .iter()
+            .any(|e| e.reason == "PreemptionBlocked" && e.note.contains("disruption budget")));
+        assert_eq!(m.held(), 0, "the preemptor's nomination is dropped");
+        // The victim gets its devices back (never "cannot be restored … already taken"), is not
+        // evicted again during its backoff, and the preemptor says why it waits.
+        let a = m.cycle(1_200);
+        assert!(a.evictions.is_empty(), "{a:#?}");
+        assert!(a.binds.is_empty(), "{a:#?}");
+        let why = a
+            .pod_conditions
+            .iter()
+            .find(|c| c.pod.name == "high")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(why.contains("PodDisruptionBudget"), "{why}");
+        assert!(why.contains("next try in 5 s"), "{why}");
+        let low = m.jobs[&JobKey::Pod(PodKey {
+            ns: "ml".into(),
+            name: "low".into(),
+        })]
+            .id
+            .expect("the victim is back in the snapshot");
+        assert_eq!(m.snapshot().job_phase(low), JobPhase::Running);
+        assert!(
+            m.cycle(4_000).evictions.is_empty(),
+            "evicted during the backoff"
+        );
+        // After the backoff the victim is tried again.
+        let a = m.cycle(6_200);
+        assert_eq!(a.evictions.len(), 1, "{a:#?}");
+        // This time it goes through: the victim gets its Preempted event, with its uid.
+        let follow = m.outcome(
+            Outcome::Eviction {
+                action: a.evictions[0].clone(),
+                result: EvictResult::Done,
+            },
+            6_300,
+        );
+        let pre = follow
+            .events
+            .iter()
+            .find(|e| e.reason == "Preempted")
+            .expect("Preempted event");
+        assert_eq!(pre.uid, "uid-low");
+        assert_eq!(m.preemptions(), 1);
+    }
+
+    #[test]
+    fn a_node_whose_inventory_stops_heartbeating_takes_no_new_pods_and_says_why() {
+        let mut m = mirror(&[("n0", 8), ("n1", 8)]);
+        m.set_inventory_stale_after(std::time::Duration::from_secs(90));
+        m.inventory_heartbeat("n0", Some("2026-11-30T10:00:00Z"), 0);
+        m.inventory_heartbeat("n1", Some("2026-11-30T10:00:00Z"), 0);
+        // n1 keeps beating; n0's plugin is gone.
+        m.inventory_heartbeat("n1", Some("2026-11-30T10:01:00Z"), 60_000);
+        m.inventory_heartbeat("n1", Some("2026-11-30T10:02:00Z"), 120_000);
+        m.upsert_pod(&pod(
+            "a",
+            8,
+            json!({"gantry.dev/queue": "q"}),
+            json!({}),
+            None,
+        ));
+        let a = m.cycle(121_000);
+        assert_eq!(m.stale_nodes().collect::<Vec<_>>(), ["n0"]);
+        assert_eq!(a.binds.len(), 1);
+        assert_eq!(
+            a.binds[0].node, "n1",
+            "placed on a node with a stale inventory"
+        );
+        // n1 goes quiet too: the next pod waits and the reason names the stale inventories.
+        m.upsert_pod(&pod(
+            "b",
+            8,
+            json!({"gantry.dev/queue": "q"}),
+            json!({}),
+            None,
+        ));
+        let a = m.cycle(300_000);
+        assert!(a.binds.is_empty(), "{a:#?}");
+        let why = &a
+            .pod_conditions
+            .iter()
+            .find(|c| c.pod.name == "b")
+            .expect("b waits")
+            .message;
+        assert!(why.contains("gantry.dev/inventory-stale"), "{why}");
+        // n0's plugin comes back: its node takes pods again.
+        m.inventory_heartbeat("n0", Some("2026-11-30T10:05:00Z"), 301_000);
+        let a = m.cycle(302_000);
+        assert_eq!(a.binds.len(), 1, "{a:#?}");
+        assert_eq!(a.binds[0].node, "n0");
+    }
+
+    #[test]
+    fn an_unhealthy_mig_slice_in_the_inventory_is_not_handed_out() {
+        let mig_inventory = |bad: bool| -> NodeInventorySpec {
+            let slice = |start: u8, unhealthy: bool| {
+                json!({"profile": "1g.10gb", "start": start, "uuid": format!("MIG-{start}"),
+                       "health": if unhealthy { "Unhealthy" } else { "Healthy" }})
+            };
+            let d = json!({"uuid": "GPU-m0-0", "model": "a100-80gb",
+                "mig": {"slices": [slice(0, bad), slice(1, false)]}});
+            NodeInventorySpec::new(vec![serde_json::from_value(d).unwrap()], None)
+        };
+        let mut m = mirror(&[]);
+        m.upsert_node(node("m0"));
+        m.upsert_inventory("m0", mig_inventory(false));
+        m.cycle(1_000);
+        // An XID hits slice 0 only; the rebuilt inventory says so.
+        m.upsert_inventory("m0", mig_inventory(true));
+        let mig_pod = |name: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ml", "labels": {"gantry.dev/queue": "q"}},
+                "spec": {"schedulerName": "gantry", "containers": [{"name": "c",
+                    "resources": {"limits": {"nvidia.com/mig-1g.10gb": "1"}}}]}
+            }))
+            .unwrap()
+        };
+        m.upsert_pod(&mig_pod("a"));
+        m.upsert_pod(&mig_pod("b"));
+        let a = m.cycle(2_000);
+        assert_eq!(a.binds.len(), 1, "{a:#?}");
+        let devs = &a.binds[0].annotations["gantry.dev/devices"];
+        assert!(devs.contains("MIG-1"), "{devs}");
+        // It recovers: the second pod gets it.
+        m.upsert_inventory("m0", mig_inventory(false));
+        let a = m.cycle(3_000);
+        assert_eq!(a.binds.len(), 1, "{a:#?}");
+        assert!(
+            a.binds[0].annotations["gantry.dev/devices"].contains("MIG-0"),
+            "{a:#?}"
+        );
     }
 
     #[test]

@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 use gantry_engine::NamedAlloc;
 use gantry_model::quantity::Quantity;
 use gantry_model::{
-    JobKind, JobSpec, Node, NodeConstraints, QueueSpec, QuotaSpec, SelectorOp, SelectorRequirement,
-    SelectorTerm, Taint, TaintEffect, TaskGroupSpec, Toleration, TolerationOp,
+    JobKind, JobSpec, Node, NodeConstraints, QueueSpec, QueueTree, QueuesSpec, QuotaSpec,
+    SelectorOp, SelectorRequirement, SelectorTerm, Taint, TaintEffect, TaskGroupSpec, Toleration,
+    TolerationOp,
 };
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
@@ -600,6 +601,80 @@ pub fn queue_specs<'a>(queues: impl IntoIterator<Item = &'a Queue>) -> Vec<Queue
         .collect()
 }
 
+/// A model field path of the queue at `index` (`queues[3].quotas.h100-80gb.lending_limit`) as
+/// the Queue object names it (`spec.quotas.h100-80gb.lendingLimit`).
+fn crd_field(rest: &str) -> String {
+    let rest = rest.trim_start_matches('.');
+    let camel: Vec<String> = rest
+        .split('.')
+        .map(|part| {
+            let mut out = String::new();
+            let mut up = false;
+            for c in part.chars() {
+                if c == '_' {
+                    up = true;
+                } else if up {
+                    out.extend(c.to_uppercase());
+                    up = false;
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect();
+    match camel.join(".").as_str() {
+        "" => "spec".to_string(),
+        "name" => "metadata.name".to_string(),
+        other => format!("spec.{other}"),
+    }
+}
+
+/// Queue objects → the queue tree, leaving out every Queue that is not valid (and the queues
+/// under it) instead of refusing the whole tree: one bad Queue must not freeze every other
+/// Queue's changes. Returns the tree and, per Queue left out, why, naming it and its field
+/// (`Queue team-b: spec.weight: must be a positive number, got -1`).
+pub fn queue_tree<'a>(
+    queues: impl IntoIterator<Item = &'a Queue>,
+) -> (QueueTree, BTreeMap<String, String>) {
+    let mut specs = queue_specs(queues);
+    let mut invalid: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let built = QueuesSpec {
+            queues: specs.clone(),
+            priority_classes: None,
+        }
+        .build();
+        let err = match built {
+            Ok(tree) => return (tree, invalid),
+            Err(e) => e,
+        };
+        // The field names the queue by its index: `queues[3].weight`.
+        let field = err.field().unwrap_or_default().to_string();
+        let index = field
+            .strip_prefix("queues[")
+            .and_then(|r| r.split_once(']'))
+            .and_then(|(i, rest)| i.parse::<usize>().ok().map(|i| (i, rest.to_string())));
+        let Some((i, rest)) = index.filter(|(i, _)| *i < specs.len()) else {
+            // Not about one queue (not expected): keep no queue rather than loop.
+            let reason = err.to_string();
+            for q in specs.drain(..) {
+                invalid.insert(q.name.clone(), reason.clone());
+            }
+            continue;
+        };
+        let bad = specs.remove(i);
+        let reason = match &err {
+            gantry_model::ModelError::Invalid { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        invalid.insert(
+            bad.name.clone(),
+            format!("Queue {}: {}: {reason}", bad.name, crd_field(&rest)),
+        );
+    }
+}
+
 /// A job spec for the live pods of one job, and for each task (group, index) the pod it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobTranslation {
@@ -734,6 +809,41 @@ pub fn bind_annotations(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn q(v: serde_json::Value) -> Queue {
+        serde_json::from_value(v).expect("queue")
+    }
+
+    #[test]
+    fn a_bad_queue_is_left_out_by_name_and_the_rest_of_the_tree_stands() {
+        let queues = [
+            q(serde_json::json!({"metadata": {"name": "research"}, "spec": {}})),
+            q(serde_json::json!({"metadata": {"name": "team-a"},
+                "spec": {"parent": "research", "quotas": {"h100-80gb": {"nominal": 8}}}})),
+            q(serde_json::json!({"metadata": {"name": "team-b"},
+                "spec": {"parent": "research", "weight": -1.0}})),
+            q(serde_json::json!({"metadata": {"name": "team-c"},
+                "spec": {"parent": "research",
+                         "quotas": {"h100-80gb": {"nominal": 2, "lendingLimit": 4}}}})),
+            q(serde_json::json!({"metadata": {"name": "sub-b"}, "spec": {"parent": "team-b"}})),
+        ];
+        let (tree, invalid) = queue_tree(&queues);
+        let names: Vec<&str> = tree.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["research", "team-a"]);
+        assert_eq!(
+            invalid["team-b"],
+            "Queue team-b: spec.weight: must be a positive number, got -1"
+        );
+        assert!(
+            invalid["team-c"].starts_with("Queue team-c: spec.quotas.h100-80gb.lendingLimit: "),
+            "{}",
+            invalid["team-c"]
+        );
+        assert_eq!(
+            invalid["sub-b"],
+            "Queue sub-b: spec.parent: unknown queue \"team-b\""
+        );
+    }
     use serde_json::json;
 
     fn pod(v: serde_json::Value) -> Pod {

@@ -41,9 +41,13 @@ fn start(api: &FakeApi, cfg: ControllerConfig) -> Running {
 }
 
 fn start_with(client: kube::Client, cfg: ControllerConfig) -> Running {
+    start_with_metrics(client, cfg, Metrics::new())
+}
+
+fn start_with_metrics(client: kube::Client, cfg: ControllerConfig, metrics: Metrics) -> Running {
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        gantry_kube::run(client, cfg, Metrics::new(), async {
+        gantry_kube::run(client, cfg, metrics, async {
             let _ = rx.await;
         })
         .await
@@ -94,9 +98,10 @@ async fn a_gang_of_4_is_bound_only_when_all_4_fit() {
     let names = gang(&api, "llm", 4, 8, "team-a", "training");
     // Two 8-GPU nodes hold two of the four: nothing may be bound, and the group says why.
     let st = api
-        .wait_for(20, "the group to be Unschedulable", |a| {
+        .wait_for(20, "the group to wait in its queue with a reason", |a| {
             let g = a.get(GANTRY, "podgroups", "ml", "llm")?;
-            (g["status"]["phase"] == "Unschedulable").then_some(g["status"].clone())
+            (g["status"]["phase"] == "Inqueue" && g["status"]["message"] != "")
+                .then_some(g["status"].clone())
         })
         .await;
     assert_eq!(
@@ -164,14 +169,35 @@ async fn preemption_evicts_a_whole_gang_and_binds_only_once_it_is_gone() {
             .then_some(())
     })
     .await;
-    // While a victim runs (refused) or terminates, the training gang must wait.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // While a victim runs (refused) or terminates, the training gang must wait, and says it
+    // waits on the disruption budget.
+    let msg = api
+        .wait_for(20, "the preemptor blocked by the budget", |a| {
+            let g = a.get(GANTRY, "podgroups", "ml", "train")?;
+            let msg = g["status"]["message"].as_str()?.to_string();
+            msg.contains("PodDisruptionBudget").then_some(msg)
+        })
+        .await;
+    assert!(msg.contains("evicting ml/sweep-1 was refused"), "{msg}");
     assert_eq!(
         bound(&api, "ml", &high),
         0,
         "bound onto GPUs a victim still holds"
     );
     assert!(api.devices_held_twice().is_empty());
+    let events = api.list("apis/events.k8s.io/v1", "events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reason"] == "PreemptionBlocked" && e["regarding"]["name"] == "train"),
+        "{events:#?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["reason"] == "Preempted" && e["regarding"]["name"] == "sweep-1"),
+        "Preempted written for a refused eviction: {events:#?}"
+    );
     // The budget allows it now; both victims terminate (grace period): still nothing bound.
     api.refuse_evict("sweep-1", false);
     api.wait_for(20, "both victims terminating", |a| {
@@ -202,6 +228,72 @@ async fn preemption_evicts_a_whole_gang_and_binds_only_once_it_is_gone() {
     assert!(
         events.iter().any(|e| e["reason"] == "Preempted"),
         "no Preempted event: {events:#?}"
+    );
+    ctl.stop().await;
+}
+
+/// The 451-second freeze: the eviction of a victim covered by a PodDisruptionBudget is refused
+/// with 429, and kube-client's default retry (what `Client::try_default()` builds) keeps
+/// retrying it. No bind for anyone may wait on that call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_eviction_never_holds_up_other_binds() {
+    let api = FakeApi::default();
+    cluster(&api, &["n0", "n1"], &[]);
+    api.apply(CORE, "nodes", node_with("t0", json!({}), json!([])));
+    api.apply(GANTRY, "nodeinventories", inventory_of("t0", 8, "t4"));
+    queues(&api, None);
+    let mut cfg = config("a", false);
+    cfg.api_timeout = Duration::from_secs(3);
+    let metrics = Metrics::new();
+    let ctl = start_with_metrics(api.client_with_default_retry(), cfg, metrics.clone());
+    let low = gang(&api, "sweep", 2, 8, "team-a", "batch");
+    api.wait_for(20, "the batch gang bound", |a| {
+        (bound(a, "ml", &low) == 2).then_some(())
+    })
+    .await;
+    api.refuse_evict("sweep-1", true);
+    let high = gang(&api, "train", 2, 8, "team-a", "training");
+    api.wait_for(20, "an eviction refused", |a| {
+        a.writes()
+            .contains(&"POST /api/v1/namespaces/ml/pods/sweep-1/eviction".to_string())
+            .then_some(())
+    })
+    .await;
+    // While that eviction is being retried, unrelated pods arrive and must bind at once.
+    let t0 = std::time::Instant::now();
+    let mut lone = Vec::new();
+    for i in 0..4 {
+        let name = format!("infer-{i}");
+        let mut p = pod("ml", &name, 1, None, Some("team-a"));
+        p["metadata"]["annotations"] = json!({"gantry.dev/gpu-models": "t4"});
+        api.apply(CORE, "pods", p);
+        lone.push(name);
+    }
+    api.wait_for(2, "the unrelated pods bound within 2 s", |a| {
+        (bound(a, "ml", &lone) == 4).then_some(())
+    })
+    .await;
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(metrics.is_healthy(), "/readyz failed while the loop runs");
+    // The eviction call gives up at the call timeout: the gang waits with a reason, and the
+    // victim keeps its devices (no requeue against the preemptor's nomination).
+    let st = api
+        .wait_for(20, "the preemptor says why it waits", |a| {
+            let g = a.get(GANTRY, "podgroups", "ml", "train")?;
+            let msg = g["status"]["message"].as_str()?.to_string();
+            (g["status"]["phase"] == "Inqueue" && msg.contains("evicting ml/sweep-1"))
+                .then_some(msg)
+        })
+        .await;
+    assert!(st.contains("no answer within 3000 ms"), "{st}");
+    assert_eq!(bound(&api, "ml", &high), 0);
+    assert!(api.devices_held_twice().is_empty());
+    let events = api.list("apis/events.k8s.io/v1", "events");
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["reason"] == "Preempted" && e["regarding"]["name"] == "sweep-1"),
+        "a Preempted event for a pod that was not evicted: {events:#?}"
     );
     ctl.stop().await;
 }
@@ -262,9 +354,10 @@ async fn pending_reasons_are_written_to_the_pods_and_the_pod_group() {
     let ctl = start(&api, config("a", false));
     gang(&api, "big", 2, 8, "team-a", "training");
     let status = api
-        .wait_for(20, "the group Unschedulable", |a| {
+        .wait_for(20, "the group waiting with a reason", |a| {
             let g = a.get(GANTRY, "podgroups", "ml", "big")?;
-            (g["status"]["phase"] == "Unschedulable").then_some(g["status"].clone())
+            (g["status"]["phase"] == "Inqueue" && g["status"]["message"] != "")
+                .then_some(g["status"].clone())
         })
         .await;
     let message = status["message"].as_str().unwrap();
@@ -273,27 +366,53 @@ async fn pending_reasons_are_written_to_the_pods_and_the_pod_group() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["type"] == "Unschedulable")
+        .find(|c| c["type"] == "Scheduled")
         .unwrap();
-    assert_eq!(cond["status"], "True");
+    assert_eq!(cond["status"], "False");
+    assert_eq!(cond["reason"], "Inqueue");
+    assert_eq!(cond["message"].as_str(), Some(message));
     for i in 0..2 {
-        let pod_msg = api
+        let pod_cond = api
             .wait_for(20, "the pod's condition", |a| {
                 let p = a.get(CORE, "pods", "ml", &format!("big-{i}"))?;
                 p["status"]["conditions"]
                     .as_array()?
                     .iter()
                     .find(|c| c["type"] == "PodScheduled")
-                    .map(|c| (c["reason"].clone(), c["message"].clone()))
+                    .cloned()
             })
             .await;
-        assert_eq!(pod_msg.0, "Unschedulable");
-        assert_eq!(pod_msg.1.as_str(), Some(message));
+        assert_eq!(pod_cond["reason"], "Unschedulable");
+        assert_eq!(pod_cond["message"].as_str(), Some(message));
+        assert!(
+            pod_cond["lastTransitionTime"].is_string(),
+            "PodScheduled=False without a transition time: {pod_cond}"
+        );
     }
-    let events = api.list("apis/events.k8s.io/v1", "events");
+    // Events `kubectl describe` finds: about each pod and the group, by uid, with
+    // kube-scheduler's reason word.
+    let group_uid = api.get(GANTRY, "podgroups", "ml", "big").unwrap()["metadata"]["uid"].clone();
+    let pod_uid = api.get(CORE, "pods", "ml", "big-0").unwrap()["metadata"]["uid"].clone();
+    let events = api
+        .wait_for(
+            20,
+            "FailedScheduling events on the pods and the group",
+            |a| {
+                let events = a.list("apis/events.k8s.io/v1", "events");
+                let about = |uid: &serde_json::Value| {
+                    events.iter().any(|e| {
+                        e["reason"] == "FailedScheduling"
+                            && e["regarding"]["uid"] == *uid
+                            && e["note"].as_str() == Some(message)
+                    })
+                };
+                (about(&group_uid) && about(&pod_uid)).then_some(events.clone())
+            },
+        )
+        .await;
     assert!(
-        events.iter().any(|e| e["reason"] == "Unschedulable"),
-        "{events:#?}"
+        events.iter().all(|e| e["regarding"]["uid"].is_string()),
+        "an event without the uid of what it is about: {events:#?}"
     );
     // A pod with a malformed request is told what is wrong with it.
     let mut bad = pod("ml", "half", 1, None, Some("team-a"));

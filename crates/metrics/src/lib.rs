@@ -104,6 +104,15 @@ impl SchedulerMetrics {
         self.add(must(IntGauge::new(name, help)))
     }
 
+    /// Register a driver's own histogram of seconds, with exponential buckets from 1 ms to
+    /// about 65 s.
+    pub fn histogram(&self, name: &str, help: &str) -> Histogram {
+        self.add(must(Histogram::with_opts(
+            HistogramOpts::new(name, help)
+                .buckets(prometheus::exponential_buckets(0.001, 2.0, 17).unwrap_or_default()),
+        )))
+    }
+
     /// Register a driver's own labelled gauge of floats.
     pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
         self.add(must(GaugeVec::new(Opts::new(name, help), labels)))

@@ -24,6 +24,13 @@ pub enum Health {
     Unhealthy,
 }
 
+impl Health {
+    /// Whether it is [`Health::Healthy`].
+    pub fn is_healthy(&self) -> bool {
+        *self == Health::Healthy
+    }
+}
+
 /// One MIG instance on a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -36,6 +43,10 @@ pub struct Slice {
     /// `MIG-…` uuid when the instance exists; empty for planned ones.
     #[serde(default)]
     pub uuid: String,
+    /// Health of this instance (an XID can hit one slice and not its siblings). An unhealthy
+    /// slice is never offered.
+    #[serde(default, skip_serializing_if = "Health::is_healthy")]
+    pub health: Health,
 }
 
 /// How a MIG-enabled device is carved.

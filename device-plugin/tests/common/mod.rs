@@ -123,6 +123,7 @@ pub fn settings(dir: &Path, strategy: MigStrategy) -> Settings {
             ..HealthConfig::default()
         },
         allocate: AllocateOptions::default(),
+        heartbeat: Duration::from_millis(100),
     }
 }
 

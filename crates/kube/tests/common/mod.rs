@@ -226,14 +226,32 @@ impl FakeApi {
     /// A client and its network cable: once the flag is set, every request from this client
     /// fails as if the process had died mid-call (nothing reaches the fake any more).
     pub fn client_with_switch(&self) -> (kube::Client, Arc<std::sync::atomic::AtomicBool>) {
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (kube::Client::new(self.serve(cut.clone()), "default"), cut)
+    }
+
+    /// A client with kube-client's default retry layer, as `Client::try_default()` builds it:
+    /// up to 15 tries on 429/503/504, backing off exponentially to 1,000 s.
+    pub fn client_with_default_retry(&self) -> kube::Client {
+        let svc = tower::ServiceBuilder::new()
+            .layer(tower::retry::RetryLayer::new(
+                kube::client::retry::RetryPolicy::server_retry(),
+            ))
+            .service(self.serve(Arc::new(std::sync::atomic::AtomicBool::new(false))));
+        kube::Client::new(svc, "default")
+    }
+
+    /// A mock transport answered by this fake (nothing once `cut` is set).
+    fn serve(
+        &self,
+        cut: Arc<std::sync::atomic::AtomicBool>,
+    ) -> tower_test::mock::Mock<Request<kube::client::Body>, Response<RespBody>> {
         let (mock, mut handle) =
             tower_test::mock::pair::<Request<kube::client::Body>, Response<RespBody>>();
         let me = self.clone();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cut2 = cut.clone();
         tokio::spawn(async move {
             while let Some((req, send)) = handle.next_request().await {
-                if cut2.load(std::sync::atomic::Ordering::SeqCst) {
+                if cut.load(std::sync::atomic::Ordering::SeqCst) {
                     send.send_error("connection lost");
                     continue;
                 }
@@ -241,7 +259,7 @@ impl FakeApi {
                 send.send_response(resp);
             }
         });
-        (kube::Client::new(mock, "default"), cut)
+        mock
     }
 
     async fn handle(&self, req: Request<kube::client::Body>) -> Response<RespBody> {

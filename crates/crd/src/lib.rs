@@ -1,4 +1,6 @@
-//! The custom resources of Kubernetes mode, group `gantry.dev`, version `v1alpha1`.
+//! The custom resources of Kubernetes mode, group `gantry.dev`, version `v1alpha1`: the types
+//! the scheduler's controller (`gantry-kube`) and the node side (`gantry-device-plugin`) share,
+//! so the node side never depends on the controller.
 //!
 //! - [`Queue`] (cluster-scoped): one node of the queue tree. `parent` names its cohort; per
 //!   flavor it has a nominal quota, a borrowing limit and a lending limit; and a fair-share
@@ -6,12 +8,15 @@
 //!   its status.
 //! - [`PodGroup`] (namespaced): a gang. Pods join it with the label [`POD_GROUP_LABEL`]; it is
 //!   admitted only when `minMember` pods exist and all of them fit at once. Its status carries a
-//!   phase and conditions (Pending, Inqueue, Running, Unschedulable) with the engine's reason.
-//! - [`NodeInventory`] (cluster-scoped, named after its node): the devices the device plugin
-//!   found, in the model's own [`Device`] shape, so nothing is lost between NVML and the engine.
+//!   phase (Pending, Inqueue, Preempting, Nominated, Running, Preempted, Succeeded, Failed),
+//!   the conditions `Scheduled` and `Preempted`, and the reason it waits.
+//! - [`NodeInventory`] (cluster-scoped, named after its node, owned by its Node so it goes when
+//!   the Node goes): the devices the device plugin found, in the model's own [`Device`] shape
+//!   (MIG slices with their own health), so nothing is lost between NVML and the engine; its
+//!   status carries the plugin's heartbeat.
 //!
 //! [`crds`] returns the three definitions; `gantry kube crds` prints them and `deploy/crds/`
-//! holds the same YAML (a test fails when the two drift apart).
+//! holds the same YAML (a test in `gantry-kube` fails when the two drift apart).
 
 use std::collections::BTreeMap;
 
@@ -36,14 +41,17 @@ pub const DEVICES_ANNOTATION: &str = "gantry.dev/devices";
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlavorQuota {
-    /// What the queue is entitled to (GPUs; fractions allowed for shared GPUs).
+    /// What the queue is entitled to (GPUs; fractions allowed for shared GPUs), >= 0.
     #[serde(default)]
+    #[schemars(range(min = 0.0))]
     pub nominal: f64,
-    /// Most it may use beyond `nominal`, borrowed from its cohort. Absent: no limit.
+    /// Most it may use beyond `nominal`, borrowed from its cohort, >= 0. Absent: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub borrowing_limit: Option<f64>,
-    /// Most of its unused nominal quota that others may borrow. Absent: all of it.
+    /// Most of its unused nominal quota that others may borrow, >= 0. Absent: all of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub lending_limit: Option<f64>,
 }
 
@@ -62,6 +70,7 @@ pub struct FlavorQuota {
     printcolumn = r#"{"name":"Admitted","type":"integer","jsonPath":".status.admitted"}"#,
     printcolumn = r#"{"name":"Share","type":"number","jsonPath":".status.share"}"#,
     printcolumn = r#"{"name":"Usage","type":"string","jsonPath":".status.summary"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","jsonPath":".status.message","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -71,6 +80,7 @@ pub struct QueueSpec {
     pub parent: Option<String>,
     /// Fair-share weight, > 0 (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minimum" = 0.0, "exclusiveMinimum" = true))]
     pub weight: Option<f64>,
     /// Quota per flavor: a GPU model (`h100-80gb`) or a MIG profile (`a100-80gb/1g.10gb`).
     #[serde(default)]
@@ -97,9 +107,13 @@ pub struct QueueStatus {
     /// Dominant share: the largest used/nominal ratio over its flavors.
     #[serde(default)]
     pub share: f64,
-    /// `h100-80gb 12/16, t4 0/4`: usage against nominal, for `kubectl get queues`.
+    /// `h100-80gb 12/16, t4 0/4`: usage against nominal (for a cohort, its subtree's nominal),
+    /// for `kubectl get queues`.
     #[serde(default)]
     pub summary: String,
+    /// Why the queue is left out of the tree, when it is not valid (its jobs wait).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// A gang of pods that start together or not at all.
@@ -121,9 +135,11 @@ pub struct QueueStatus {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PodGroupSpec {
-    /// Pods that must be placed together before any of them is bound.
+    /// Pods that must be placed together before any of them is bound, >= 1.
+    #[schemars(range(min = 1))]
     pub min_member: u32,
     /// Leaf queue.
+    #[schemars(length(min = 1))]
     pub queue: String,
     /// gantry priority class (`inference`, `training`, `batch`, or one the queues define);
     /// default `training`.
@@ -137,21 +153,26 @@ pub struct PodGroupSpec {
     pub expected_runtime_seconds: Option<u64>,
 }
 
-/// Phase of a [`PodGroup`].
+/// Phase of a [`PodGroup`] (see `status.rs` for when each holds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum PodGroupPhase {
     /// Fewer than `minMember` pods exist yet.
     #[default]
     Pending,
-    /// Complete and waiting in its queue.
+    /// Complete and waiting in its queue; the message says why it waits.
+    #[serde(alias = "Unschedulable")]
     Inqueue,
-    /// Placed and bound.
+    /// Placed; waits for preempted (or deleted) pods to release its devices.
+    Preempting,
+    /// Placed; binds sent and not yet confirmed.
+    Nominated,
+    /// Placed and every pod bound.
     Running,
-    /// Waiting, and the engine says why (quota, capacity, …).
-    Unschedulable,
+    /// Evicted for a preemptor; no pod of it runs.
+    Preempted,
     /// Every pod succeeded.
     Succeeded,
-    /// A pod failed.
+    /// No pod runs and some failed.
     Failed,
 }
 
@@ -161,8 +182,10 @@ impl PodGroupPhase {
         match self {
             PodGroupPhase::Pending => "Pending",
             PodGroupPhase::Inqueue => "Inqueue",
+            PodGroupPhase::Preempting => "Preempting",
+            PodGroupPhase::Nominated => "Nominated",
             PodGroupPhase::Running => "Running",
-            PodGroupPhase::Unschedulable => "Unschedulable",
+            PodGroupPhase::Preempted => "Preempted",
             PodGroupPhase::Succeeded => "Succeeded",
             PodGroupPhase::Failed => "Failed",
         }
@@ -173,7 +196,7 @@ impl PodGroupPhase {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GroupCondition {
-    /// `Pending`, `Inqueue`, `Running` or `Unschedulable`.
+    /// `Scheduled` or `Preempted`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True` or `False`.
@@ -219,7 +242,9 @@ pub struct PodGroupStatus {
     printcolumn = r#"{"name":"Healthy","type":"integer","jsonPath":".spec.healthy"}"#,
     printcolumn = r#"{"name":"Models","type":"string","jsonPath":".spec.models"}"#,
     printcolumn = r#"{"name":"Driver","type":"string","jsonPath":".spec.driver"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.heartbeatTime"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    status = "NodeInventoryStatus"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeInventorySpec {
@@ -238,6 +263,17 @@ pub struct NodeInventorySpec {
     /// Models present, comma separated (for printing).
     #[serde(default)]
     pub models: String,
+}
+
+/// What the device plugin reports besides the devices: that it is alive.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInventoryStatus {
+    /// When the device plugin last reported in (RFC 3339), every `--heartbeat` seconds. The
+    /// scheduler stops placing new GPU pods on a node whose inventory has not changed this for
+    /// its `--inventory-stale-after`, measured on the scheduler's own clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_time: Option<String>,
 }
 
 impl NodeInventorySpec {
