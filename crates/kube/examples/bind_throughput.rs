@@ -6,11 +6,12 @@
 //!   --nodes 5000 --pods 1000 --qps 0 --runs 3
 //! ```
 //!
-//! It creates `--nodes` Nodes (label `gantry.dev/bench=true`, 8 H100s each through their
-//! NodeInventories) through the API once and reuses them on later runs, a Queue `bench`, and per
-//! run `--pods` one-GPU pods in the namespace `gantry-bench`. The controller runs in-process
-//! with its own client (`--qps`/`--burst` as given, events on their own bucket of the same
-//! size), exactly as `gantry kube controller` does. A separate watch records when each pod is
+//! It creates `--nodes` Nodes (label and taint `gantry.dev/bench=true`, which only its pods
+//! tolerate; 8 H100s each through their NodeInventories) through the API once and reuses them on
+//! later runs, a Queue `bench`, and per run `--pods` one-GPU pods in the namespace
+//! `gantry-bench`. The controller runs in-process with its own client (`--qps`/`--burst` as
+//! given, events on their own bucket, `--event-qps`/`--event-burst`), exactly as
+//! `gantry kube controller` does. A separate watch records when each pod is
 //! first seen bound. Two modes, each `--runs` times:
 //!
 //! - `before`: the pods exist before the controller starts; binds/s counts from the first bind
@@ -24,8 +25,8 @@
 //! the controller kept pace with the creates. The CPU seconds of this process (controller,
 //! creates and watch together), the local `kube-apiserver` and `etcd` over each run show where
 //! the machine's time went. Events go on their own bucket (`--event-qps 50 --event-burst 100`,
-//! the shipped default, unless given). Medians over the runs are printed last. Inventories do not heartbeat here, so staleness is
-//! off (`inventory_stale_after = 0`).
+//! the shipped default, unless given). Medians over the runs are printed last. Inventories do
+//! not heartbeat here, so staleness is off (`inventory_stale_after = 0`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -154,12 +155,15 @@ async fn setup(c: &Client, n: usize) -> Result<(), Box<dyn std::error::Error>> {
                 }));
                 nodes.create(&PostParams::default(), &node).await?;
                 // Admission taints a new Node not-ready until a lifecycle controller clears it;
-                // there is none here.
+                // there is none here. The bench's own taint keeps other tests' pods off these
+                // nodes (only the bench's pods tolerate it).
                 nodes
                     .patch(
                         &name,
                         &PatchParams::default(),
-                        &Patch::Merge(json!({"spec": {"taints": []}})),
+                        &Patch::Merge(json!({"spec": {"taints": [
+                            {"key": "gantry.dev/bench", "value": "true", "effect": "NoSchedule"}
+                        ]}})),
                     )
                     .await?;
                 let devices: Vec<gantry_model::Device> = (0..8)
@@ -194,7 +198,9 @@ fn pod(i: usize) -> Pod {
     obj(json!({
         "metadata": {"name": format!("p{i}"), "namespace": NS,
                      "labels": {"gantry.dev/queue": "bench"}},
-        "spec": {"schedulerName": "gantry", "restartPolicy": "Never", "containers": [{
+        "spec": {"schedulerName": "gantry", "restartPolicy": "Never",
+                 "tolerations": [{"key": "gantry.dev/bench", "operator": "Exists"}],
+                 "containers": [{
             "name": "main", "image": "busybox",
             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
                           "limits": {"nvidia.com/gpu": "1"}}}]}

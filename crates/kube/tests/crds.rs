@@ -40,14 +40,20 @@ fn the_example_queues_and_groups_parse_as_the_crds() {
     assert!(queues >= 3, "two teams and their cohort");
     let gang =
         std::fs::read_to_string(repo_file("deploy/examples/kube/training-gang.yaml")).unwrap();
-    let mut groups = 0;
+    let mut min_members = Vec::new();
+    let mut completions = None;
     for doc in serde_yaml::Deserializer::from_str(&gang) {
         let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
-        if v.get("kind").and_then(|k| k.as_str()) == Some("PodGroup") {
-            let g: gantry_kube::crd::PodGroup = serde_yaml::from_value(v).unwrap();
-            assert_eq!(g.spec.min_member, 4);
-            groups += 1;
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("PodGroup") => {
+                let g: gantry_kube::crd::PodGroup = serde_yaml::from_value(v).unwrap();
+                min_members.push(g.spec.min_member);
+            }
+            Some("Job") => completions = v["spec"]["completions"].as_u64(),
+            _ => {}
         }
     }
-    assert_eq!(groups, 1);
+    // The gang is all of the Job's pods: minMember equals the Job's completions.
+    assert_eq!(min_members.len(), 1);
+    assert_eq!(completions, Some(u64::from(min_members[0])));
 }
