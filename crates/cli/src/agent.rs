@@ -33,9 +33,11 @@ pub struct AgentArgs {
     #[arg(long, env = "GANTRY_TLS_CA")]
     tls_ca: Option<PathBuf>,
     /// Where the agent records its tasks' process groups (in a subdirectory per node name); on
-    /// start it kills those a crashed agent of the same node left running.
-    #[arg(long, default_value = "gantry-agent-tasks")]
-    state_dir: PathBuf,
+    /// start it kills those a crashed agent of the same node left running, whatever directory
+    /// it is started from. Default: $XDG_STATE_HOME/gantry/agent if set, else
+    /// /var/lib/gantry/agent as root, else ~/.local/state/gantry/agent.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// A label on this node (`--label disktype=ssd`; repeat for more): job task groups select
     /// it with `node_selector` or `node_affinity`.
     #[arg(long = "label", value_name = "KEY=VALUE")]
@@ -66,6 +68,27 @@ pub fn add_labels_and_taints(
         node.taints.push(taint);
     }
     Ok(())
+}
+
+/// The agent's default state directory, an absolute path that does not depend on the working
+/// directory: `$XDG_STATE_HOME/gantry/agent` when that is set, else `/var/lib/gantry/agent` as
+/// root, else `$HOME/.local/state/gantry/agent`.
+pub fn default_state_dir() -> anyhow::Result<PathBuf> {
+    let xdg = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    if xdg.is_none() && nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/gantry/agent"));
+    }
+    let base = xdg
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|h| h.join(".local/state"))
+        })
+        .context("--state-dir: no default (neither XDG_STATE_HOME nor HOME is an absolute path); give one")?;
+    Ok(base.join("gantry/agent"))
 }
 
 /// The host name, or `local`.
@@ -141,7 +164,14 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         node.name,
         node.devices.len()
     );
-    let state_dir = args.state_dir.join(&node.name);
+    let state_dir = match &args.state_dir {
+        Some(d) => {
+            std::path::absolute(d).with_context(|| format!("--state-dir {}", d.display()))?
+        }
+        None => default_state_dir()?,
+    }
+    .join(&node.name);
+    eprintln!("gantry agent: state dir {}", state_dir.display());
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         run_agent(

@@ -187,6 +187,7 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
         if let Some(m) = running.metrics_addr {
             say!(json_logs, "gantry serve: metrics on http://{m}/metrics");
         }
+        let mut local_agent = None;
         if !args.no_local_agent {
             let name = crate::agent::host_name();
             let node = match &args.fake_gpus {
@@ -219,11 +220,16 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
                 tls_ca: local_ca,
                 state_dir: Some(agent_state),
             };
-            tokio::spawn(async move {
-                if let Err(e) = gantry_server::agent::run_agent(cfg, std::future::pending()).await {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let stopped = async {
+                    let _ = stopped.await;
+                };
+                if let Err(e) = gantry_server::agent::run_agent(cfg, stopped).await {
                     tracing::error!(error = %e, "gantry serve: local agent stopped");
                 }
             });
+            local_agent = Some((stop, task));
         }
         if args.demo {
             for line in submit_demo(&running.server, demo_token.as_deref()).await? {
@@ -249,6 +255,12 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
         tokio::select! {
             sig = crate::signal::terminated() => {
                 say!(json_logs, "gantry serve: {sig}, stopping");
+                // The local agent stops its tasks' whole process trees before the server goes
+                // (dropping it would kill only each task's first process).
+                if let Some((stop, task)) = local_agent {
+                    let _ = stop.send(());
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+                }
                 running.shutdown().await?;
             }
         }

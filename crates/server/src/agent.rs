@@ -14,7 +14,13 @@
 //!   it is, the task still counts as running here, so the server never hands it out again.
 //! - With a state directory, each task's process group and start time are written to a file;
 //!   an agent starting over a crashed one kills those groups (when the pid still names the same
-//!   process) before it registers, so a task never runs twice on one node.
+//!   process) before it registers, so a task never runs twice on one node. The directory is
+//!   locked (`agent.lock`) while an agent runs, so two agents never share one.
+//! - Every agent process registers with a fresh instance id. The server refuses a second live
+//!   agent with the same node name (it would run the node's tasks again); an agent restarted
+//!   from the same state directory names its predecessor (`instance` file there) and takes over
+//!   at once. An agent whose heartbeat is refused because another instance now holds its node
+//!   stops its tasks and exits.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -108,11 +114,17 @@ pub fn reap_orphans(dir: &std::path::Path) -> usize {
     let mut killed = 0;
     for e in entries.flatten() {
         let path = e.path();
-        let pgid: Option<i32> = path.file_name().and_then(|n| n.to_str()?.parse().ok());
+        // Task records are named by their process group; the lock and instance files are not.
+        let Some(g) = path
+            .file_name()
+            .and_then(|n| n.to_str()?.parse::<i32>().ok())
+        else {
+            continue;
+        };
         let recorded: Option<u64> = std::fs::read_to_string(&path)
             .ok()
             .and_then(|s| s.trim().parse().ok());
-        if let (Some(g), Some(t)) = (pgid, recorded) {
+        if let Some(t) = recorded {
             if start_time(g) == Some(t) {
                 signal_group(g, nix::sys::signal::Signal::SIGKILL);
                 killed += 1;
@@ -212,20 +224,98 @@ fn start(
     }
 }
 
+/// A fresh id for this agent process: its pid and the time it started, in hex.
+fn new_instance() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{t:x}", std::process::id())
+}
+
+/// The state directory held by this agent process: locked so no other agent uses it at once.
+struct StateDir {
+    dir: std::path::PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl StateDir {
+    /// Create and lock `dir`; refuses when another live agent holds it.
+    fn lock(dir: &std::path::Path) -> Result<StateDir, ServerError> {
+        let store = |what: &str, e: &dyn std::fmt::Display| {
+            ServerError::Store(format!("agent state dir {}: {what}: {e}", dir.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| store("create", &e))?;
+        let path = dir.join("agent.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| store("open agent.lock", &e))?;
+        let mut lock =
+            match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(l) => l,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                    return Err(ServerError::Conflict(format!(
+                    "agent state dir {}: another gantry agent (pid {}) is using it: one agent per \
+                     node and state dir",
+                    dir.display(),
+                    pid.trim()
+                )));
+                }
+                Err((_, e)) => return Err(store("lock agent.lock", &e)),
+            };
+        use std::io::{Seek, Write};
+        let _ = lock.set_len(0);
+        let _ = lock.rewind();
+        let _ = write!(lock, "{}", std::process::id());
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// The instance that last registered from this directory.
+    fn previous_instance(&self) -> String {
+        std::fs::read_to_string(self.dir.join("instance"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    fn set_instance(&self, instance: &str) {
+        if let Err(e) = std::fs::write(self.dir.join("instance"), instance) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot record the agent instance");
+        }
+    }
+}
+
 /// Run the agent until `shutdown` resolves (its processes are then killed).
 ///
 /// # Errors
-/// The server cannot be reached at start, or refuses the node's inventory.
+/// The server cannot be reached at start, or refuses the node's inventory; another agent holds
+/// the state directory or (alive, under the same node name) the node; or another instance took
+/// the node over while this one ran (its tasks are stopped first).
 pub async fn run_agent(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    let state = match &config.state_dir {
+        Some(dir) => Some(StateDir::lock(dir)?),
+        None => None,
+    };
     if let Some(dir) = &config.state_dir {
         let n = reap_orphans(dir);
         if n > 0 {
             tracing::warn!(killed = n, dir = %dir.display(), "killed tasks a previous agent left running");
         }
     }
+    let instance = new_instance();
+    let previous = state
+        .as_ref()
+        .map(StateDir::previous_instance)
+        .unwrap_or_default();
     let channel = crate::client::connect(&config.server, config.tls_ca.as_deref()).await?;
     let bearer = crate::auth::BearerToken::new(config.token.as_deref())?;
     let mut nodes = pb::nodes_client::NodesClient::with_interceptor(channel, bearer);
@@ -234,14 +324,25 @@ pub async fn run_agent(
     type Client = pb::nodes_client::NodesClient<
         tonic::service::interceptor::InterceptedService<Channel, crate::auth::BearerToken>,
     >;
-    let register = |mut c: Client, json: String| async move {
-        c.register_node(pb::RegisterNodeRequest { node_json: json })
-            .await
-            .map(|r| r.into_inner())
-    };
-    let reg = register(nodes.clone(), node_json.clone())
+    let register = |mut c: Client, json: String, instance: String, previous: String| async move {
+        c.register_node(pb::RegisterNodeRequest {
+            node_json: json,
+            instance,
+            previous_instance: previous,
+        })
         .await
-        .map_err(|s| transport(s.message()))?;
+        .map(|r| r.into_inner())
+    };
+    let reg = register(nodes.clone(), node_json.clone(), instance.clone(), previous)
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::FailedPrecondition => ServerError::Conflict(s.message().to_string()),
+            _ => transport(s.message()),
+        })?;
+    if let Some(st) = &state {
+        st.set_instance(&instance);
+    }
+    tracing::info!(node = %name, instance = %instance, "registered");
     let mut lease = Duration::from_millis(reg.lease_ms.max(30));
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let mut tasks: HashMap<TaskKey, Task> = HashMap::new();
@@ -271,6 +372,7 @@ pub async fn run_agent(
                 let hb = nodes.heartbeat(pb::HeartbeatRequest {
                     node: name.clone(),
                     running: running.iter().map(pb_ref).collect(),
+                    instance: instance.clone(),
                 }).await;
                 match hb {
                     Ok(r) => {
@@ -320,23 +422,34 @@ pub async fn run_agent(
                     }
                     Err(s) if s.code() == tonic::Code::NotFound => {
                         // The server lost us (a fresh store): register again.
-                        if let Err(e) = register(nodes.clone(), node_json.clone()).await {
+                        if let Err(e) = register(nodes.clone(), node_json.clone(), instance.clone(), instance.clone()).await {
                             tracing::warn!(error = %e, "register again failed");
                         }
+                    }
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                        // Another agent holds this node now: whatever runs here may run there
+                        // too. Stop everything (fencing) and leave.
+                        tracing::error!(node = %name, error = %s.message(), "another agent holds this node: stopping every task");
+                        kill_all(&tasks);
+                        return Err(ServerError::Conflict(s.message().to_string()));
                     }
                     Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                 }
             }
         }
     }
-    // Every task's whole process group goes, not only its leader (kill_on_drop reaches only
-    // the leader).
+    kill_all(&tasks);
+    Ok(())
+}
+
+/// Kill every task's whole process group, not only its leader (kill_on_drop reaches only the
+/// leader).
+fn kill_all(tasks: &HashMap<TaskKey, Task>) {
     for t in tasks.values() {
         if let Some(g) = t.pgid {
             signal_group(g, nix::sys::signal::Signal::SIGKILL);
         }
     }
-    Ok(())
 }
 
 /// Send the exits the server has not acknowledged; keep the ones that fail for the next try.

@@ -929,8 +929,24 @@ impl pb::nodes_server::Nodes for Server {
         self.admin(&req, "registering nodes")?;
         let node: Node = parse_json("node_json", &req.get_ref().node_json)?;
         let name = node.name.clone();
-        let starts = self.apply(|st| st.register(node, now_ms())).await?;
-        tracing::info!(node = %name, "registered");
+        let instance = req.get_ref().instance.clone();
+        let previous = req.get_ref().previous_instance.clone();
+        let lease_ms = self.shared.config.lease_ms;
+        let starts = self
+            .apply(|st| {
+                let now = now_ms();
+                st.claim(&name, &instance, &previous, now, lease_ms)?;
+                let out = st.register(node, now)?;
+                st.hold(&name, &instance);
+                Ok(out)
+            })
+            .await
+            .inspect_err(|e| {
+                if matches!(e, ServerError::Conflict(_)) {
+                    tracing::warn!(node = %name, instance = %instance, error = %e, "registration refused");
+                }
+            })?;
+        tracing::info!(node = %name, instance = %instance, "registered");
         Ok(Response::new(pb::RegisterNodeResponse {
             node: name,
             lease_ms: self.shared.config.lease_ms,
@@ -949,7 +965,11 @@ impl pb::nodes_server::Nodes for Server {
             .iter()
             .map(task_key)
             .collect::<Result<BTreeSet<_>, _>>()?;
-        let (starts, stops) = self.lock().heartbeat(&req.node, &running, now_ms())?;
+        let (starts, stops) = {
+            let mut st = self.lock();
+            st.check_instance(&req.node, &req.instance)?;
+            st.heartbeat(&req.node, &running, now_ms())?
+        };
         let grace = self.shared.config.grace_ms;
         Ok(Response::new(pb::HeartbeatResponse {
             lease_ms: self.shared.config.lease_ms,

@@ -125,6 +125,9 @@ pub struct NodeEntry {
     pub ready: bool,
     /// Last heartbeat seen by this process (a restarted server gives every node a fresh lease).
     pub last_seen_ms: u64,
+    /// The agent process that holds this node (see [`State::claim`]); unknown after a server
+    /// restart until the node's agent registers or heartbeats again.
+    pub instance: Option<String>,
 }
 
 /// Counters for status and metrics.
@@ -231,6 +234,7 @@ impl State {
                         rec,
                         ready: true,
                         last_seen_ms: now,
+                        instance: None,
                     };
                     (e.rec.node.name.clone(), e)
                 })
@@ -834,6 +838,7 @@ impl State {
                     rec,
                     ready: true,
                     last_seen_ms: now,
+                    instance: self.nodes.get(&node.name).and_then(|n| n.instance.clone()),
                 },
             );
             self.dirty = true;
@@ -842,6 +847,78 @@ impl State {
         }
         ops.extend(self.ensure_fresh(now));
         Ok((self.assignments(&node.name, &BTreeSet::new()), ops))
+    }
+
+    /// Whether the agent process `instance` may register node `name` (it changes nothing: see
+    /// [`State::hold`]). Refused (a [`ServerError::Conflict`]) while another instance holds the
+    /// node within its lease, unless that instance is `previous`: the agent restarted from the
+    /// same state directory (which only one live agent can hold), so the holder is dead.
+    ///
+    /// # Errors
+    /// An empty instance, or a node held by another live agent.
+    pub fn claim(
+        &self,
+        name: &str,
+        instance: &str,
+        previous: &str,
+        now: u64,
+        lease_ms: u64,
+    ) -> Result<(), ServerError> {
+        if instance.is_empty() {
+            return Err(ServerError::Invalid {
+                field: "instance".into(),
+                reason: "required: a fresh id of the agent process".into(),
+            });
+        }
+        let Some(n) = self.nodes.get(name) else {
+            return Ok(());
+        };
+        if let Some(cur) = &n.instance {
+            let age = now.saturating_sub(n.last_seen_ms);
+            let live = n.ready && age <= lease_ms;
+            if cur != instance && live && cur != previous {
+                return Err(ServerError::Conflict(format!(
+                    "node {name:?} is held by another live agent (instance {cur}, last heartbeat \
+                     {age} ms ago): two agents with one node name would both run its tasks; give \
+                     this one another name (--node-name) or stop the other"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Make `instance` the holder of node `name` (after [`State::claim`] and a registration).
+    pub fn hold(&mut self, name: &str, instance: &str) {
+        if let Some(n) = self.nodes.get_mut(name) {
+            if n.instance.as_deref() != Some(instance) {
+                if let Some(old) = &n.instance {
+                    tracing::info!(node = %name, old = %old, new = %instance, "a new agent instance holds the node");
+                }
+                n.instance = Some(instance.to_string());
+            }
+        }
+    }
+
+    /// A heartbeat's instance check: the node's holder, or the first to beat after a server
+    /// restart (which then holds it).
+    ///
+    /// # Errors
+    /// Another instance holds the node: this agent must stop its tasks.
+    pub fn check_instance(&mut self, name: &str, instance: &str) -> Result<(), ServerError> {
+        let Some(n) = self.nodes.get_mut(name) else {
+            return Ok(());
+        };
+        match &n.instance {
+            Some(cur) if cur != instance => Err(ServerError::Conflict(format!(
+                "node {name:?} is held by another agent (instance {cur}), not by instance \
+                 {instance}: this agent must stop its tasks"
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                n.instance = Some(instance.to_string());
+                Ok(())
+            }
+        }
     }
 
     fn mark_seen(&mut self, name: &str, now: u64) {
@@ -1143,6 +1220,42 @@ mod tests {
 
     fn spec(json: &str) -> JobSpec {
         serde_json::from_str(json).expect("spec")
+    }
+
+    #[test]
+    fn one_live_agent_instance_per_node_name() {
+        let mut s = state();
+        let lease = 10_000;
+        // n0 registered before any instance was known (as after a server restart): the first
+        // to claim holds it.
+        s.claim("n0", "a", "", 100, lease).expect("unknown holder");
+        s.hold("n0", "a");
+        s.claim("n0", "a", "", 200, lease)
+            .expect("the holder again");
+        s.check_instance("n0", "a").expect("the holder's heartbeat");
+        // Another live instance is refused and changes nothing.
+        let e = s.claim("n0", "b", "", 300, lease).expect_err("a duplicate");
+        assert!(
+            matches!(e, ServerError::Conflict(ref m) if m.contains("--node-name")),
+            "{e}"
+        );
+        assert!(s.check_instance("n0", "b").is_err());
+        assert_eq!(s.nodes["n0"].instance.as_deref(), Some("a"));
+        // A restart from the same state dir names its predecessor: taken over at once.
+        s.claim("n0", "c", "a", 400, lease).expect("a restart");
+        s.hold("n0", "c");
+        assert!(
+            s.check_instance("n0", "a").is_err(),
+            "the old instance is fenced"
+        );
+        // Once the holder's lease ran out, anyone may take the node.
+        s.reap(lease + 1_000, lease);
+        s.claim("n0", "d", "", lease + 1_000, lease)
+            .expect("after the lease");
+        // A new node has no holder yet; an empty instance is bad input naming the field.
+        s.claim("n9", "x", "", 0, lease).expect("new node");
+        let e = s.claim("n9", "", "", 0, lease).expect_err("empty");
+        assert!(e.to_string().starts_with("instance: required"), "{e}");
     }
 
     fn team_queue() -> QueueSpec {

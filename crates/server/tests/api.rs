@@ -58,6 +58,8 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
         let r = nodes
             .register_node(pb::RegisterNodeRequest {
                 node_json: node_json(n, 8),
+                instance: "test-agent".into(),
+                previous_instance: String::new(),
             })
             .await
             .expect("register")
@@ -68,6 +70,8 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
     let bad = nodes
         .register_node(pb::RegisterNodeRequest {
             node_json: r#"{"name": "x", "cpu": "lots"}"#.into(),
+            instance: "test-agent".into(),
+            previous_instance: String::new(),
         })
         .await
         .expect_err("malformed node");
@@ -108,6 +112,7 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
     assert_eq!(on, ["n0", "n1"]);
     let hb = nodes
         .heartbeat(pb::HeartbeatRequest {
+            instance: "test-agent".into(),
             node: "n0".into(),
             running: vec![],
         })

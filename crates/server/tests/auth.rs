@@ -189,12 +189,15 @@ async fn members_stay_in_their_teams_and_only_admins_edit_queues() {
     let e = nodes
         .register_node(pb::RegisterNodeRequest {
             node_json: r#"{"name": "n", "cpu": 1, "memory": "1Gi"}"#.into(),
+            instance: "test-agent".into(),
+            previous_instance: String::new(),
         })
         .await
         .expect_err("member");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     let e = nodes
         .heartbeat(pb::HeartbeatRequest {
+            instance: "test-agent".into(),
             node: "n".into(),
             running: Vec::new(),
         })

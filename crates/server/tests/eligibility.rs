@@ -53,6 +53,8 @@ async fn an_in_quota_job_goes_before_a_borrower_and_nothing_is_reclaimed() {
     pb::nodes_client::NodesClient::new(ch.clone())
         .register_node(pb::RegisterNodeRequest {
             node_json: node_json("n0", 8),
+            instance: "test-agent".into(),
+            previous_instance: String::new(),
         })
         .await
         .expect("register");
@@ -104,7 +106,11 @@ async fn selectors_and_taints_of_registered_nodes_decide_and_explain() {
         serde_json::json!([{"key": "qa-dedicated", "value": "yes", "effect": "NoSchedule"}]);
     for n in [qa.to_string(), node_json("plain", 4)] {
         nodes
-            .register_node(pb::RegisterNodeRequest { node_json: n })
+            .register_node(pb::RegisterNodeRequest {
+                node_json: n,
+                instance: "test-agent".into(),
+                previous_instance: String::new(),
+            })
             .await
             .expect("register");
     }
@@ -165,6 +171,8 @@ async fn explain_estimates_a_start_from_expected_runtimes() {
     pb::nodes_client::NodesClient::new(ch.clone())
         .register_node(pb::RegisterNodeRequest {
             node_json: node_json("n0", 4),
+            instance: "test-agent".into(),
+            previous_instance: String::new(),
         })
         .await
         .expect("register");

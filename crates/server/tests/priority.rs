@@ -87,6 +87,8 @@ async fn custom_priority_classes_are_validated_stored_recovered_and_used() {
     pb::nodes_client::NodesClient::new(ch.clone())
         .register_node(pb::RegisterNodeRequest {
             node_json: node_json("n0", 4),
+            instance: "test-agent".into(),
+            previous_instance: String::new(),
         })
         .await
         .expect("register");

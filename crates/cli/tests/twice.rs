@@ -1,0 +1,222 @@
+//! A task never runs twice, with real processes: `gantry serve` and `gantry agent` on loopback.
+//!
+//! - A second live agent under a node name already held (the host name, which `serve`'s local
+//!   agent also uses) is refused with a clear error, and the node's task is not started again.
+//! - An agent restarted after `kill -9` from the same state directory takes its node over at
+//!   once; a second agent on a state directory in use is refused.
+//! - Stopping `gantry serve` with SIGTERM stops its local tasks' whole process trees.
+//! - An agent restarted after `kill -9` from another working directory, with its default state
+//!   directory, still finds and kills the task its predecessor left running.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{alive, client_json, gantry, poll, serve, Proc};
+
+/// Submit a one-GPU job running `script` under `sh -c`.
+fn submit(addr: &str, dir: &Path, name: &str, script: &str) {
+    let spec = serde_json::json!({
+        "name": name,
+        "queue": "default",
+        "tasks": [{"count": 1, "gpus": 1}],
+        "command": ["sh", "-c", script],
+    });
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_string(&spec).expect("json")).expect("write");
+    client_json(addr, &["submit", file.to_str().expect("utf-8 path")]);
+}
+
+/// A script that records each start (one line per process) and leaves a child running: its pid
+/// lands in `<dir>/child` once written.
+fn starts_and_child(dir: &Path) -> String {
+    format!(
+        "echo $$ >> {d}/starts; sleep 600 & echo $! > {d}/child.tmp && mv {d}/child.tmp {d}/child; wait",
+        d = dir.display()
+    )
+}
+
+fn child_pid(dir: &Path) -> u32 {
+    poll("the task's child started", || {
+        std::fs::read_to_string(dir.join("child"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or(())
+    })
+}
+
+fn starts(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("starts"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// Wait for a process to exit; its status, or a failure naming what it printed.
+fn exits(p: &mut Proc, what: &str) -> std::process::ExitStatus {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(s)) = p.child.try_wait() {
+            return s;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what}: {} still runs:\n{}",
+            p.name,
+            p.tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_second_agent_with_a_held_node_name_is_refused_and_runs_nothing() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let (_server, addr) = serve(data.path(), &["--fake-gpus", "2xH100-80GB"]);
+    submit(&addr, out.path(), "hello", &starts_and_child(out.path()));
+    child_pid(out.path());
+    assert_eq!(starts(out.path()), 1);
+    // No --node-name: the host name, the same as serve's local agent.
+    let state = tempfile::tempdir().expect("state");
+    let mut cmd = gantry();
+    cmd.args(["agent", "--server", &addr, "--fake-gpus", "8xH100-80GB"])
+        .arg("--state-dir")
+        .arg(state.path());
+    let mut dup = Proc::spawn("duplicate agent", cmd);
+    let status = exits(&mut dup, "a duplicate node name is refused");
+    assert!(!status.success(), "the duplicate agent must fail");
+    let said = dup.lines().join("\n");
+    assert!(
+        said.contains("held by another live agent") && said.contains("--node-name"),
+        "the refusal says why and what to do: {said}"
+    );
+    // Give a merged node time to start the task again (it would within a heartbeat or two).
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(starts(out.path()), 1, "the task was started a second time");
+    let nodes = client_json(&addr, &["nodes"]);
+    let gpus: u64 = nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["gpus"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        gpus, 2,
+        "the refused agent's inventory replaced the node's: {nodes}"
+    );
+}
+
+#[test]
+fn a_restarted_agent_takes_its_node_over_and_a_second_on_its_state_dir_is_refused() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let state = tempfile::tempdir().expect("state");
+    let (_server, addr) = serve(data.path(), &["--no-local-agent"]);
+    let agent = || {
+        let mut cmd = gantry();
+        cmd.args(["agent", "--server", &addr, "--node-name", "n1"])
+            .args(["--fake-gpus", "2xH100-80GB", "--state-dir"])
+            .arg(state.path());
+        cmd
+    };
+    let mut first = Proc::spawn("agent", agent());
+    first.wait_line("registered", |l| l.contains("registered").then_some(()));
+    submit(&addr, out.path(), "hello", &starts_and_child(out.path()));
+    let orphan = child_pid(out.path());
+    first.kill9();
+    // Within the dead agent's lease: the restart is recognised by its state dir.
+    let mut second = Proc::spawn("restarted agent", agent());
+    second.wait_line("registered again", |l| {
+        l.contains("registered").then_some(())
+    });
+    assert!(
+        !alive(orphan),
+        "the restart killed what the dead agent left running"
+    );
+    // Another agent on the same state dir while the restarted one runs.
+    let mut third = Proc::spawn("agent on a used state dir", agent());
+    let status = exits(&mut third, "a second agent on one state dir is refused");
+    assert!(!status.success());
+    let said = third.lines().join("\n");
+    assert!(
+        said.contains("another gantry agent") && said.contains("is using it"),
+        "the refusal names the state dir's holder: {said}"
+    );
+    assert!(
+        matches!(second.child.try_wait(), Ok(None)),
+        "the restarted agent still runs:\n{}",
+        second.tail()
+    );
+}
+
+#[test]
+fn sigterm_to_serve_stops_its_local_tasks_whole_process_trees() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let (mut server, addr) = serve(data.path(), &["--fake-gpus", "2xH100-80GB"]);
+    submit(&addr, out.path(), "tree", &starts_and_child(out.path()));
+    let child = child_pid(out.path());
+    assert!(alive(child));
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill");
+    let status = exits(&mut server, "serve stops on SIGTERM");
+    assert!(
+        status.success(),
+        "serve exits 0 on SIGTERM:\n{}",
+        server.tail()
+    );
+    poll("the task's child stopped with serve", || {
+        if alive(child) {
+            Err(child)
+        } else {
+            Ok(())
+        }
+    });
+}
+
+#[test]
+fn an_agent_restarted_from_another_directory_still_kills_its_orphans() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let xdg = tempfile::tempdir().expect("xdg");
+    let (cwd1, cwd2) = (
+        tempfile::tempdir().expect("cwd1"),
+        tempfile::tempdir().expect("cwd2"),
+    );
+    let (_server, addr) = serve(data.path(), &["--no-local-agent"]);
+    let agent = |cwd: &Path| {
+        let mut cmd = gantry();
+        cmd.current_dir(cwd)
+            .env("XDG_STATE_HOME", xdg.path())
+            .args(["agent", "--server", &addr, "--node-name", "n1"])
+            .args(["--fake-gpus", "2xH100-80GB"]);
+        cmd
+    };
+    let mut first = Proc::spawn("agent", agent(cwd1.path()));
+    first.wait_line("registered", |l| l.contains("registered").then_some(()));
+    submit(&addr, out.path(), "hello", &starts_and_child(out.path()));
+    let orphan = child_pid(out.path());
+    first.kill9();
+    assert!(
+        alive(orphan),
+        "kill -9 of the agent leaves its task running"
+    );
+    let mut second = Proc::spawn("agent from elsewhere", agent(cwd2.path()));
+    second.wait_line("registered", |l| l.contains("registered").then_some(()));
+    assert!(
+        !alive(orphan),
+        "the orphan survived an agent restarted from another working directory"
+    );
+    assert!(xdg.path().join("gantry/agent/n1").is_dir());
+    assert!(
+        std::fs::read_dir(cwd1.path())
+            .expect("cwd1")
+            .next()
+            .is_none(),
+        "the agent wrote into its working directory"
+    );
+}
