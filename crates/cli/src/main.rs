@@ -11,6 +11,7 @@ mod remote;
 mod serve;
 mod signal;
 mod sim;
+mod store;
 mod top;
 
 use clap::{Parser, Subcommand};
@@ -60,6 +61,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// Kubernetes mode: print the CRDs, or run gantry as a secondary scheduler.
     Kube(kube::KubeArgs),
+    /// Check the embedded store, or back it up (with `gantry serve` stopped).
+    Store(store::StoreArgs),
 }
 
 /// Diagnostics on stderr, filtered by `GANTRY_LOG` (tracing's `EnvFilter` syntax). Without it,
@@ -68,8 +71,10 @@ enum Command {
 fn init_tracing(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only on a terminal: never escape codes in a log file or a journal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -100,6 +105,7 @@ fn main() -> std::process::ExitCode {
         Command::Top(args) => top::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Kube(args) => kube::run(args),
+        Command::Store(args) => store::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

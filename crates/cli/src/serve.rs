@@ -252,18 +252,26 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
                  Ctrl-C (or SIGTERM) stops the server; its state stays in the data dir.\n"
             );
         }
-        tokio::select! {
+        let fatal = tokio::select! {
             sig = crate::signal::terminated() => {
                 say!(json_logs, "gantry serve: {sig}, stopping");
-                // The local agent stops its tasks' whole process trees before the server goes
-                // (dropping it would kill only each task's first process).
-                if let Some((stop, task)) = local_agent {
-                    let _ = stop.send(());
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
-                }
-                running.shutdown().await?;
+                None
             }
+            e = running.fatal() => {
+                say!(json_logs, "gantry serve: {e}");
+                Some(e)
+            }
+        };
+        // The local agent stops its tasks' whole process trees before the server goes
+        // (dropping it would kill only each task's first process).
+        if let Some((stop, task)) = local_agent {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
         }
-        Ok(())
+        running.shutdown().await?;
+        match fatal {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     })
 }

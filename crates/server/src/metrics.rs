@@ -23,6 +23,8 @@ pub struct Metrics {
     pub commits: IntCounter,
     /// Writes committed (several per transaction under load).
     pub writes: IntCounter,
+    /// Failed store commits (each retry after reopening counts).
+    pub store_errors: IntCounter,
 }
 
 impl std::ops::Deref for Metrics {
@@ -53,13 +55,17 @@ impl Metrics {
             ),
             commits: core.counter("gantry_store_commits_total", "Store transactions"),
             writes: core.counter("gantry_store_writes_total", "Store writes"),
+            store_errors: core.counter(
+                "gantry_store_errors_total",
+                "Failed store commits (each retry after reopening counts); readiness fails once a batch cannot be committed",
+            ),
             core,
         }
     }
 
     /// Bring gauges and counters up to `state` and the writer's counts, and render the text
     /// exposition format.
-    pub fn render(&self, st: &State, commits: u64, writes: u64) -> String {
+    pub fn render(&self, st: &State, commits: u64, writes: u64, store_errors: u64) -> String {
         for q in st.queues.keys() {
             self.pending.with_label_values(&[q]).set(0);
             self.running.with_label_values(&[q]).set(0);
@@ -81,6 +87,7 @@ impl Metrics {
         SchedulerMetrics::raise_to(&self.lost_requeues, st.counters.lost_requeues);
         SchedulerMetrics::raise_to(&self.commits, commits);
         SchedulerMetrics::raise_to(&self.writes, writes);
+        SchedulerMetrics::raise_to(&self.store_errors, store_errors);
         self.core.render()
     }
 }

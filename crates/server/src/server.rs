@@ -165,6 +165,29 @@ impl Running {
         result
     }
 
+    /// Resolves once the store failed for good (a commit that fails even after reopening the
+    /// database, e.g. a full disk): the server's memory may then hold changes the store does
+    /// not. Stop the server and exit non-zero, so a supervisor restarts it from the store.
+    pub async fn fatal(&self) -> ServerError {
+        let stats = &self.server.shared.stats;
+        loop {
+            let notified = stats.fatal.notified();
+            if stats.failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return ServerError::Store(format!(
+                    "{}: a commit failed even after reopening the store; stopping so that nothing \
+                     unrecorded is acted on (restart once the disk has room)",
+                    self.server
+                        .shared
+                        .config
+                        .data_dir
+                        .join("gantry.redb")
+                        .display()
+                ));
+            }
+            notified.await;
+        }
+    }
+
     /// Wait until the server stops (it does not, unless the transport fails).
     ///
     /// # Errors
@@ -263,10 +286,12 @@ impl Server {
                     .map_err(|e| ServerError::Store(e.to_string()))?,
             );
             let s = server.clone();
+            let stats = server.shared.stats.clone();
             background.push(tokio::spawn(async move {
-                // Ready as soon as this runs: `start` serves only after recovery.
-                if let Err(e) = gantry_metrics::serve(l, move || s.render_metrics(), || true).await
-                {
+                // Ready as soon as this runs (`start` serves only after recovery), until the store
+                // fails for good.
+                let ready = move || !stats.failed.load(std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = gantry_metrics::serve(l, move || s.render_metrics(), ready).await {
                     tracing::error!(error = %e, "metrics endpoint stopped");
                 }
             }));
@@ -319,12 +344,13 @@ impl Server {
     /// The prometheus text exposition of the current state.
     pub fn render_metrics(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
-        let (c, w) = (
+        let (c, w, e) = (
             self.shared.stats.commits.load(Relaxed),
             self.shared.stats.writes.load(Relaxed),
+            self.shared.stats.errors.load(Relaxed),
         );
         let st = self.lock();
-        self.shared.metrics.render(&st, c, w)
+        self.shared.metrics.render(&st, c, w, e)
     }
 
     /// Apply a change: see the module docs.
