@@ -7,6 +7,14 @@
 //! - Stopping `gantry serve` with SIGTERM stops its local tasks' whole process trees.
 //! - An agent restarted after `kill -9` from another working directory, with its default state
 //!   directory, still finds and kills the task its predecessor left running.
+//! - A restart is counted: the job goes back with a new attempt and says why, instead of the
+//!   same attempt starting again in silence.
+//! - An agent that cannot reach the server for a whole lease stops its tasks (fencing), then
+//!   registers again, and the job runs again under a new attempt: never two copies at once.
+//! - A restart is counted: the job goes back with a new attempt and says why, instead of the
+//!   same attempt starting again in silence.
+//! - An agent that cannot reach the server for a whole lease stops its tasks (fencing), then
+//!   registers again, and the job runs again under a new attempt: never two copies at once.
 
 mod common;
 
@@ -135,6 +143,23 @@ fn a_restarted_agent_takes_its_node_over_and_a_second_on_its_state_dir_is_refuse
         !alive(orphan),
         "the restart killed what the dead agent left running"
     );
+    // The job runs again, counted: a new attempt, and the reason on record.
+    let j = poll("the job back under a new attempt", || {
+        let j = common::job(&addr, "hello").ok_or(None)?;
+        if j["attempt"] == 1 && j["state"] == "running" {
+            Ok(j)
+        } else {
+            Err(Some(j))
+        }
+    });
+    assert_eq!(j["requeues"], 1, "{j}");
+    poll("a second start, not two at once", || {
+        if starts(out.path()) == 2 {
+            Ok(())
+        } else {
+            Err(starts(out.path()))
+        }
+    });
     // Another agent on the same state dir while the restarted one runs.
     let mut third = Proc::spawn("agent on a used state dir", agent());
     let status = exits(&mut third, "a second agent on one state dir is refused");
@@ -219,4 +244,54 @@ fn an_agent_restarted_from_another_directory_still_kills_its_orphans() {
             .is_none(),
         "the agent wrote into its working directory"
     );
+}
+
+#[test]
+fn an_agent_cut_off_for_a_lease_stops_its_tasks_and_the_job_runs_again_once() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let state = tempfile::tempdir().expect("state");
+    let (server, addr) = serve(data.path(), &["--no-local-agent", "--lease-ms", "2000"]);
+    let mut cmd = gantry();
+    cmd.args(["agent", "--server", &addr, "--node-name", "n1"])
+        .args(["--fake-gpus", "2xH100-80GB", "--state-dir"])
+        .arg(state.path());
+    let mut agent = Proc::spawn("agent", cmd);
+    agent.wait_line("registered", |l| l.contains("registered").then_some(()));
+    submit(&addr, out.path(), "hello", &starts_and_child(out.path()));
+    let first = child_pid(out.path());
+    std::fs::remove_file(out.path().join("child")).expect("rm");
+    // The server stops answering (as if the network were cut): after a lease the agent fences.
+    let pid = server.child.id().to_string();
+    Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("stop");
+    let cut = Instant::now();
+    poll("the task fenced while the server is silent", || {
+        if alive(first) {
+            Err(first)
+        } else {
+            Ok(())
+        }
+    });
+    let fenced_after = cut.elapsed();
+    assert_eq!(starts(out.path()), 1, "nothing new started while cut off");
+    Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .expect("cont");
+    agent.wait_line("registered again", |l| {
+        l.contains("registered again").then_some(())
+    });
+    let second = child_pid(out.path());
+    assert_ne!(second, first);
+    let j = common::job(&addr, "hello").expect("job");
+    assert!(j["attempt"].as_u64() >= Some(1), "a new attempt: {j}");
+    assert_eq!(starts(out.path()), 2);
+    eprintln!(
+        "fenced {:.1} s after the server went silent (lease 2 s)",
+        fenced_after.as_secs_f64()
+    );
+    drop(server);
 }

@@ -311,12 +311,20 @@ pub async fn run_agent(
             tracing::warn!(killed = n, dir = %dir.display(), "killed tasks a previous agent left running");
         }
     }
-    let instance = new_instance();
+    let mut instance = new_instance();
     let previous = state
         .as_ref()
         .map(StateDir::previous_instance)
         .unwrap_or_default();
-    let channel = crate::client::connect(&config.server, config.tls_ca.as_deref()).await?;
+    // Every call is bounded: a server that hangs (stopped, overloaded) must not hold the loop
+    // that fences this node's tasks when the lease runs out.
+    let ep = crate::client::endpoint(&config.server, config.tls_ca.as_deref())?
+        .timeout(Duration::from_secs(5));
+    let uri = ep.uri().to_string();
+    let channel = ep
+        .connect()
+        .await
+        .map_err(|e| ServerError::Transport(format!("cannot reach gantry serve at {uri}: {e}")))?;
     let bearer = crate::auth::BearerToken::new(config.token.as_deref())?;
     let mut nodes = pb::nodes_client::NodesClient::with_interceptor(channel, bearer);
     let node_json = serde_json::to_string(&config.node).map_err(transport)?;
@@ -344,6 +352,13 @@ pub async fn run_agent(
     }
     tracing::info!(node = %name, instance = %instance, "registered");
     let mut lease = Duration::from_millis(reg.lease_ms.max(30));
+    // Fencing: when no heartbeat went through for a whole lease, the server counts this node
+    // lost and requeues its jobs elsewhere, so the tasks here are stopped (their exits are not
+    // reported: the server has moved on) and the agent registers again as a new instance once
+    // the server answers.
+    let mut last_ok = tokio::time::Instant::now();
+    let mut fenced: BTreeSet<TaskKey> = BTreeSet::new();
+    let mut rejoin = false;
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let mut tasks: HashMap<TaskKey, Task> = HashMap::new();
     // Exits the server has not acknowledged yet: (phase, code), sent again every heartbeat.
@@ -361,21 +376,49 @@ pub async fn run_agent(
             _ = &mut shutdown => break,
             Some((key, code, started)) = exits.recv() => {
                 tasks.remove(&key);
+                if fenced.remove(&key) {
+                    continue;
+                }
                 let phase = if started { pb::TaskPhase::Exited } else { pb::TaskPhase::FailedToStart };
                 unreported.insert(key, (phase, code));
                 flush_reports(&mut nodes, &name, &mut unreported).await;
             }
             _ = tick.tick() => {
+                if rejoin {
+                    let fresh = new_instance();
+                    match register(nodes.clone(), node_json.clone(), fresh.clone(), instance.clone()).await {
+                        Ok(reg) => {
+                            instance = fresh;
+                            if let Some(st) = &state {
+                                st.set_instance(&instance);
+                            }
+                            rejoin = false;
+                            last_ok = tokio::time::Instant::now();
+                            tracing::warn!(node = %name, instance = %instance, "registered again after stopping every task");
+                            for a in &reg.start {
+                                tasks.entry(key_of_assignment(a)).or_insert_with(|| start(a, exits_tx.clone(), config.state_dir.clone()));
+                            }
+                        }
+                        Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                            return Err(ServerError::Conflict(s.message().to_string()));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "register again failed; will retry"),
+                    }
+                    continue;
+                }
                 flush_reports(&mut nodes, &name, &mut unreported).await;
                 let running: BTreeSet<TaskKey> =
                     tasks.keys().chain(unreported.keys()).cloned().collect();
-                let hb = nodes.heartbeat(pb::HeartbeatRequest {
+                let hb = tokio::time::timeout(lease / 2, nodes.heartbeat(pb::HeartbeatRequest {
                     node: name.clone(),
                     running: running.iter().map(pb_ref).collect(),
                     instance: instance.clone(),
-                }).await;
+                }))
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer within half the lease")));
                 match hb {
                     Ok(r) => {
+                        last_ok = tokio::time::Instant::now();
                         let r = r.into_inner();
                         let new_lease = Duration::from_millis(r.lease_ms.max(30));
                         if new_lease != lease {
@@ -433,7 +476,24 @@ pub async fn run_agent(
                         kill_all(&tasks);
                         return Err(ServerError::Conflict(s.message().to_string()));
                     }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                        if last_ok.elapsed() > lease && !tasks.is_empty() {
+                            tracing::error!(
+                                node = %name,
+                                tasks = tasks.len(),
+                                silent_ms = last_ok.elapsed().as_millis() as u64,
+                                "no heartbeat went through for a whole lease: the server has requeued this node's jobs; stopping every task here"
+                            );
+                            for (k, t) in tasks.iter_mut() {
+                                if let Some(tx) = t.stop.take() {
+                                    let _ = tx.send(Duration::ZERO);
+                                }
+                                fenced.insert(k.clone());
+                            }
+                            rejoin = true;
+                        }
+                    }
                 }
             }
         }

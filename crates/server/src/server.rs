@@ -962,9 +962,10 @@ impl pb::nodes_server::Nodes for Server {
             .apply(|st| {
                 let now = now_ms();
                 st.claim(&name, &instance, &previous, now, lease_ms)?;
-                let out = st.register(node, now)?;
+                let (_, mut ops) = st.register(node, now)?;
+                ops.extend(st.agent_restarted(&name, &instance, now));
                 st.hold(&name, &instance);
-                Ok(out)
+                Ok((st.assignments(&name, &BTreeSet::new()), ops))
             })
             .await
             .inspect_err(|e| {

@@ -1117,32 +1117,66 @@ impl State {
             .collect();
         for name in lost {
             tracing::warn!(node = %name, "lease expired: node lost");
-            if let Some(n) = self.nodes.get_mut(&name) {
-                n.ready = false;
-            }
-            let Some(id) = self.snap.node_by_name(&name) else {
+            ops.extend(self.lose_node(&name, &format!("node {name} was lost"), now));
+        }
+        ops
+    }
+
+    /// A new agent process registered node `name` (see [`State::claim`]) while jobs were
+    /// recorded running there: the old process is gone and its tasks were killed (the new one
+    /// reaps them from its state dir before registering). Requeue those jobs whole with a new
+    /// attempt and an event saying why, rather than handing the same attempt out again.
+    pub fn agent_restarted(&mut self, name: &str, instance: &str, now: u64) -> Vec<Op> {
+        let new_process = self
+            .nodes
+            .get(name)
+            .is_some_and(|n| n.instance.as_deref() != Some(instance));
+        let has_tasks = self.running.iter().any(|j| {
+            self.jobs
+                .get(j)
+                .is_some_and(|e| e.rec.tasks.iter().any(|t| t.node == name))
+        });
+        if !new_process || !has_tasks {
+            return Vec::new();
+        }
+        let mut ops = self.ensure_fresh(now);
+        ops.extend(self.lose_node(
+            name,
+            &format!("the agent on node {name} restarted, which stopped its tasks"),
+            now,
+        ));
+        self.mark_seen(name, now);
+        ops
+    }
+
+    /// Mark a node not ready and requeue the jobs placed on it, whole, saying `why`.
+    fn lose_node(&mut self, name: &str, why: &str, now: u64) -> Vec<Op> {
+        let mut ops = Vec::new();
+        if let Some(n) = self.nodes.get_mut(name) {
+            n.ready = false;
+        }
+        let Some(id) = self.snap.node_by_name(name) else {
+            return ops;
+        };
+        for job in self.snap.set_node_ready(id, false) {
+            let jname = self.snap.job_name(job).to_string();
+            if let Err(err) = self.snap.requeue(job) {
+                tracing::error!(job = %jname, error = %err, "requeue failed");
                 continue;
-            };
-            for job in self.snap.set_node_ready(id, false) {
-                let jname = self.snap.job_name(job).to_string();
-                if let Err(err) = self.snap.requeue(job) {
-                    tracing::error!(job = %jname, error = %err, "requeue failed");
-                    continue;
-                }
-                if let Some(e) = self.jobs.get_mut(&jname) {
-                    let why = format!("node {name} was lost");
-                    tracing::info!(
-                        job = %jname,
-                        queue = %e.rec.spec.queue,
-                        attempt = e.rec.attempt,
-                        node = %name,
-                        "requeued: its node was lost"
-                    );
-                    requeue_record(e, &why, &mut self.stops, &mut self.events, now);
-                    self.running.remove(&jname);
-                    self.counters.lost_requeues += 1;
-                    ops.push(Op::job(&e.rec));
-                }
+            }
+            if let Some(e) = self.jobs.get_mut(&jname) {
+                tracing::info!(
+                    job = %jname,
+                    queue = %e.rec.spec.queue,
+                    attempt = e.rec.attempt,
+                    node = %name,
+                    why,
+                    "requeued"
+                );
+                requeue_record(e, why, &mut self.stops, &mut self.events, now);
+                self.running.remove(&jname);
+                self.counters.lost_requeues += 1;
+                ops.push(Op::job(&e.rec));
             }
         }
         ops
