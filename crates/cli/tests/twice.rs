@@ -295,3 +295,38 @@ fn an_agent_cut_off_for_a_lease_stops_its_tasks_and_the_job_runs_again_once() {
     );
     drop(server);
 }
+
+#[test]
+fn an_agent_stopped_gracefully_has_its_jobs_requeued_at_once() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let state = tempfile::tempdir().expect("state");
+    // A lease far longer than the test: only the agent's goodbye can requeue the job.
+    let (_server, addr) = serve(data.path(), &["--no-local-agent", "--lease-ms", "600000"]);
+    let mut cmd = gantry();
+    cmd.args(["agent", "--server", &addr, "--node-name", "n1"])
+        .args(["--fake-gpus", "2xH100-80GB", "--state-dir"])
+        .arg(state.path());
+    let mut agent = Proc::spawn("agent", cmd);
+    agent.wait_line("registered", |l| l.contains("registered").then_some(()));
+    submit(&addr, out.path(), "hello", &starts_and_child(out.path()));
+    let child = child_pid(out.path());
+    Command::new("kill")
+        .args(["-TERM", &agent.child.id().to_string()])
+        .status()
+        .expect("kill");
+    let status = exits(&mut agent, "the agent stops on SIGTERM");
+    assert!(status.success(), "{}", agent.tail());
+    assert!(!alive(child), "the task's tree stopped with its agent");
+    let j = poll("the job requeued without waiting for the lease", || {
+        let j = common::job(&addr, "hello").ok_or(None)?;
+        if j["state"] == "pending" && j["attempt"] == 1 {
+            Ok(j)
+        } else {
+            Err(Some(j))
+        }
+    });
+    let nodes = client_json(&addr, &["nodes"]);
+    assert_eq!(nodes[0]["ready"], false, "{nodes}");
+    eprintln!("{}", j["reason"]);
+}

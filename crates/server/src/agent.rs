@@ -413,6 +413,7 @@ pub async fn run_agent(
                     node: name.clone(),
                     running: running.iter().map(pb_ref).collect(),
                     instance: instance.clone(),
+                    leaving: false,
                 }))
                 .await
                 .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer within half the lease")));
@@ -499,6 +500,22 @@ pub async fn run_agent(
         }
     }
     kill_all(&tasks);
+    // Tell the server, so the node's jobs are requeued now rather than after the lease.
+    let bye = nodes.heartbeat(pb::HeartbeatRequest {
+        node: name.clone(),
+        running: Vec::new(),
+        instance: instance.clone(),
+        leaving: true,
+    });
+    match tokio::time::timeout(Duration::from_secs(2), bye).await {
+        Ok(Ok(_)) => tracing::info!(node = %name, "stopped; the server requeues this node's jobs"),
+        Ok(Err(e)) => {
+            tracing::warn!(node = %name, error = %e, "stopped; could not tell the server (its lease will run out)")
+        }
+        Err(_) => {
+            tracing::warn!(node = %name, "stopped; the server did not answer (its lease will run out)")
+        }
+    }
     Ok(())
 }
 

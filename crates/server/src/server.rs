@@ -992,6 +992,19 @@ impl pb::nodes_server::Nodes for Server {
             .iter()
             .map(task_key)
             .collect::<Result<BTreeSet<_>, _>>()?;
+        if req.leaving {
+            let (node, instance) = (req.node.clone(), req.instance.clone());
+            self.apply(|st| {
+                st.check_instance(&node, &instance)?;
+                Ok(((), st.agent_left(&node, now_ms())))
+            })
+            .await?;
+            return Ok(Response::new(pb::HeartbeatResponse {
+                lease_ms: self.shared.config.lease_ms,
+                start: Vec::new(),
+                stop: Vec::new(),
+            }));
+        }
         let (starts, stops) = {
             let mut st = self.lock();
             st.check_instance(&req.node, &req.instance)?;

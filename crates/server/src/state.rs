@@ -1149,6 +1149,18 @@ impl State {
         ops
     }
 
+    /// The agent of node `name` said it is stopping (its tasks are killed): lose the node now
+    /// rather than after its lease.
+    pub fn agent_left(&mut self, name: &str, now: u64) -> Vec<Op> {
+        if !self.nodes.get(name).is_some_and(|n| n.ready) {
+            return Vec::new();
+        }
+        tracing::info!(node = %name, "the agent stopped: node lost");
+        let mut ops = self.ensure_fresh(now);
+        ops.extend(self.lose_node(name, &format!("the agent on node {name} stopped"), now));
+        ops
+    }
+
     /// Mark a node not ready and requeue the jobs placed on it, whole, saying `why`.
     fn lose_node(&mut self, name: &str, why: &str, now: u64) -> Vec<Op> {
         let mut ops = Vec::new();

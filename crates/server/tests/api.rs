@@ -115,6 +115,7 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
             instance: "test-agent".into(),
             node: "n0".into(),
             running: vec![],
+            leaving: false,
         })
         .await
         .expect("hb")

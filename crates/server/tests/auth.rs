@@ -200,6 +200,7 @@ async fn members_stay_in_their_teams_and_only_admins_edit_queues() {
             instance: "test-agent".into(),
             node: "n".into(),
             running: Vec::new(),
+            leaving: false,
         })
         .await
         .expect_err("member heartbeat");
