@@ -198,7 +198,11 @@ struct JobOut {
     requeues: u32,
     /// Run number (0 for the first run, bumped on every requeue).
     attempt: u32,
+    /// Why it waits; for a finished job, how it ended.
     reason: String,
+    /// A finished job's exit code (its first failing task's; 0 when it succeeded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
     /// Where each placed task runs and the device uuids it holds.
     placements: Vec<PlacementOut>,
 }
@@ -250,6 +254,7 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                     nodes,
                     requeues: j.requeues,
                     attempt: j.attempt,
+                    exit_code: finished(state_name(j.state)).then_some(j.exit_code),
                     reason: j.reason,
                     placements: j
                         .tasks
@@ -269,13 +274,7 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
             return print_doc(args.conn.output, &rows);
         }
         let mut t = table(&[
-            "job",
-            "queue",
-            "state",
-            "tasks",
-            "nodes",
-            "requeues",
-            "why it waits",
+            "job", "queue", "state", "tasks", "nodes", "requeues", "exit", "reason",
         ]);
         for r in rows {
             t.add_row(vec![
@@ -285,6 +284,7 @@ pub fn jobs(args: JobsArgs) -> anyhow::Result<()> {
                 r.tasks,
                 r.nodes.join(" "),
                 r.requeues.to_string(),
+                r.exit_code.map_or(String::new(), |c| c.to_string()),
                 r.reason,
             ]);
         }
@@ -450,6 +450,14 @@ struct ExplainOut {
     reason: String,
     estimated_start_ms: Option<u64>,
     unresolvable: bool,
+    /// A finished job's exit code (its first failing task's; 0 when it succeeded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+}
+
+/// Whether a job state (as named by [`state_name`]) is final.
+fn finished(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed")
 }
 
 /// `gantry explain JOB`.
@@ -473,6 +481,7 @@ pub fn explain(args: JobArgs) -> anyhow::Result<()> {
             reason: x.reason,
             estimated_start_ms: (x.eta_ms > 0).then_some(x.eta_ms),
             unresolvable: x.unresolvable,
+            exit_code: finished(state_name(x.state)).then_some(x.exit_code),
         };
         if args.conn.output != Format::Table {
             return print_doc(args.conn.output, &out);
@@ -481,8 +490,12 @@ pub fn explain(args: JobArgs) -> anyhow::Result<()> {
         if let Some(p) = out.position {
             println!("position in its queue: {p}");
         }
+        if let Some(code) = out.exit_code {
+            println!("exit code: {code}");
+        }
         if !out.reason.is_empty() {
-            println!("why it waits: {}", out.reason);
+            let label = if out.exit_code.is_some() { "why" } else { "why it waits" };
+            println!("{label}: {}", out.reason);
         }
         if out.unresolvable {
             println!("unresolvable: waiting will not help; change the job, the queue's quota or the cluster");

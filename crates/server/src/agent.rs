@@ -138,7 +138,7 @@ pub fn reap_orphans(dir: &std::path::Path) -> usize {
 /// Start one task's process and watch it; its exit status goes to `exits`.
 fn start(
     a: &pb::TaskAssignment,
-    exits: mpsc::UnboundedSender<(TaskKey, i32, bool)>,
+    exits: mpsc::UnboundedSender<(TaskKey, i32, bool, String)>,
     state_dir: Option<std::path::PathBuf>,
 ) -> Task {
     let key = TaskKey {
@@ -171,8 +171,9 @@ fn start(
     let mut pgid = None;
     match cmd.spawn() {
         Err(e) => {
-            tracing::warn!(job = %a.job, error = %e, "task failed to start");
-            let _ = exits.send((key, 127, false));
+            let why = format!("{:?}: {e}", a.command.first().map_or("", String::as_str));
+            tracing::warn!(job = %a.job, error = %why, "task failed to start");
+            let _ = exits.send((key, 127, false, why));
         }
         Ok(mut child) => {
             pgid = child.id().map(|p| p as i32);
@@ -213,7 +214,7 @@ fn start(
                     }),
                     Err(_) => 255,
                 };
-                let _ = exits.send((key, code, true));
+                let _ = exits.send((key, code, true, String::new()));
             });
         }
     }
@@ -362,7 +363,7 @@ pub async fn run_agent(
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
     let mut tasks: HashMap<TaskKey, Task> = HashMap::new();
     // Exits the server has not acknowledged yet: (phase, code), sent again every heartbeat.
-    let mut unreported: HashMap<TaskKey, (pb::TaskPhase, i32)> = HashMap::new();
+    let mut unreported: HashMap<TaskKey, (pb::TaskPhase, i32, String)> = HashMap::new();
     for a in &reg.start {
         tasks.insert(
             key_of_assignment(a),
@@ -374,13 +375,13 @@ pub async fn run_agent(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some((key, code, started)) = exits.recv() => {
+            Some((key, code, started, why)) = exits.recv() => {
                 tasks.remove(&key);
                 if fenced.remove(&key) {
                     continue;
                 }
                 let phase = if started { pb::TaskPhase::Exited } else { pb::TaskPhase::FailedToStart };
-                unreported.insert(key, (phase, code));
+                unreported.insert(key, (phase, code, why));
                 flush_reports(&mut nodes, &name, &mut unreported).await;
             }
             _ = tick.tick() => {
@@ -533,23 +534,25 @@ fn kill_all(tasks: &HashMap<TaskKey, Task>) {
 async fn flush_reports<C>(
     nodes: &mut pb::nodes_client::NodesClient<C>,
     node: &str,
-    unreported: &mut HashMap<TaskKey, (pb::TaskPhase, i32)>,
+    unreported: &mut HashMap<TaskKey, (pb::TaskPhase, i32, String)>,
 ) where
     C: tonic::client::GrpcService<tonic::body::Body>,
     C::Error: Into<tonic::codegen::StdError>,
     C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
     <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
 {
-    let pending: Vec<(TaskKey, (pb::TaskPhase, i32))> =
-        unreported.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    for (key, (phase, code)) in pending {
+    let pending: Vec<(TaskKey, (pb::TaskPhase, i32, String))> = unreported
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (key, (phase, code, message)) in pending {
         let r = nodes
             .report_task(pb::ReportTaskRequest {
                 node: node.to_string(),
                 task: Some(pb_ref(&key)),
                 phase: phase as i32,
                 exit_code: code,
-                message: String::new(),
+                message,
             })
             .await;
         match r {

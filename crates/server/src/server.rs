@@ -914,6 +914,7 @@ impl pb::jobs_server::Jobs for Server {
             position: 0,
             eta_ms: 0,
             unresolvable: false,
+            exit_code: rec.exit_code,
         };
         let (id, ops) = self.lock().job_id(&name, now_ms());
         if !ops.is_empty() {
@@ -1031,7 +1032,7 @@ impl pb::nodes_server::Nodes for Server {
         let what = match pb::TaskPhase::try_from(req.phase) {
             Ok(pb::TaskPhase::Started) => Report::Started,
             Ok(pb::TaskPhase::Exited) | Ok(pb::TaskPhase::Stopped) => Report::Exited(req.exit_code),
-            Ok(pb::TaskPhase::FailedToStart) => Report::FailedToStart,
+            Ok(pb::TaskPhase::FailedToStart) => Report::FailedToStart(req.message.clone()),
             _ => {
                 return Err(ServerError::Invalid {
                     field: "phase".into(),

@@ -77,14 +77,14 @@ pub struct TaskKey {
 }
 
 /// What an agent says about a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     /// The process started.
     Started,
     /// The process ended (exit status; signals as 128 + n).
     Exited(i32),
-    /// The process could not be started.
-    FailedToStart,
+    /// The process could not be started (the agent's error, e.g. `No such file or directory`).
+    FailedToStart(String),
 }
 
 /// Something that happened to a job (for `WatchJobs`).
@@ -1044,7 +1044,17 @@ impl State {
         else {
             return ops;
         };
-        let code = match what {
+        let task = match e
+            .rec
+            .spec
+            .tasks
+            .get(usize::from(key.group))
+            .and_then(|g| g.name.as_deref())
+        {
+            Some(g) => format!("task {g}-{}", key.index),
+            None => format!("task {}/{}", key.group, key.index),
+        };
+        let (code, failure) = match what {
             Report::Started => {
                 if t.phase == TaskPhase::Assigned {
                     t.phase = TaskPhase::Running;
@@ -1052,8 +1062,15 @@ impl State {
                 }
                 return ops;
             }
-            Report::Exited(c) => c,
-            Report::FailedToStart => 127,
+            Report::Exited(c) => (c, format!("{task} exited with code {c}{}", signal_name(c))),
+            Report::FailedToStart(why) => {
+                let why = if why.is_empty() {
+                    "the agent gave no reason".into()
+                } else {
+                    why
+                };
+                (127, format!("{task} failed to start: {why}"))
+            }
         };
         if matches!(t.phase, TaskPhase::Exited(_)) {
             return ops;
@@ -1063,11 +1080,7 @@ impl State {
         let all_done = e.rec.tasks.len() as u32 >= wanted
             && e.rec.tasks.iter().all(|t| t.phase == TaskPhase::Exited(0));
         let outcome = if code != 0 {
-            Some((
-                JobState::Failed,
-                "failed",
-                format!("task {}/{} exited with {code}", key.group, key.index),
-            ))
+            Some((JobState::Failed, "failed", failure))
         } else if all_done {
             Some((JobState::Succeeded, "succeeded", String::new()))
         } else {
@@ -1090,6 +1103,8 @@ impl State {
             );
             e.rec.state = state;
             e.rec.exit_code = code;
+            // A finished job's reason is its outcome (shown by `jobs` and `explain`).
+            e.rec.reason = message.clone();
             e.rec.finished_ms = Some(now);
             self.running.remove(&key.job);
             self.events.push(Event {
@@ -1198,6 +1213,19 @@ impl State {
     pub fn job_id(&mut self, name: &str, now: u64) -> (Option<JobId>, Vec<Op>) {
         let ops = self.ensure_fresh(now);
         (self.jobs.get(name).and_then(|e| e.id), ops)
+    }
+}
+
+/// ` (SIGKILL)` and the like for exit codes 128 + n of common signals.
+fn signal_name(code: i32) -> &'static str {
+    match code {
+        129 => " (SIGHUP)",
+        130 => " (SIGINT)",
+        134 => " (SIGABRT)",
+        137 => " (SIGKILL, e.g. out of memory)",
+        139 => " (SIGSEGV)",
+        143 => " (SIGTERM)",
+        _ => "",
     }
 }
 

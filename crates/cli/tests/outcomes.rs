@@ -1,0 +1,79 @@
+//! Why a job failed, as the user sees it: `gantry jobs` and `gantry explain` show a finished
+//! job's exit code and how it ended, including start failures the agent met (real processes).
+
+mod common;
+
+use common::{client_json, client_text, job, poll, serve};
+
+fn submit(addr: &str, dir: &std::path::Path, name: &str, command: serde_json::Value) {
+    let spec = serde_json::json!({
+        "name": name,
+        "queue": "default",
+        "tasks": [{"name": "worker", "count": 1, "gpus": 1}],
+        "command": command,
+    });
+    let file = dir.join(format!("{name}.json"));
+    std::fs::write(&file, serde_json::to_string(&spec).expect("json")).expect("write");
+    client_json(addr, &["submit", file.to_str().expect("utf-8 path")]);
+}
+
+fn finished(addr: &str, name: &str) -> serde_json::Value {
+    poll(&format!("{name} finished"), || {
+        let j = job(addr, name).ok_or(None)?;
+        if j["state"] == "failed" || j["state"] == "succeeded" {
+            Ok(j)
+        } else {
+            Err(Some(j))
+        }
+    })
+}
+
+#[test]
+fn jobs_and_explain_show_exit_codes_and_start_failures() {
+    let data = tempfile::tempdir().expect("tmp");
+    let dir = tempfile::tempdir().expect("dir");
+    let (_server, addr) = serve(data.path(), &["--fake-gpus", "2xH100-80GB"]);
+    submit(
+        &addr,
+        dir.path(),
+        "three",
+        serde_json::json!(["sh", "-c", "exit 3"]),
+    );
+    submit(
+        &addr,
+        dir.path(),
+        "missing",
+        serde_json::json!(["/no/such/program", "--flag"]),
+    );
+    submit(&addr, dir.path(), "fine", serde_json::json!(["true"]));
+
+    let three = finished(&addr, "three");
+    assert_eq!(three["state"], "failed");
+    assert_eq!(three["exit_code"], 3, "{three}");
+    assert_eq!(
+        three["reason"], "task worker-0 exited with code 3",
+        "{three}"
+    );
+
+    let missing = finished(&addr, "missing");
+    assert_eq!(missing["exit_code"], 127, "{missing}");
+    let why = missing["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("task worker-0 failed to start: \"/no/such/program\": ")
+            && why.contains("No such file or directory"),
+        "{why}"
+    );
+
+    let fine = finished(&addr, "fine");
+    assert_eq!(fine["state"], "succeeded");
+    assert_eq!(fine["exit_code"], 0);
+
+    let text = client_text(&addr, &["explain", "three"]);
+    assert!(text.contains("exit code: 3"), "{text}");
+    assert!(
+        text.contains("why: task worker-0 exited with code 3"),
+        "{text}"
+    );
+    let table = client_text(&addr, &["jobs"]);
+    assert!(table.contains("No such file or directory"), "{table}");
+}
