@@ -137,7 +137,9 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone();
     // The local agent records its tasks' process groups here, so a restart after `kill -9`
     // stops what the dead server's agent left running before any task is handed out again.
-    let agent_state = args.data_dir.join("agent-tasks");
+    let agent_state = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("--data-dir {}", args.data_dir.display()))?
+        .join("agent-tasks");
     let mut config = Config::new(args.data_dir.clone());
     config.listen = args.listen;
     config.lease_ms = args.lease_ms;

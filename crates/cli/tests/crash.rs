@@ -31,10 +31,11 @@ struct Check {
     devices_held: usize,
 }
 
-/// Devices held by two task processes that are alive right now; returns how many live
-/// processes were seen.
+/// Devices held by two task processes that are alive right now, or a job with two live
+/// processes (its task runs twice at once); returns how many live processes were seen.
 fn live_processes_share_no_gpu(out: &std::path::Path) -> usize {
     let mut holder: BTreeMap<String, u32> = BTreeMap::new();
+    let mut jobs: BTreeMap<String, u32> = BTreeMap::new();
     let mut live = 0;
     for e in std::fs::read_dir(out).expect("out dir").flatten() {
         let Ok(text) = std::fs::read_to_string(e.path()) else {
@@ -48,6 +49,19 @@ fn live_processes_share_no_gpu(out: &std::path::Path) -> usize {
             continue;
         }
         live += 1;
+        // Files are named <job>.<attempt>.<pid>; every job here has one task.
+        let file = e.file_name().to_string_lossy().into_owned();
+        if let Some(job) = file.split('.').next() {
+            if let Some(other) = jobs.insert(job.to_string(), pid) {
+                let stat =
+                    |p: u32| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                panic!(
+                    "job {job} runs twice at once: live processes {other} and {pid} ({file}); {} / {}",
+                    stat(other),
+                    stat(pid)
+                );
+            }
+        }
         for d in parts
             .next()
             .unwrap_or("")
@@ -62,7 +76,7 @@ fn live_processes_share_no_gpu(out: &std::path::Path) -> usize {
     live
 }
 
-async fn check(addr: &str, acked: &[String]) -> Result<Check, String> {
+async fn check(addr: &str, acked: &[String], gpus: usize) -> Result<Check, String> {
     let mut c = JobsClient::connect(format!("http://{addr}"))
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -103,8 +117,89 @@ async fn check(addr: &str, acked: &[String]) -> Result<Check, String> {
         }
     }
     out.devices_held = holder.len();
-    assert!(out.devices_held <= 8, "{out:?}: only 8 GPUs exist");
+    assert!(out.devices_held <= gpus, "{out:?}: only {gpus} GPUs exist");
     Ok(out)
+}
+
+/// Clients streaming submissions until told to stop or the server dies under them.
+struct Submitters {
+    stop: Arc<AtomicBool>,
+    acked_here: Arc<AtomicUsize>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Submitters {
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        addr: &str,
+        acked: &Arc<Mutex<Vec<String>>>,
+        prefix: &str,
+        script: &str,
+    ) -> Submitters {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked_here = Arc::new(AtomicUsize::new(0));
+        let workers = (0..CLIENTS)
+            .map(|w| {
+                let (addr, acked, stop, acked_here, script) = (
+                    addr.to_string(),
+                    acked.clone(),
+                    stop.clone(),
+                    acked_here.clone(),
+                    script.to_string(),
+                );
+                let prefix = format!("{prefix}-c{w}");
+                rt.spawn(async move {
+                    let Ok(mut c) = JobsClient::connect(format!("http://{addr}")).await else {
+                        return;
+                    };
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 1;
+                        let name = format!("{prefix}-{i}");
+                        let req = pb::SubmitJobRequest {
+                            spec_json: format!(
+                                r#"{{"name": "{name}", "queue": "default", "tasks": [{{"count": 1, "gpus": 1}}]}}"#
+                            ),
+                            command: vec!["sh".into(), "-c".into(), script.clone()],
+                            env: Default::default(),
+                        };
+                        match c.submit_job(req).await {
+                            Ok(_) => {
+                                acked.lock().expect("acked").push(name);
+                                acked_here.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // The server is gone (killed): unacknowledged, not counted.
+                            Err(_) => break,
+                        }
+                    }
+                })
+            })
+            .collect();
+        Submitters {
+            stop,
+            acked_here,
+            workers,
+        }
+    }
+
+    /// Wait until `n` submissions were acknowledged since the start.
+    fn wait_for(&self, n: usize) {
+        poll("submissions acknowledged in this round", || {
+            let k = self.acked_here.load(Ordering::Relaxed);
+            if k >= n {
+                Ok(())
+            } else {
+                Err(k)
+            }
+        });
+    }
+
+    fn stop(self, rt: &tokio::runtime::Runtime) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            rt.block_on(w).expect("worker");
+        }
+    }
 }
 
 #[test]
@@ -145,7 +240,7 @@ fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
         );
         let snapshot = acked.lock().expect("acked").clone();
         let c = poll("the restarted server answers", || {
-            rt.block_on(check(&addr, &snapshot))
+            rt.block_on(check(&addr, &snapshot, 8))
         });
         checks += 1;
         most_running = most_running.max(c.running_tasks);
@@ -155,68 +250,20 @@ fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
         if round == kills {
             break;
         }
-        // Stream submissions from several clients until the server dies under them.
-        let stop = Arc::new(AtomicBool::new(false));
-        let this_round = Arc::new(AtomicUsize::new(0));
-        let workers: Vec<_> = (0..CLIENTS)
-            .map(|w| {
-                let (addr, acked, stop, this_round, script) = (
-                    addr.clone(),
-                    acked.clone(),
-                    stop.clone(),
-                    this_round.clone(),
-                    script.clone(),
-                );
-                rt.spawn(async move {
-                    let Ok(mut c) = JobsClient::connect(format!("http://{addr}")).await else {
-                        return;
-                    };
-                    let mut i = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        i += 1;
-                        let name = format!("r{round}-c{w}-{i}");
-                        let req = pb::SubmitJobRequest {
-                            spec_json: format!(
-                                r#"{{"name": "{name}", "queue": "default", "tasks": [{{"count": 1, "gpus": 1}}]}}"#
-                            ),
-                            command: vec!["sh".into(), "-c".into(), script.clone()],
-                            env: Default::default(),
-                        };
-                        match c.submit_job(req).await {
-                            Ok(_) => {
-                                acked.lock().expect("acked").push(name);
-                                this_round.fetch_add(1, Ordering::Relaxed);
-                            }
-                            // The server is gone (killed): unacknowledged, not counted.
-                            Err(_) => break,
-                        }
-                    }
-                })
-            })
-            .collect();
+        let subs = Submitters::start(&rt, &addr, &acked, &format!("r{round}"), &script);
         // Kill at a different point in each round.
         let target = 20 + (round * 37) % 60;
-        poll("submissions acknowledged in this round", || {
-            let n = this_round.load(Ordering::Relaxed);
-            if n >= target {
-                Ok(())
-            } else {
-                Err(n)
-            }
-        });
+        subs.wait_for(target);
         let snapshot = acked.lock().expect("acked").clone();
         let c = rt
-            .block_on(check(&addr, &snapshot))
+            .block_on(check(&addr, &snapshot, 8))
             .expect("check while running");
         checks += 1;
         most_running = most_running.max(c.running_tasks);
         most_live = most_live.max(live_processes_share_no_gpu(out.path()));
         live_checks += 1;
         server.kill9();
-        stop.store(true, Ordering::Relaxed);
-        for w in workers {
-            rt.block_on(w).expect("worker");
-        }
+        subs.stop(&rt);
     }
     let n = acked.lock().expect("acked").len();
     println!(
@@ -226,4 +273,119 @@ fn acknowledged_submissions_survive_kill_9_and_no_gpu_is_held_twice() {
          {live_checks} process checks, none sharing a GPU"
     );
     assert!(n > 0);
+}
+
+/// The crash loop with a second node and every way a process goes away: each round one of
+/// `kill -9` of serve (with its local agent), `kill -9` of the remote agent restarted at once
+/// from another working directory (its state dir is found through `XDG_STATE_HOME`, not the
+/// cwd), and SIGTERM to serve (graceful). After every restart and before every kill: every
+/// acknowledged submission is present, no GPU is held twice in the records, and among the task
+/// processes alive no GPU is shared and no job runs twice.
+#[test]
+fn agents_and_serve_killed_or_stopped_in_turn_never_run_a_task_twice() {
+    let kills: usize = std::env::var("GANTRY_CRASH_KILLS")
+        .ok()
+        .map(|v| v.parse().expect("GANTRY_CRASH_KILLS: a number"))
+        .unwrap_or(6);
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let xdg = tempfile::tempdir().expect("xdg");
+    let script = format!(
+        "f={dir}/$GANTRY_JOB.$GANTRY_ATTEMPT.$$; echo \"$$ $CUDA_VISIBLE_DEVICES\" > $f.tmp && mv $f.tmp $f; exec sleep 3",
+        dir = out.path().display()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let serve_args = [
+        "--fake-gpus",
+        "8xH100-80GB",
+        "--lease-ms",
+        "3000",
+        "--grace-ms",
+        "200",
+        "--debounce-ms",
+        "5",
+    ];
+    let agent = |addr: &str, round: usize| {
+        let cwd = tempfile::tempdir().expect("cwd");
+        let mut cmd = common::gantry();
+        cmd.current_dir(cwd.path())
+            .env("XDG_STATE_HOME", xdg.path())
+            .args(["agent", "--server", addr, "--node-name", "n2"])
+            .args(["--fake-gpus", "4xH100-80GB"]);
+        (
+            common::Proc::spawn(&format!("agent round {round}"), cmd),
+            cwd,
+        )
+    };
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (mut server, mut addr) = serve(data.path(), &serve_args);
+    let mut remote = agent(&addr, 0);
+    let (mut checks, mut most_live, mut how) = (0usize, 0usize, BTreeMap::<&str, usize>::new());
+    for round in 0..kills {
+        let snapshot = acked.lock().expect("acked").clone();
+        poll("the server answers", || {
+            rt.block_on(check(&addr, &snapshot, 12))
+        });
+        most_live = most_live.max(live_processes_share_no_gpu(out.path()));
+        checks += 1;
+        let subs = Submitters::start(&rt, &addr, &acked, &format!("r{round}"), &script);
+        subs.wait_for(20 + (round * 37) % 60);
+        let snapshot = acked.lock().expect("acked").clone();
+        rt.block_on(check(&addr, &snapshot, 12))
+            .expect("check while running");
+        most_live = most_live.max(live_processes_share_no_gpu(out.path()));
+        checks += 1;
+        match round % 3 {
+            0 => {
+                server.kill9();
+                subs.stop(&rt);
+                *how.entry("kill -9 serve").or_default() += 1;
+                (server, addr) = serve(data.path(), &serve_args);
+            }
+            1 => {
+                remote.0.kill9();
+                most_live = most_live.max(live_processes_share_no_gpu(out.path()));
+                // The remote agent still points at the server's address; restart it at once,
+                // from another directory.
+                remote = agent(&addr, round);
+                subs.stop(&rt);
+                *how.entry("kill -9 agent, restart elsewhere").or_default() += 1;
+            }
+            _ => {
+                std::process::Command::new("kill")
+                    .args(["-TERM", &server.child.id().to_string()])
+                    .status()
+                    .expect("kill");
+                poll("serve stops on SIGTERM", || match server.child.try_wait() {
+                    Ok(Some(s)) => Ok(s),
+                    _ => Err(()),
+                });
+                subs.stop(&rt);
+                *how.entry("SIGTERM serve").or_default() += 1;
+                (server, addr) = serve(data.path(), &serve_args);
+            }
+        }
+        if round % 3 != 1 {
+            // The remote agent dialled the old address: point a new one at the new server.
+            remote.0.kill9();
+            remote = agent(&addr, round);
+        }
+        most_live = most_live.max(live_processes_share_no_gpu(out.path()));
+    }
+    let snapshot = acked.lock().expect("acked").clone();
+    poll("the last server answers", || {
+        rt.block_on(check(&addr, &snapshot, 12))
+    });
+    live_processes_share_no_gpu(out.path());
+    drop(remote);
+    println!(
+        "crash test with agents: {kills} rounds ({how:?}); {} acknowledged submissions, all \
+         present at each of {checks} checks; at most {most_live} live task processes at once, \
+         no GPU shared, no job running twice",
+        snapshot.len()
+    );
 }

@@ -106,8 +106,65 @@ fn forget_task(dir: &std::path::Path, pgid: i32) {
     let _ = std::fs::remove_file(dir.join(pgid.to_string()));
 }
 
-/// Kill the process groups a previous agent recorded and left behind; returns how many.
+/// The variable every task process (and so its whole tree) gets, naming its agent's state
+/// directory: an orphan is found by it even when the agent died between starting the process
+/// and recording it.
+pub const STATE_ENV: &str = "GANTRY_AGENT_STATE";
+
+/// Kill every live process whose environment names `dir` as its agent's state directory (and
+/// its process group); returns how many processes.
+fn reap_marked(dir: &std::path::Path) -> usize {
+    let marker = format!("{STATE_ENV}={}", dir.display());
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid as u32 == me {
+            continue;
+        }
+        let Ok(env) = std::fs::read(p.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()) {
+            // The process group too: a task's tree shares its leader's group.
+            if let Some(pgrp) = std::fs::read_to_string(p.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(2)?
+                        .parse::<i32>()
+                        .ok()
+                })
+                .filter(|g| *g > 1)
+            {
+                signal_group(pgrp, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Kill what a previous agent on `dir` left running: the process groups it recorded, and any
+/// process marked with [`STATE_ENV`] for `dir` (one it started but did not get to record).
+/// Returns how many groups or processes were killed.
 pub fn reap_orphans(dir: &std::path::Path) -> usize {
+    let recorded = reap_recorded(dir);
+    recorded + reap_marked(dir)
+}
+
+fn reap_recorded(dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -165,6 +222,7 @@ fn start(
         .env("GANTRY_TASK_GROUP", a.group.to_string())
         .env("GANTRY_TASK_INDEX", a.index.to_string())
         .env("GANTRY_ATTEMPT", a.attempt.to_string())
+        .envs(state_dir.iter().map(|d| (STATE_ENV, d.as_os_str())))
         .stdin(std::process::Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
