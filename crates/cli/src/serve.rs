@@ -59,6 +59,12 @@ pub struct ServeArgs {
     /// waits on its queue's quota) so something is scheduled with no other setup.
     #[arg(long)]
     demo: bool,
+    /// Open API connections one IP address may hold; more are closed at once.
+    #[arg(long, default_value_t = 256)]
+    max_conns_per_peer: usize,
+    /// Milliseconds a new API connection may stay silent before it is closed.
+    #[arg(long, default_value_t = 10_000)]
+    silent_conn_timeout_ms: u64,
 }
 
 /// The built-in demo: a queue with a small quota and a handful of jobs.
@@ -142,6 +148,24 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
         .join("agent-tasks");
     let mut config = Config::new(args.data_dir.clone());
     config.listen = args.listen;
+    if args.max_conns_per_peer == 0 {
+        anyhow::bail!("--max-conns-per-peer: must be at least 1");
+    }
+    if args.silent_conn_timeout_ms == 0 {
+        anyhow::bail!("--silent-conn-timeout-ms: must be at least 1");
+    }
+    config.conn_limits = gantry_server::conn::ConnLimits {
+        per_peer: args.max_conns_per_peer,
+        first_byte: std::time::Duration::from_millis(args.silent_conn_timeout_ms),
+    };
+    // systemd's default soft limit (1,024 files) is what idle connections used to exhaust.
+    match gantry_server::conn::raise_nofile() {
+        Ok((before, after)) if after > before => {
+            tracing::info!(before, after, "raised the open-file limit")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     config.lease_ms = args.lease_ms;
     config.debounce_ms = args.debounce_ms;
     config.grace_ms = args.grace_ms;

@@ -22,6 +22,7 @@
 pub mod agent;
 pub mod auth;
 pub mod client;
+pub mod conn;
 pub mod error;
 pub mod metrics;
 pub mod record;

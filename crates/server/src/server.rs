@@ -52,6 +52,8 @@ pub struct Config {
     pub auth: Option<Arc<crate::auth::Auth>>,
     /// Serve the API over TLS with this certificate and key; none: plain HTTP/2.
     pub tls: Option<TlsIdentity>,
+    /// Connections per peer and how long a new one may stay silent.
+    pub conn_limits: crate::conn::ConnLimits,
 }
 
 /// The server's TLS certificate chain and private key, both PEM.
@@ -86,6 +88,7 @@ impl Config {
             metrics_listen: None,
             auth: None,
             tls: None,
+            conn_limits: crate::conn::ConnLimits::default(),
         }
     }
 }
@@ -207,7 +210,10 @@ impl Server {
     /// The store cannot be opened, or the address cannot be bound.
     pub async fn start(config: Config) -> Result<Running, ServerError> {
         // Refuse a bad certificate or key before touching the store.
-        let mut builder = tonic::transport::Server::builder();
+        // Dead peers of established connections are found by HTTP/2 pings.
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
         if let Some(tls) = &config.tls {
             for (field, pem, marker) in [
                 ("tls_cert", &tls.cert_pem, "CERTIFICATE-----"),
@@ -302,18 +308,16 @@ impl Server {
         let (tx, rx) = oneshot::channel::<()>();
         let s = server.clone();
         let tls = server.shared.config.tls.is_some();
+        let limits = server.shared.config.conn_limits;
         let join = tokio::spawn(async move {
             builder
                 .add_service(pb::queues_server::QueuesServer::new(s.clone()))
                 .add_service(pb::jobs_server::JobsServer::new(s.clone()))
                 .add_service(pb::nodes_server::NodesServer::new(s.clone()))
                 .add_service(pb::cluster_server::ClusterServer::new(s))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async {
-                        let _ = rx.await;
-                    },
-                )
+                .serve_with_incoming_shutdown(crate::conn::incoming(listener, limits), async {
+                    let _ = rx.await;
+                })
                 .await
         });
         tracing::info!(%addr, tls, "serving gantry.v1");
