@@ -38,6 +38,10 @@ pub struct AgentArgs {
     /// /var/lib/gantry/agent as root, else ~/.local/state/gantry/agent.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Where this node's peers reach it (a gang's MASTER_ADDR when its rank 0 runs here);
+    /// default: the address the server sees this agent connect from.
+    #[arg(long, value_name = "HOST")]
+    advertise_addr: Option<String>,
     /// A label on this node (`--label disktype=ssd`; repeat for more): job task groups select
     /// it with `node_selector` or `node_affinity`.
     #[arg(long = "label", value_name = "KEY=VALUE")]
@@ -181,6 +185,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 token: args.token,
                 tls_ca,
                 state_dir: Some(state_dir),
+                advertise: args.advertise_addr,
             },
             async {
                 crate::signal::terminated().await;

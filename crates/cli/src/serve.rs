@@ -245,6 +245,7 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
                 token: local_token,
                 tls_ca: local_ca,
                 state_dir: Some(agent_state),
+                advertise: None,
             };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(async move {

@@ -48,6 +48,9 @@ pub struct AgentConfig {
     /// (`kill -9` of the agent, or of `gantry serve` with its local agent) the next start kills
     /// what the dead agent left running before taking any work. None: not recorded.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Where this node's peers reach it (a gang's `MASTER_ADDR` when its rank 0 runs here);
+    /// none: the address the server sees the agent connect from.
+    pub advertise: Option<String>,
 }
 
 fn key_of(r: &pb::TaskRef) -> TaskKey {
@@ -391,14 +394,19 @@ pub async fn run_agent(
     type Client = pb::nodes_client::NodesClient<
         tonic::service::interceptor::InterceptedService<Channel, crate::auth::BearerToken>,
     >;
-    let register = |mut c: Client, json: String, instance: String, previous: String| async move {
-        c.register_node(pb::RegisterNodeRequest {
-            node_json: json,
-            instance,
-            previous_instance: previous,
-        })
-        .await
-        .map(|r| r.into_inner())
+    let advertise = config.advertise.clone().unwrap_or_default();
+    let register = |mut c: Client, json: String, instance: String, previous: String| {
+        let advertise = advertise.clone();
+        async move {
+            c.register_node(pb::RegisterNodeRequest {
+                node_json: json,
+                instance,
+                previous_instance: previous,
+                address: advertise,
+            })
+            .await
+            .map(|r| r.into_inner())
+        }
     };
     let reg = register(nodes.clone(), node_json.clone(), instance.clone(), previous)
         .await

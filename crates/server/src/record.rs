@@ -112,6 +112,14 @@ pub struct JobRecord {
     pub reason: String,
     /// Exit status of a finished job.
     pub exit_code: i32,
+    /// The current run's rendezvous port (`MASTER_PORT`) on its rank-0 task's node, unique
+    /// among gantry's running jobs there; 0 before the job first runs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub port: u16,
+}
+
+fn is_zero(p: &u16) -> bool {
+    *p == 0
 }
 
 /// A registered node.
@@ -123,4 +131,8 @@ pub struct NodeRecord {
     pub registered_ms: u64,
     /// Last heartbeat (or registration).
     pub last_heartbeat_ms: u64,
+    /// Where the node's peers reach it (`MASTER_ADDR` of gangs whose rank 0 runs here): the
+    /// agent's `--advertise-addr`, else the address it registered from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
 }

@@ -962,6 +962,13 @@ impl pb::nodes_server::Nodes for Server {
         let name = node.name.clone();
         let instance = req.get_ref().instance.clone();
         let previous = req.get_ref().previous_instance.clone();
+        let address = match req.get_ref().address.trim() {
+            "" => req
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+            a => a.to_string(),
+        };
         let lease_ms = self.shared.config.lease_ms;
         let starts = self
             .apply(|st| {
@@ -969,6 +976,7 @@ impl pb::nodes_server::Nodes for Server {
                 st.claim(&name, &instance, &previous, now, lease_ms)?;
                 let (_, mut ops) = st.register(node, now)?;
                 ops.extend(st.agent_restarted(&name, &instance, now));
+                ops.extend(st.set_address(&name, &address));
                 st.hold(&name, &instance);
                 Ok((st.assignments(&name, &BTreeSet::new()), ops))
             })

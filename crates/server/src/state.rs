@@ -76,6 +76,9 @@ pub struct TaskKey {
     pub attempt: u32,
 }
 
+/// Ports a gang's rank 0 listens on for rendezvous (`MASTER_PORT`): 29500 is torchrun's default.
+pub const RENDEZVOUS_PORTS: std::ops::Range<u16> = 29_500..30_500;
+
 /// What an agent says about a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
@@ -599,6 +602,7 @@ impl State {
             tasks: Vec::new(),
             reason: "waiting for the next scheduling cycle".into(),
             exit_code: 0,
+            port: 0,
         })
     }
 
@@ -712,14 +716,30 @@ impl State {
         }
         for b in &plan.binds {
             let name = self.snap.job_name(b.job).to_string();
+            let fresh = self
+                .jobs
+                .get(&name)
+                .is_some_and(|e| e.rec.state == JobState::Pending);
+            let records: Vec<TaskRecord> = b
+                .tasks
+                .iter()
+                .map(|t| TaskRecord::from_alloc(&self.snap, t))
+                .collect();
+            let port = if fresh {
+                records
+                    .iter()
+                    .min_by_key(|t| (t.group, t.index))
+                    .map(|t| self.rendezvous_port(&name, &t.node))
+            } else {
+                None
+            };
             let Some(e) = self.jobs.get_mut(&name) else {
                 continue;
             };
-            e.rec.tasks.extend(
-                b.tasks
-                    .iter()
-                    .map(|t| TaskRecord::from_alloc(&self.snap, t)),
-            );
+            e.rec.tasks.extend(records);
+            if let Some(p) = port {
+                e.rec.port = p;
+            }
             let nodes: BTreeSet<&str> = b
                 .tasks
                 .iter()
@@ -826,10 +846,16 @@ impl State {
                 .nodes
                 .get(&node.name)
                 .map_or(now, |n| n.rec.registered_ms);
+            let address = self
+                .nodes
+                .get(&node.name)
+                .map(|n| n.rec.address.clone())
+                .unwrap_or_default();
             let rec = NodeRecord {
                 node: node.clone(),
                 registered_ms,
                 last_heartbeat_ms: now,
+                address,
             };
             ops.push(Op::node(&rec));
             self.nodes.insert(
@@ -1018,11 +1044,128 @@ impl State {
                     cpu_milli: t.cpu_milli,
                     memory_mib: t.memory_mib,
                     command: e.rec.command.clone(),
-                    env: e.rec.env.clone(),
+                    env: self.rendezvous_env(e, t.group, t.index),
                 });
             }
         }
         out
+    }
+
+    /// A rendezvous port for `job` whose rank 0 runs on `node`: from [`RENDEZVOUS_PORTS`],
+    /// starting at a spot given by the job's name, skipping ports of gantry's other running
+    /// jobs whose rank 0 is on the same node.
+    fn rendezvous_port(&self, job: &str, node: &str) -> u16 {
+        let taken: BTreeSet<u16> = self
+            .running
+            .iter()
+            .filter(|j| j.as_str() != job)
+            .filter_map(|j| self.jobs.get(j))
+            .filter(|e| {
+                e.rec
+                    .tasks
+                    .iter()
+                    .min_by_key(|t| (t.group, t.index))
+                    .is_some_and(|t| t.node == node)
+            })
+            .map(|e| e.rec.port)
+            .collect();
+        let (lo, n) = (RENDEZVOUS_PORTS.start, RENDEZVOUS_PORTS.len() as u32);
+        // FNV-1a of the name: a stable spread, so jobs rarely probe.
+        let h = job.bytes().fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        (0..n)
+            .map(|k| lo + ((h.wrapping_add(k)) % n) as u16)
+            .find(|p| !taken.contains(p))
+            .unwrap_or(lo)
+    }
+
+    /// The environment a task gets for rendezvous (torchrun, DeepSpeed, JAX): `WORLD_SIZE`,
+    /// `RANK` (its index over all the job's tasks, group by group), `LOCAL_RANK` (among the
+    /// job's tasks on its node), `MASTER_ADDR`/`MASTER_PORT` (rank 0's node and the job's
+    /// port), `GANTRY_NUM_NODES`, `GANTRY_NODE_RANK` and `GANTRY_HOSTS` (its nodes' addresses in
+    /// order of their first rank). The job's own `env` wins over these.
+    fn rendezvous_env(&self, e: &JobEntry, group: u16, index: u32) -> BTreeMap<String, String> {
+        let offsets: Vec<u32> = e
+            .rec
+            .spec
+            .tasks
+            .iter()
+            .scan(0u32, |acc, g| {
+                let o = *acc;
+                *acc += g.count;
+                Some(o)
+            })
+            .collect();
+        let world: u32 = e.rec.spec.tasks.iter().map(|g| g.count).sum();
+        let rank_of = |g: u16, i: u32| offsets.get(usize::from(g)).copied().unwrap_or(0) + i;
+        let mut placed: Vec<(u32, &str)> = e
+            .rec
+            .tasks
+            .iter()
+            .map(|t| (rank_of(t.group, t.index), t.node.as_str()))
+            .collect();
+        placed.sort_unstable();
+        let rank = rank_of(group, index);
+        let my_node = placed
+            .iter()
+            .find(|(r, _)| *r == rank)
+            .map_or("", |(_, n)| *n);
+        let address = |n: &str| {
+            self.nodes
+                .get(n)
+                .map(|x| x.rec.address.as_str())
+                .filter(|a| !a.is_empty())
+                .unwrap_or(n)
+                .to_string()
+        };
+        let mut hosts: Vec<&str> = Vec::new();
+        for (_, n) in &placed {
+            if !hosts.contains(n) {
+                hosts.push(n);
+            }
+        }
+        let local_rank = placed
+            .iter()
+            .filter(|(r, n)| *n == my_node && *r < rank)
+            .count();
+        let master = placed.first().map_or(my_node, |(_, n)| *n);
+        let mut env = BTreeMap::new();
+        env.insert("WORLD_SIZE".into(), world.to_string());
+        env.insert("RANK".into(), rank.to_string());
+        env.insert("LOCAL_RANK".into(), local_rank.to_string());
+        env.insert("MASTER_ADDR".into(), address(master));
+        env.insert("MASTER_PORT".into(), e.rec.port.to_string());
+        env.insert("GANTRY_NUM_NODES".into(), hosts.len().to_string());
+        env.insert(
+            "GANTRY_NODE_RANK".into(),
+            hosts
+                .iter()
+                .position(|n| *n == my_node)
+                .unwrap_or(0)
+                .to_string(),
+        );
+        env.insert(
+            "GANTRY_HOSTS".into(),
+            hosts
+                .iter()
+                .map(|n| address(n))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        env.extend(e.rec.env.clone());
+        env
+    }
+
+    /// Where node `name`'s peers reach it; written to the store when it changes.
+    pub fn set_address(&mut self, name: &str, address: &str) -> Vec<Op> {
+        match self.nodes.get_mut(name) {
+            Some(n) if !address.is_empty() && n.rec.address != address => {
+                n.rec.address = address.to_string();
+                vec![Op::node(&n.rec)]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// An agent's report on a task. Reports about older runs, other nodes or unknown tasks are
@@ -1377,6 +1520,32 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn gangs_whose_rank_0_shares_a_node_get_their_own_rendezvous_ports() {
+        let mut s = state();
+        // Eight jobs with rank 0 on n0 get eight distinct ports (a clash of their hash spots
+        // is resolved by probing).
+        for i in 0..8 {
+            submit(
+                &mut s,
+                &format!(
+                    r#"{{"name": "j{i}", "queue": "team-a", "tasks": [{{"count": 1, "gpus": 1}}]}}"#
+                ),
+            )
+            .expect("submit");
+        }
+        cycle(&mut s, 5);
+        let ports: BTreeSet<u16> = (0..8).map(|i| s.jobs[&format!("j{i}")].rec.port).collect();
+        assert_eq!(ports.len(), 8, "{ports:?}");
+        assert!(ports.iter().all(|p| RENDEZVOUS_PORTS.contains(p)));
+        let a = &s.assignments("n0", &BTreeSet::new());
+        let j0 = a.iter().find(|a| a.job == "j0").expect("j0");
+        assert_eq!(j0.env["WORLD_SIZE"], "1");
+        assert_eq!(j0.env["MASTER_PORT"], s.jobs["j0"].rec.port.to_string());
+        // Without an address the node's name stands in.
+        assert_eq!(j0.env["MASTER_ADDR"], "n0");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Two node agents on loopback with real processes: a gang spans both, each task sees exactly
 //! its assigned GPUs in `CUDA_VISIBLE_DEVICES`; exit statuses reach the job; when one agent
 //! goes away its lease runs out and the gang is requeued whole (the other half is stopped).
+//! The gang's tasks get the rendezvous environment (`WORLD_SIZE`, `RANK`, `MASTER_ADDR`, …),
+//! with `MASTER_ADDR` the address rank 0's node advertised (or registered from).
 
 use std::time::Duration;
 
@@ -71,6 +73,8 @@ async fn two_agents_run_a_gang_and_a_lost_agent_requeues_it_whole() {
             token: None,
             tls_ca: None,
             state_dir: None,
+            // n0 says where its peers reach it; n1 is reached where it connects from.
+            advertise: (n == "n0").then(|| "10.1.0.1".to_string()),
         };
         let h = tokio::spawn(run_agent(cfg, async {
             let _ = rx.await;
@@ -113,8 +117,11 @@ async fn two_agents_run_a_gang_and_a_lost_agent_requeues_it_whole() {
     assert_eq!(bad.exit_code, 3);
 
     // A gang of two 2-GPU tasks spans both nodes; each process sees its own two GPUs.
+    let envs = tempfile::tempdir().expect("envs");
     let script = format!(
-        "echo \"$CUDA_VISIBLE_DEVICES $NVIDIA_VISIBLE_DEVICES\" > {}/$GANTRY_JOB-$GANTRY_TASK_INDEX-$GANTRY_ATTEMPT; exec sleep 60",
+        "env | grep -E '^(WORLD_SIZE|RANK|LOCAL_RANK|MASTER_ADDR|MASTER_PORT|GANTRY_NUM_NODES|GANTRY_NODE_RANK|GANTRY_HOSTS)=' | sort > {}/$GANTRY_TASK_INDEX; \
+         echo \"$CUDA_VISIBLE_DEVICES $NVIDIA_VISIBLE_DEVICES\" > {}/$GANTRY_JOB-$GANTRY_TASK_INDEX-$GANTRY_ATTEMPT; exec sleep 60",
+        envs.path().display(),
         out.path().display()
     );
     jobs.submit_job(submit("gang", 2, 2, &script))
@@ -146,6 +153,42 @@ async fn two_agents_run_a_gang_and_a_lost_agent_requeues_it_whole() {
     assert!(
         seen.iter().any(|s| s.contains("GPU-n0-")) && seen.iter().any(|s| s.contains("GPU-n1-"))
     );
+    // Rendezvous: one task per node, so node rank = rank.
+    let addr = |node: &str| {
+        if node == "n0" {
+            "10.1.0.1"
+        } else {
+            "127.0.0.1"
+        }
+    };
+    let node_of = |i: u32| {
+        g.tasks
+            .iter()
+            .find(|t| t.index == i)
+            .map(|t| t.node.clone())
+            .expect("placed")
+    };
+    let (r0, r1) = (node_of(0), node_of(1));
+    let mut ports = Vec::new();
+    for rank in 0..2u32 {
+        let text = std::fs::read_to_string(envs.path().join(rank.to_string())).expect("env file");
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{k} missing in {text}"))
+                .to_string()
+        };
+        assert_eq!(get("WORLD_SIZE"), "2");
+        assert_eq!(get("RANK"), rank.to_string());
+        assert_eq!(get("LOCAL_RANK"), "0");
+        assert_eq!(get("MASTER_ADDR"), addr(&r0), "{text}");
+        assert_eq!(get("GANTRY_NUM_NODES"), "2");
+        assert_eq!(get("GANTRY_NODE_RANK"), rank.to_string());
+        assert_eq!(get("GANTRY_HOSTS"), format!("{},{}", addr(&r0), addr(&r1)));
+        ports.push(get("MASTER_PORT").parse::<u16>().expect("port"));
+    }
+    assert_eq!(ports[0], ports[1], "one rendezvous port per job");
+    assert!(gantry_server::state::RENDEZVOUS_PORTS.contains(&ports[0]));
 
     // n1's agent goes away: after its lease the gang is requeued whole and n0's half is stopped.
     let (tx, h) = agents.pop().expect("n1");

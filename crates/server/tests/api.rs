@@ -60,6 +60,7 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
                 node_json: node_json(n, 8),
                 instance: "test-agent".into(),
                 previous_instance: String::new(),
+                address: String::new(),
             })
             .await
             .expect("register")
@@ -72,6 +73,7 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
             node_json: r#"{"name": "x", "cpu": "lots"}"#.into(),
             instance: "test-agent".into(),
             previous_instance: String::new(),
+            address: String::new(),
         })
         .await
         .expect_err("malformed node");

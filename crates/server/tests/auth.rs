@@ -191,6 +191,7 @@ async fn members_stay_in_their_teams_and_only_admins_edit_queues() {
             node_json: r#"{"name": "n", "cpu": 1, "memory": "1Gi"}"#.into(),
             instance: "test-agent".into(),
             previous_instance: String::new(),
+            address: String::new(),
         })
         .await
         .expect_err("member");

@@ -55,6 +55,7 @@ async fn an_in_quota_job_goes_before_a_borrower_and_nothing_is_reclaimed() {
             node_json: node_json("n0", 8),
             instance: "test-agent".into(),
             previous_instance: String::new(),
+            address: String::new(),
         })
         .await
         .expect("register");
@@ -110,6 +111,7 @@ async fn selectors_and_taints_of_registered_nodes_decide_and_explain() {
                 node_json: n,
                 instance: "test-agent".into(),
                 previous_instance: String::new(),
+                address: String::new(),
             })
             .await
             .expect("register");
@@ -173,6 +175,7 @@ async fn explain_estimates_a_start_from_expected_runtimes() {
             node_json: node_json("n0", 4),
             instance: "test-agent".into(),
             previous_instance: String::new(),
+            address: String::new(),
         })
         .await
         .expect("register");

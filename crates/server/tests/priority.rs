@@ -89,6 +89,7 @@ async fn custom_priority_classes_are_validated_stored_recovered_and_used() {
             node_json: node_json("n0", 4),
             instance: "test-agent".into(),
             previous_instance: String::new(),
+            address: String::new(),
         })
         .await
         .expect("register");
