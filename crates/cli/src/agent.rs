@@ -144,8 +144,14 @@ pub fn inventory(
     if let Some(spec) = fake {
         return fake_gpus(node, spec);
     }
-    let nvml = NvmlInventory::open(None, node.to_string())
-        .context("NVML is not available (no NVIDIA driver?); use --fake-gpus 8xH100-80GB")?;
+    let nvml = NvmlInventory::open(None, node.to_string()).map_err(|e| {
+        // The device plugin's own advice names its flag (--fake FILE); this command's differ.
+        let msg = e.to_string();
+        let why = msg.split("; use --fake").next().unwrap_or(&msg);
+        anyhow::anyhow!(
+            "NVML is not available ({why}; no NVIDIA driver?): use --fake-gpus 8xH100-80GB or --fake-inventory FILE"
+        )
+    })?;
     Ok(nvml.discover()?.to_model_node())
 }
 

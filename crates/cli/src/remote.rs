@@ -301,7 +301,16 @@ struct QueueOut {
     weight: f64,
     pending: u64,
     running: u64,
-    quotas: Vec<String>,
+    quotas: Vec<QuotaOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct QuotaOut {
+    flavor: String,
+    /// GPUs (or slices) in use, the queue's subtree included.
+    used: f64,
+    /// Its nominal quota.
+    nominal: f64,
 }
 
 /// `gantry queues [--apply FILE]`.
@@ -379,13 +388,10 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
                 quotas: q
                     .quotas
                     .iter()
-                    .map(|u| {
-                        format!(
-                            "{} {}/{}",
-                            u.flavor,
-                            u.used_milli as f64 / 1000.0,
-                            u.nominal_milli as f64 / 1000.0
-                        )
+                    .map(|u| QuotaOut {
+                        flavor: u.flavor.clone(),
+                        used: u.used_milli as f64 / 1000.0,
+                        nominal: u.nominal_milli as f64 / 1000.0,
                     })
                     .collect(),
             })
@@ -408,7 +414,11 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
                 r.weight.to_string(),
                 r.pending.to_string(),
                 r.running.to_string(),
-                r.quotas.join(", "),
+                r.quotas
+                    .iter()
+                    .map(|u| format!("{} {}/{}", u.flavor, u.used, u.nominal))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ]);
         }
         println!("{t}");

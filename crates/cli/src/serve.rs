@@ -223,7 +223,8 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
                     Err(e) => {
                         say!(
                             json_logs,
-                            "gantry serve: {e:#}; the local agent uses 8 fake H100-80GB GPUs"
+                            "gantry serve: {}; the local agent uses 8 fake H100-80GB GPUs (--fake-gpus sets others)",
+                            e.to_string().split(": use --fake-gpus").next().unwrap_or_default()
                         );
                         crate::agent::fake_gpus(&name, "8xH100-80GB")?
                     }

@@ -77,3 +77,30 @@ fn jobs_and_explain_show_exit_codes_and_start_failures() {
     let table = client_text(&addr, &["jobs"]);
     assert!(table.contains("No such file or directory"), "{table}");
 }
+
+#[test]
+fn a_port_in_use_is_named_plainly() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().expect("addr").port();
+    let data = tempfile::tempdir().expect("tmp");
+    let out = common::gantry()
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--no-local-agent"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("serve");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains(&format!("cannot listen on 127.0.0.1:{port}")) && !said.contains("store:"),
+        "{said}"
+    );
+}

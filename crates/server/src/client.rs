@@ -76,8 +76,13 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        // hyper and tonic repeat their cause's text in their own ("tcp connect error: tcp
+        // connect error: …"): say each part once.
+        let part = s.to_string();
+        if !out.contains(&part) {
+            out.push_str(": ");
+            out.push_str(&part);
+        }
         cur = s.source();
     }
     out
@@ -98,5 +103,36 @@ mod tests {
         assert!(uri("ftp://h:1", false).is_err());
         let e = endpoint("h:1", Some(b"not pem")).expect_err("bad ca");
         assert!(e.to_string().starts_with("tls_ca: "), "{e}");
+    }
+
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_cause_repeated_by_its_wrapper_is_said_once() {
+        let e = E(
+            "transport error",
+            Some(Box::new(E(
+                "tcp connect error",
+                Some(Box::new(E(
+                    "tcp connect error",
+                    Some(Box::new(E("Connection refused (os error 111)", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            chain(&e),
+            "transport error: tcp connect error: Connection refused (os error 111)"
+        );
     }
 }

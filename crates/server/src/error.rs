@@ -51,6 +51,15 @@ pub enum ServerError {
     /// could not listen).
     #[error("transport: {0}")]
     Transport(String),
+
+    /// An address the server cannot listen on (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The flag's address.
+        addr: String,
+        /// The system's answer.
+        reason: String,
+    },
     /// The engine refused something the server had validated (a bug).
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
@@ -87,6 +96,7 @@ impl ServerError {
             ServerError::Conflict(_) => "Conflict",
             ServerError::Store(_) => "Store",
             ServerError::Transport(_) => "Transport",
+            ServerError::Listen { .. } => "Listen",
             ServerError::Engine(_) => "Engine",
         }
     }
@@ -101,7 +111,9 @@ impl ServerError {
             ServerError::NotFound { .. } => tonic::Status::not_found(msg),
             ServerError::AlreadyExists { .. } => tonic::Status::already_exists(msg),
             ServerError::Conflict(_) => tonic::Status::failed_precondition(msg),
-            ServerError::Store(_) | ServerError::Transport(_) => tonic::Status::unavailable(msg),
+            ServerError::Store(_) | ServerError::Transport(_) | ServerError::Listen { .. } => {
+                tonic::Status::unavailable(msg)
+            }
             ServerError::Engine(_) => tonic::Status::internal(msg),
         }
     }

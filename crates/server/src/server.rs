@@ -265,7 +265,10 @@ impl Server {
         tracing::info!(jobs, nodes, queues = state.queues.len(), "recovered");
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|e| ServerError::Store(format!("bind {}: {e}", config.listen)))?;
+            .map_err(|e| ServerError::Listen {
+                addr: config.listen.to_string(),
+                reason: e.to_string(),
+            })?;
         let addr = listener
             .local_addr()
             .map_err(|e| ServerError::Store(e.to_string()))?;
@@ -286,7 +289,10 @@ impl Server {
         if let Some(at) = server.shared.config.metrics_listen {
             let l = tokio::net::TcpListener::bind(at)
                 .await
-                .map_err(|e| ServerError::Store(format!("bind {at}: {e}")))?;
+                .map_err(|e| ServerError::Listen {
+                    addr: at.to_string(),
+                    reason: e.to_string(),
+                })?;
             metrics_addr = Some(
                 l.local_addr()
                     .map_err(|e| ServerError::Store(e.to_string()))?,
