@@ -36,6 +36,17 @@ pub enum NamedGpu {
     },
 }
 
+impl NamedGpu {
+    /// Devices this allocation holds: whole devices each, a share or a MIG slice as one.
+    pub fn devices_held(&self) -> u32 {
+        match self {
+            NamedGpu::None => 0,
+            NamedGpu::Whole(ds) => ds.len() as u32,
+            _ => 1,
+        }
+    }
+}
+
 /// One placed task, by names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedAlloc {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use gantry_engine::JobPhase;
 use gantry_metrics::SchedulerMetrics;
-use prometheus::{GaugeVec, Histogram, IntCounter, IntGauge};
+use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::mirror::Mirror;
 
@@ -21,10 +21,6 @@ use crate::mirror::Mirror;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     core: SchedulerMetrics,
-    /// GPUs used per queue and flavor.
-    pub queue_gpus: GaugeVec,
-    /// Dominant share per queue.
-    pub queue_share: GaugeVec,
     /// Pods bound.
     pub binds: IntCounter,
     /// Binds refused by the API.
@@ -72,16 +68,6 @@ impl Metrics {
             "Nodes that take pods",
         );
         Metrics {
-            queue_gpus: core.gauge_vec(
-                "gantry_queue_gpus_used",
-                "GPUs used per queue and flavor",
-                &["queue", "flavor"],
-            ),
-            queue_share: core.gauge_vec(
-                "gantry_queue_share",
-                "Dominant share per queue",
-                &["queue"],
-            ),
             binds: core.counter("gantry_binds_total", "Pods bound"),
             bind_errors: core.counter("gantry_bind_errors_total", "Binds refused by the API"),
             evictions: core.counter("gantry_evictions_total", "Pods evicted"),
@@ -156,33 +142,8 @@ impl Metrics {
     /// Bring the gauges up to the mirror.
     pub fn observe(&self, m: &Mirror) {
         let snap = m.snapshot();
-        self.pending.reset();
+        self.observe_queues(snap);
         self.running.reset();
-        self.queue_gpus.reset();
-        self.queue_share.reset();
-        for q in 0..snap.queue_count() {
-            let qid = gantry_engine::QueueId(q as u32);
-            let name = snap.queue_name(qid).to_string();
-            if snap.queue_is_leaf(qid) {
-                self.pending
-                    .with_label_values(&[&name])
-                    .set(snap.queue_pending(qid) as i64);
-            }
-            let mut share: f64 = 0.0;
-            for f in snap.flavors() {
-                let used = snap.queue_usage(qid, f);
-                let nominal = snap.queue_nominal(qid, f);
-                if used > 0 {
-                    self.queue_gpus
-                        .with_label_values(&[&name, snap.flavor_name(f)])
-                        .set(used as f64 / 1000.0);
-                }
-                if nominal > 0 {
-                    share = share.max(used as f64 / nominal as f64);
-                }
-            }
-            self.queue_share.with_label_values(&[&name]).set(share);
-        }
         for id in m.job_ids() {
             if snap.job_phase(id) == JobPhase::Running {
                 let q = snap.job_queue(id);

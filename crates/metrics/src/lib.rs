@@ -8,8 +8,8 @@
 //! either. [`serve`] answers `/metrics`, `/healthz` and `/readyz` over plain HTTP.
 
 use prometheus::{
-    core::Collector, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The shared metrics and the registry they live in. Cheap to clone (shared handles).
@@ -30,6 +30,14 @@ pub struct SchedulerMetrics {
     pub nodes_ready: IntGauge,
     /// `gantry_preemptions_total`.
     pub preemptions: IntCounter,
+    /// `gantry_queue_gpus_used{queue,flavor}`: GPUs (or slices) in use, subtree included.
+    pub queue_used: GaugeVec,
+    /// `gantry_queue_gpus_nominal{queue,flavor}`.
+    pub queue_nominal: GaugeVec,
+    /// `gantry_queue_gpus_borrowed{queue,flavor}`: used beyond nominal.
+    pub queue_borrowed: GaugeVec,
+    /// `gantry_queue_share{queue}`: the dominant share, used over nominal at its largest.
+    pub queue_share: GaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -65,6 +73,9 @@ impl SchedulerMetrics {
             "gantry_preemptions_total",
             "Jobs preempted",
         ));
+        let per_flavor = |name: &str, help: &str| {
+            must(GaugeVec::new(Opts::new(name, help), &["queue", "flavor"]))
+        };
         let m = SchedulerMetrics {
             registry,
             pending,
@@ -74,7 +85,31 @@ impl SchedulerMetrics {
             gpus,
             nodes_ready,
             preemptions,
+            queue_used: per_flavor(
+                "gantry_queue_gpus_used",
+                "GPUs (or MIG slices) in use per queue and flavor, its subtree included",
+            ),
+            queue_nominal: per_flavor(
+                "gantry_queue_gpus_nominal",
+                "Nominal quota per queue and flavor (a cohort: its subtree's)",
+            ),
+            queue_borrowed: per_flavor(
+                "gantry_queue_gpus_borrowed",
+                "GPUs (or slices) a queue uses beyond its nominal quota, per flavor",
+            ),
+            queue_share: must(GaugeVec::new(
+                Opts::new(
+                    "gantry_queue_share",
+                    "Dominant share per queue: its largest used/nominal over flavors",
+                ),
+                &["queue"],
+            )),
         };
+        let build = must(IntGaugeVec::new(
+            Opts::new("gantry_build_info", "1, labelled with the gantry version"),
+            &["version"],
+        ));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
             Box::new(m.pending.clone()) as Box<dyn Collector>,
             Box::new(m.running.clone()),
@@ -83,6 +118,13 @@ impl SchedulerMetrics {
             Box::new(m.gpus.clone()),
             Box::new(m.nodes_ready.clone()),
             Box::new(m.preemptions.clone()),
+            Box::new(m.queue_used.clone()),
+            Box::new(m.queue_nominal.clone()),
+            Box::new(m.queue_borrowed.clone()),
+            Box::new(m.queue_share.clone()),
+            Box::new(build),
+            // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             must(m.registry.register(c));
         }
@@ -113,9 +155,54 @@ impl SchedulerMetrics {
         )))
     }
 
+    /// Register a driver's own labelled counter.
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(must(IntCounterVec::new(Opts::new(name, help), labels)))
+    }
+
     /// Register a driver's own labelled gauge of floats.
     pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
         self.add(must(GaugeVec::new(Opts::new(name, help), labels)))
+    }
+
+    /// Set the per-queue gauges from a snapshot: pending jobs of each leaf, and per flavor the
+    /// GPUs used, the nominal quota, what is borrowed beyond it, and the dominant share.
+    pub fn observe_queues(&self, snap: &gantry_engine::Snapshot) {
+        self.pending.reset();
+        self.queue_used.reset();
+        self.queue_nominal.reset();
+        self.queue_borrowed.reset();
+        self.queue_share.reset();
+        for q in 0..snap.queue_count() {
+            let qid = gantry_engine::QueueId(q as u32);
+            let name = snap.queue_name(qid).to_string();
+            if snap.queue_is_leaf(qid) {
+                self.pending
+                    .with_label_values(&[&name])
+                    .set(snap.queue_pending(qid) as i64);
+            }
+            let mut share: f64 = 0.0;
+            for f in snap.flavors() {
+                let (used, nominal) = (snap.queue_usage(qid, f), snap.queue_nominal(qid, f));
+                if used == 0 && nominal == 0 {
+                    continue;
+                }
+                let labels = [name.as_str(), snap.flavor_name(f)];
+                self.queue_used
+                    .with_label_values(&labels)
+                    .set(used as f64 / 1000.0);
+                self.queue_nominal
+                    .with_label_values(&labels)
+                    .set(nominal as f64 / 1000.0);
+                self.queue_borrowed
+                    .with_label_values(&labels)
+                    .set(used.saturating_sub(nominal) as f64 / 1000.0);
+                if nominal > 0 {
+                    share = share.max(used as f64 / nominal as f64);
+                }
+            }
+            self.queue_share.with_label_values(&[&name]).set(share);
+        }
     }
 
     /// Bring a counter up to a total counted elsewhere (counters only go up).

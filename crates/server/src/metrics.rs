@@ -8,7 +8,7 @@
 //! state's counters at the same time; the cycle histogram is observed by the scheduling loop.
 
 use gantry_metrics::SchedulerMetrics;
-use prometheus::IntCounter;
+use prometheus::{GaugeVec, Histogram, IntCounter, IntCounterVec};
 
 use crate::record::JobState;
 use crate::state::State;
@@ -25,6 +25,18 @@ pub struct Metrics {
     pub writes: IntCounter,
     /// Failed store commits (each retry after reopening counts).
     pub store_errors: IntCounter,
+    /// Submissions accepted.
+    pub submitted: IntCounter,
+    /// Jobs finished, by final state.
+    pub finished: IntCounterVec,
+    /// From a submission's arrival to its durable answer.
+    pub submit_latency: Histogram,
+    /// Seconds since each node's last heartbeat.
+    pub heartbeat_age: GaugeVec,
+    /// GPUs per node and model.
+    pub node_gpus: GaugeVec,
+    /// GPUs held per node (a share or slice counts once per task).
+    pub node_gpus_used: GaugeVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -59,6 +71,31 @@ impl Metrics {
                 "gantry_store_errors_total",
                 "Failed store commits (each retry after reopening counts); readiness fails once a batch cannot be committed",
             ),
+            submitted: core.counter("gantry_jobs_submitted_total", "Submissions accepted"),
+            finished: core.counter_vec(
+                "gantry_jobs_finished_total",
+                "Jobs finished, by final state (succeeded, failed, cancelled)",
+                &["state"],
+            ),
+            submit_latency: core.histogram(
+                "gantry_submit_duration_seconds",
+                "From a submission's arrival to its durable answer",
+            ),
+            heartbeat_age: core.gauge_vec(
+                "gantry_node_heartbeat_age_seconds",
+                "Seconds since each node's agent last heartbeated (a lost node keeps growing)",
+                &["node"],
+            ),
+            node_gpus: core.gauge_vec(
+                "gantry_node_gpus",
+                "GPUs per node and model",
+                &["node", "model"],
+            ),
+            node_gpus_used: core.gauge_vec(
+                "gantry_node_gpus_used",
+                "GPUs held per node (a shared GPU or MIG slice counts once per task)",
+                &["node"],
+            ),
             core,
         }
     }
@@ -66,17 +103,45 @@ impl Metrics {
     /// Bring gauges and counters up to `state` and the writer's counts, and render the text
     /// exposition format.
     pub fn render(&self, st: &State, commits: u64, writes: u64, store_errors: u64) -> String {
+        self.observe_queues(&st.snap);
         for q in st.queues.keys() {
-            self.pending.with_label_values(&[q]).set(0);
             self.running.with_label_values(&[q]).set(0);
         }
+        let mut used: std::collections::BTreeMap<&str, f64> = Default::default();
         for e in st.jobs.values() {
-            let g = match e.rec.state {
-                JobState::Pending => &self.pending,
-                JobState::Running => &self.running,
-                _ => continue,
-            };
-            g.with_label_values(&[&e.rec.spec.queue]).inc();
+            if e.rec.state == JobState::Running {
+                self.running.with_label_values(&[&e.rec.spec.queue]).inc();
+                for t in &e.rec.tasks {
+                    *used.entry(t.node.as_str()).or_default() += f64::from(t.gpu.devices_held());
+                }
+            }
+        }
+        let now = crate::server::now_ms();
+        self.heartbeat_age.reset();
+        self.node_gpus.reset();
+        self.node_gpus_used.reset();
+        for (name, n) in &st.nodes {
+            self.heartbeat_age
+                .with_label_values(&[name])
+                .set(now.saturating_sub(n.last_seen_ms) as f64 / 1000.0);
+            let mut models: std::collections::BTreeMap<&str, f64> = Default::default();
+            for d in &n.rec.node.devices {
+                *models.entry(d.model.as_str()).or_default() += 1.0;
+            }
+            for (m, k) in models {
+                self.node_gpus.with_label_values(&[name, m]).set(k);
+            }
+            self.node_gpus_used
+                .with_label_values(&[name])
+                .set(used.get(name.as_str()).copied().unwrap_or(0.0));
+        }
+        SchedulerMetrics::raise_to(&self.submitted, st.counters.submitted);
+        for (state, n) in [
+            ("succeeded", st.counters.succeeded),
+            ("failed", st.counters.failed),
+            ("cancelled", st.counters.cancelled),
+        ] {
+            SchedulerMetrics::raise_to(&self.finished.with_label_values(&[state]), n);
         }
         let t = st.snap.gpu_totals();
         self.gpus_allocated.set((t.allocated_milli / 1000) as i64);

@@ -797,6 +797,7 @@ impl pb::jobs_server::Jobs for Server {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let t0 = std::time::Instant::now();
         let who = self.who(&req)?;
         let req = req.into_inner();
         let spec: JobSpec = parse_json("spec_json", &req.spec_json)?;
@@ -814,6 +815,10 @@ impl pb::jobs_server::Jobs for Server {
         let seq = self
             .submit(spec, req.command, req.env.into_iter().collect())
             .await?;
+        self.shared
+            .metrics
+            .submit_latency
+            .observe(t0.elapsed().as_secs_f64());
         Ok(Response::new(pb::SubmitJobResponse { name, seq }))
     }
 
@@ -1076,11 +1081,7 @@ impl pb::nodes_server::Nodes for Server {
                 for t in &e.rec.tasks {
                     let u = used.entry(t.node.as_str()).or_default();
                     u.1 += 1;
-                    if let crate::record::GpuRecord::Whole(ds) = &t.gpu {
-                        u.0 += ds.len() as u32;
-                    } else if !matches!(t.gpu, crate::record::GpuRecord::None) {
-                        u.0 += 1;
-                    }
+                    u.0 += t.gpu.devices_held();
                 }
             }
         }

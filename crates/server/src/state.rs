@@ -150,6 +150,14 @@ pub struct Counters {
     pub last_binds: u64,
     /// Jobs evicted by the last cycle.
     pub last_evictions: u64,
+    /// Submissions accepted (durable) by this process.
+    pub submitted: u64,
+    /// Jobs that finished in this process: succeeded, failed, cancelled.
+    pub succeeded: u64,
+    /// See `succeeded`.
+    pub failed: u64,
+    /// See `succeeded`.
+    pub cancelled: u64,
 }
 
 /// The state. See the module docs.
@@ -612,6 +620,7 @@ impl State {
         if !ok {
             return;
         }
+        self.counters.submitted += 1;
         let mut id = None;
         if !self.dirty {
             match rec.spec.validate(&self.tree, None) {
@@ -670,6 +679,7 @@ impl State {
         stop_tasks(e, "cancelled", &mut self.stops);
         tracing::info!(job = %name, queue = %e.rec.spec.queue, attempt = e.rec.attempt, "cancelled");
         e.rec.state = JobState::Cancelled;
+        self.counters.cancelled += 1;
         e.rec.finished_ms = Some(now);
         e.rec.reason.clear();
         self.running.remove(name);
@@ -1246,6 +1256,10 @@ impl State {
             );
             e.rec.state = state;
             e.rec.exit_code = code;
+            match state {
+                JobState::Succeeded => self.counters.succeeded += 1,
+                _ => self.counters.failed += 1,
+            }
             // A finished job's reason is its outcome (shown by `jobs` and `explain`).
             e.rec.reason = message.clone();
             e.rec.finished_ms = Some(now);

@@ -240,6 +240,19 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
         "gantry_preemptions_total 0",
         "gantry_schedule_cycle_duration_seconds_bucket",
         "gantry_store_commits_total",
+        "gantry_store_errors_total 0",
+        "gantry_jobs_submitted_total",
+        "gantry_jobs_finished_total{state=\"cancelled\"} 1",
+        "gantry_submit_duration_seconds_count",
+        "gantry_queue_gpus_used{",
+        "gantry_queue_gpus_nominal{",
+        "gantry_queue_gpus_borrowed{",
+        "gantry_queue_share{queue=\"team-a\"}",
+        "gantry_node_heartbeat_age_seconds{node=\"n0\"}",
+        "gantry_node_gpus{",
+        "gantry_node_gpus_used{node=\"n0\"}",
+        "gantry_build_info{version=",
+        "process_resident_memory_bytes",
     ] {
         assert!(m.contains(want), "{want} not in\n{m}");
     }
