@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// waits on its queue's quota) so something is scheduled with no other setup.
     #[arg(long)]
     demo: bool,
+    /// Hours a finished job (succeeded, failed, cancelled) is kept before it is deleted from the
+    /// store (0: forever).
+    #[arg(long, default_value_t = 168)]
+    retain_finished_hours: u64,
     /// Open API connections one IP address may hold; more are closed at once.
     #[arg(long, default_value_t = 256)]
     max_conns_per_peer: usize,
@@ -154,6 +158,7 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
     if args.silent_conn_timeout_ms == 0 {
         anyhow::bail!("--silent-conn-timeout-ms: must be at least 1");
     }
+    config.retain_finished_ms = args.retain_finished_hours.saturating_mul(3_600_000);
     config.conn_limits = gantry_server::conn::ConnLimits {
         per_peer: args.max_conns_per_peer,
         first_byte: std::time::Duration::from_millis(args.silent_conn_timeout_ms),

@@ -54,6 +54,8 @@ pub struct Config {
     pub tls: Option<TlsIdentity>,
     /// Connections per peer and how long a new one may stay silent.
     pub conn_limits: crate::conn::ConnLimits,
+    /// Finished jobs older than this are deleted (0: kept forever).
+    pub retain_finished_ms: u64,
 }
 
 /// The server's TLS certificate chain and private key, both PEM.
@@ -89,6 +91,7 @@ impl Config {
             auth: None,
             tls: None,
             conn_limits: crate::conn::ConnLimits::default(),
+            retain_finished_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -448,10 +451,23 @@ impl Server {
     async fn reaper(self) {
         let lease = self.shared.config.lease_ms;
         let every = Duration::from_millis((lease / 4).max(10));
+        // Finished jobs are looked over once a minute (a scan of every job).
+        let mut forgot = std::time::Instant::now();
         loop {
             tokio::time::sleep(every).await;
             if let Err(e) = self.apply(|st| Ok(((), st.reap(now_ms(), lease)))).await {
                 tracing::error!(error = %e, "lost nodes could not be recorded");
+            }
+            if forgot.elapsed() < Duration::from_secs(60) {
+                continue;
+            }
+            forgot = std::time::Instant::now();
+            let retain = self.shared.config.retain_finished_ms;
+            if let Err(e) = self
+                .apply(|st| Ok(((), st.forget_finished(now_ms(), retain))))
+                .await
+            {
+                tracing::error!(error = %e, "old finished jobs could not be forgotten");
             }
         }
     }

@@ -1277,6 +1277,35 @@ impl State {
         ops
     }
 
+    /// Forget finished jobs (succeeded, failed, cancelled) that ended more than `retain_ms` ago:
+    /// out of memory and deleted from the store. 0 keeps them forever.
+    pub fn forget_finished(&mut self, now: u64, retain_ms: u64) -> Vec<Op> {
+        if retain_ms == 0 {
+            return Vec::new();
+        }
+        let old: Vec<(String, u64)> = self
+            .jobs
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.rec.state,
+                    JobState::Succeeded | JobState::Failed | JobState::Cancelled
+                ) && e
+                    .rec
+                    .finished_ms
+                    .is_some_and(|f| now.saturating_sub(f) > retain_ms)
+            })
+            .map(|e| (e.rec.name.clone(), e.rec.seq))
+            .collect();
+        let mut ops = Vec::with_capacity(old.len());
+        for (name, seq) in old {
+            self.jobs.remove(&name);
+            self.order.remove(&seq);
+            ops.push(Op::Delete(Table::Jobs, name));
+        }
+        ops
+    }
+
     /// Mark nodes whose lease ran out as lost and requeue their jobs whole (tasks on other
     /// nodes are told to stop).
     pub fn reap(&mut self, now: u64, lease_ms: u64) -> Vec<Op> {
@@ -1560,6 +1589,36 @@ mod tests {
         assert_eq!(j0.env["MASTER_PORT"], s.jobs["j0"].rec.port.to_string());
         // Without an address the node's name stands in.
         assert_eq!(j0.env["MASTER_ADDR"], "n0");
+    }
+
+    #[test]
+    fn finished_jobs_are_forgotten_after_their_retention_only() {
+        let mut s = state();
+        for n in ["done", "live"] {
+            submit(
+                &mut s,
+                &format!(
+                    r#"{{"name": "{n}", "queue": "team-a", "tasks": [{{"count": 1, "gpus": 1}}]}}"#
+                ),
+            )
+            .expect("submit");
+        }
+        cycle(&mut s, 5);
+        let key = TaskKey {
+            job: "done".into(),
+            group: 0,
+            index: 0,
+            attempt: 0,
+        };
+        s.report("n0", &key, Report::Exited(0), 100);
+        assert_eq!(s.jobs["done"].rec.state, JobState::Succeeded);
+        assert!(s.forget_finished(100 + 999, 1_000).is_empty(), "not yet");
+        assert!(s.forget_finished(10_000, 0).is_empty(), "0 keeps them");
+        let ops = s.forget_finished(100 + 1_001, 1_000);
+        assert_eq!(ops, vec![Op::Delete(Table::Jobs, "done".into())]);
+        assert!(!s.jobs.contains_key("done"));
+        assert!(s.jobs.contains_key("live"), "a running job stays");
+        assert!(s.order.values().all(|n| n != "done"));
     }
 
     #[test]
