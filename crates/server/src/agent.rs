@@ -437,7 +437,17 @@ pub async fn run_agent(
         );
     }
     tokio::pin!(shutdown);
-    let mut tick = tokio::time::interval(beat(lease));
+    // The heartbeat in flight. It is held open by the server while there is nothing to do
+    // (`wait_ms`) and answers as soon as there is: work is pushed, not picked up on a timer.
+    type Beat = std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<tonic::Response<pb::HeartbeatResponse>, tonic::Status>,
+                > + Send,
+        >,
+    >;
+    let mut in_flight: Option<Beat> = None;
+    let mut next_beat = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -450,7 +460,8 @@ pub async fn run_agent(
                 unreported.insert(key, (phase, code, why));
                 flush_reports(&mut nodes, &name, &mut unreported).await;
             }
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(next_beat), if in_flight.is_none() => {
+                next_beat = tokio::time::Instant::now() + beat(lease);
                 if rejoin {
                     let fresh = new_instance();
                     match register(nodes.clone(), node_json.clone(), fresh.clone(), instance.clone()).await {
@@ -476,23 +487,31 @@ pub async fn run_agent(
                 flush_reports(&mut nodes, &name, &mut unreported).await;
                 let running: BTreeSet<TaskKey> =
                     tasks.keys().chain(unreported.keys()).cloned().collect();
-                let hb = tokio::time::timeout(lease / 2, nodes.heartbeat(pb::HeartbeatRequest {
+                let wait = beat(lease);
+                let req = pb::HeartbeatRequest {
                     node: name.clone(),
                     running: running.iter().map(pb_ref).collect(),
                     instance: instance.clone(),
                     leaving: false,
-                }))
-                .await
-                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer within half the lease")));
+                    wait_ms: wait.as_millis() as u32,
+                };
+                let mut c = nodes.clone();
+                let limit = wait + lease / 2;
+                in_flight = Some(Box::pin(async move {
+                    tokio::time::timeout(limit, c.heartbeat(req))
+                        .await
+                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer within half the lease")))
+                }));
+            }
+            hb = async { in_flight.as_mut().expect("guarded by the condition").await }, if in_flight.is_some() => {
+                in_flight = None;
                 match hb {
                     Ok(r) => {
                         last_ok = tokio::time::Instant::now();
+                        // Straight back: the next heartbeat waits at the server.
+                        next_beat = last_ok;
                         let r = r.into_inner();
-                        let new_lease = Duration::from_millis(r.lease_ms.max(30));
-                        if new_lease != lease {
-                            lease = new_lease;
-                            tick = tokio::time::interval(beat(lease));
-                        }
+                        lease = Duration::from_millis(r.lease_ms.max(30));
                         for s in &r.stop {
                             if let Some(t) = s.task.as_ref().and_then(|k| tasks.get_mut(&key_of(k))) {
                                 tracing::info!(job = %s.task.as_ref().map_or("", |k| k.job.as_str()), why = %s.why, "stopping task");
@@ -568,11 +587,13 @@ pub async fn run_agent(
     }
     kill_all(&tasks);
     // Tell the server, so the node's jobs are requeued now rather than after the lease.
+    drop(in_flight);
     let bye = nodes.heartbeat(pb::HeartbeatRequest {
         node: name.clone(),
         running: Vec::new(),
         instance: instance.clone(),
         leaving: true,
+        wait_ms: 0,
     });
     match tokio::time::timeout(Duration::from_secs(2), bye).await {
         Ok(Ok(_)) => tracing::info!(node = %name, "stopped; the server requeues this node's jobs"),

@@ -109,6 +109,8 @@ struct Shared {
     writer: Writer,
     /// Wakes the scheduling loop after a change.
     kick: Notify,
+    /// Wakes heartbeats held open for work (`wait_ms`) after a durable change.
+    work: Notify,
     /// Job events for `WatchJobs`, sent after they are durable.
     events: broadcast::Sender<Event>,
     config: Config,
@@ -281,6 +283,7 @@ impl Server {
                 state: Mutex::new(state),
                 writer,
                 kick: Notify::new(),
+                work: Notify::new(),
                 events,
                 config,
                 stats,
@@ -385,6 +388,9 @@ impl Server {
         }
         if !marks.is_empty() {
             self.lock().publish(&marks);
+        }
+        if changed {
+            self.shared.work.notify_waiters();
         }
         for e in events {
             let _ = self.shared.events.send(e);
@@ -1045,11 +1051,32 @@ impl pb::nodes_server::Nodes for Server {
                 stop: Vec::new(),
             }));
         }
-        let (starts, stops) = {
-            let mut st = self.lock();
+        let beat = |s: &Self| -> Result<_, ServerError> {
+            let mut st = s.lock();
             st.check_instance(&req.node, &req.instance)?;
-            st.heartbeat(&req.node, &running, now_ms())?
+            st.heartbeat(&req.node, &running, now_ms())
         };
+        // Armed before the first look, so a change between the look and the wait still wakes it.
+        let woken = self.shared.work.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let (mut starts, mut stops) = beat(self)?;
+        let wait =
+            Duration::from_millis(u64::from(req.wait_ms).min(self.shared.config.lease_ms / 2));
+        if starts.is_empty() && stops.is_empty() && !wait.is_zero() {
+            let end = tokio::time::Instant::now() + wait;
+            loop {
+                if tokio::time::timeout_at(end, woken.as_mut()).await.is_err() {
+                    break;
+                }
+                woken.set(self.shared.work.notified());
+                woken.as_mut().enable();
+                (starts, stops) = beat(self)?;
+                if !starts.is_empty() || !stops.is_empty() {
+                    break;
+                }
+            }
+        }
         let grace = self.shared.config.grace_ms;
         Ok(Response::new(pb::HeartbeatResponse {
             lease_ms: self.shared.config.lease_ms,

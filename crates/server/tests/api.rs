@@ -118,6 +118,7 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
             node: "n0".into(),
             running: vec![],
             leaving: false,
+            wait_ms: 0,
         })
         .await
         .expect("hb")

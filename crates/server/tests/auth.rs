@@ -202,6 +202,7 @@ async fn members_stay_in_their_teams_and_only_admins_edit_queues() {
             node: "n".into(),
             running: Vec::new(),
             leaving: false,
+            wait_ms: 0,
         })
         .await
         .expect_err("member heartbeat");
