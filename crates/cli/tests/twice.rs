@@ -246,18 +246,24 @@ fn an_agent_restarted_from_another_directory_still_kills_its_orphans() {
     );
 }
 
+/// `gantry agent` for node n1 (2 fake GPUs) on `state`, once it has registered.
+fn registered_agent(addr: &str, state: &Path) -> Proc {
+    let mut cmd = gantry();
+    cmd.args(["agent", "--server", addr, "--node-name", "n1"])
+        .args(["--fake-gpus", "2xH100-80GB", "--state-dir"])
+        .arg(state);
+    let mut agent = Proc::spawn("agent", cmd);
+    agent.wait_line("registered", |l| l.contains("registered").then_some(()));
+    agent
+}
+
 #[test]
 fn an_agent_cut_off_for_a_lease_stops_its_tasks_and_the_job_runs_again_once() {
     let data = tempfile::tempdir().expect("tmp");
     let out = tempfile::tempdir().expect("out");
     let state = tempfile::tempdir().expect("state");
     let (server, addr) = serve(data.path(), &["--no-local-agent", "--lease-ms", "2000"]);
-    let mut cmd = gantry();
-    cmd.args(["agent", "--server", &addr, "--node-name", "n1"])
-        .args(["--fake-gpus", "2xH100-80GB", "--state-dir"])
-        .arg(state.path());
-    let mut agent = Proc::spawn("agent", cmd);
-    agent.wait_line("registered", |l| l.contains("registered").then_some(()));
+    let mut agent = registered_agent(&addr, state.path());
     submit(&addr, out.path(), "hello", &starts_and_child(out.path()));
     let first = child_pid(out.path());
     std::fs::remove_file(out.path().join("child")).expect("rm");
@@ -303,12 +309,7 @@ fn an_agent_stopped_gracefully_has_its_jobs_requeued_at_once() {
     let state = tempfile::tempdir().expect("state");
     // A lease far longer than the test: only the agent's goodbye can requeue the job.
     let (_server, addr) = serve(data.path(), &["--no-local-agent", "--lease-ms", "600000"]);
-    let mut cmd = gantry();
-    cmd.args(["agent", "--server", &addr, "--node-name", "n1"])
-        .args(["--fake-gpus", "2xH100-80GB", "--state-dir"])
-        .arg(state.path());
-    let mut agent = Proc::spawn("agent", cmd);
-    agent.wait_line("registered", |l| l.contains("registered").then_some(()));
+    let mut agent = registered_agent(&addr, state.path());
     submit(&addr, out.path(), "hello", &starts_and_child(out.path()));
     let child = child_pid(out.path());
     Command::new("kill")
