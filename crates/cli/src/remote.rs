@@ -73,6 +73,9 @@ pub struct QueuesArgs {
     /// its `priority_classes`, when given, replace the server's.
     #[arg(long)]
     apply: Option<PathBuf>,
+    /// Delete this queue first (admin; refused while it has children or active jobs).
+    #[arg(long, value_name = "QUEUE")]
+    delete: Vec<String>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -324,6 +327,13 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
             let (ch, b) = connect(&args.conn).await?;
             pb::queues_client::QueuesClient::with_interceptor(ch, b)
         };
+        for name in &args.delete {
+            c.delete_queue(pb::DeleteQueueRequest { name: name.clone() })
+                .await
+                .map_err(status)
+                .with_context(|| format!("--delete {name}"))?;
+            eprintln!("queue {name} deleted");
+        }
         if let Some(classes) = apply.as_ref().and_then(|s| s.priority_classes.as_ref()) {
             c.set_priority_classes(pb::SetPriorityClassesRequest {
                 classes_json: serde_json::to_string(classes)?,

@@ -104,3 +104,37 @@ fn a_port_in_use_is_named_plainly() {
         "{said}"
     );
 }
+
+#[test]
+fn a_queue_is_deleted_from_the_cli_unless_it_has_jobs() {
+    let data = tempfile::tempdir().expect("tmp");
+    let dir = tempfile::tempdir().expect("dir");
+    let (_server, addr) = serve(data.path(), &["--no-local-agent"]);
+    let file = dir.path().join("queues.yaml");
+    std::fs::write(
+        &file,
+        "queues:\n  - {name: spare}\n  - {name: busy, quotas: {h100-80gb: {nominal: 8}}}\n",
+    )
+    .expect("write");
+    client_text(&addr, &["queues", "--apply", file.to_str().expect("utf-8")]);
+    let spec = serde_json::json!({"name": "w", "queue": "busy", "tasks": [{"count": 1, "gpus": 1}],
+                                  "command": ["true"]});
+    let job = dir.path().join("w.json");
+    std::fs::write(&job, spec.to_string()).expect("write");
+    client_json(&addr, &["submit", job.to_str().expect("utf-8")]);
+    client_text(&addr, &["queues", "--delete", "spare"]);
+    let names: Vec<String> = client_json(&addr, &["queues"])
+        .as_array()
+        .expect("queues")
+        .iter()
+        .map(|q| q["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(!names.contains(&"spare".to_string()), "{names:?}");
+    let out = common::gantry()
+        .args(["queues", "--delete", "busy", "--server", &addr])
+        .output()
+        .expect("gantry");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("--delete busy"), "{said}");
+}
