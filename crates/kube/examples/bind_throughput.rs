@@ -314,6 +314,26 @@ async fn start_controller(a: &Args) -> Result<Controller, Box<dyn std::error::Er
     })
 }
 
+/// Wait (at most 300 s) until `pods` pods were seen bound, stop the controller, and give the
+/// times they were first seen bound.
+async fn stop_when_bound(
+    ctl: Controller,
+    seen: &Seen,
+    pods: usize,
+) -> Result<Vec<Instant>, Box<dyn std::error::Error>> {
+    let ok = wait_bound(seen, pods, Duration::from_secs(300)).await;
+    let times: Vec<Instant> = seen
+        .lock()
+        .map(|m| m.values().copied().collect())
+        .unwrap_or_default();
+    let _ = ctl.stop.send(());
+    let _ = ctl.task.await;
+    if !ok {
+        return Err(format!("only {} of {pods} pods bound within 300 s", times.len()).into());
+    }
+    Ok(times)
+}
+
 #[derive(Debug, Clone, Copy)]
 struct RunResult {
     binds_per_s: f64,
@@ -337,23 +357,13 @@ async fn run_once(
         let (t0, t1) = create_pods(c, a.pods).await?;
         let create_per_s = a.pods as f64 / (t1 - t0).as_secs_f64();
         let ctl = start_controller(a).await?;
-        let ok = wait_bound(&seen, a.pods, Duration::from_secs(300)).await;
-        let times: Vec<Instant> = seen
-            .lock()
-            .map(|m| m.values().copied().collect())
-            .unwrap_or_default();
-        let _ = ctl.stop.send(());
-        let _ = ctl.task.await;
-        if !ok {
-            return Err(
-                format!("only {} of {} pods bound within 300 s", times.len(), a.pods).into(),
-            );
-        }
-        let first = times.iter().min().copied().unwrap_or(ctl.started);
-        let last = times.iter().max().copied().unwrap_or(ctl.started);
+        let started = ctl.started;
+        let times = stop_when_bound(ctl, &seen, a.pods).await?;
+        let first = times.iter().min().copied().unwrap_or(started);
+        let last = times.iter().max().copied().unwrap_or(started);
         RunResult {
             binds_per_s: a.pods as f64 / (last - first).as_secs_f64().max(1e-3),
-            first_bind_s: (first - ctl.started).as_secs_f64(),
+            first_bind_s: (first - started).as_secs_f64(),
             create_per_s,
             lag_s: 0.0,
             cpu: [0.0; 3],
@@ -367,18 +377,7 @@ async fn run_once(
         // Let the first cycle build the snapshot of every node.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let (t0, t1) = create_pods(c, a.pods).await?;
-        let ok = wait_bound(&seen, a.pods, Duration::from_secs(300)).await;
-        let times: Vec<Instant> = seen
-            .lock()
-            .map(|m| m.values().copied().collect())
-            .unwrap_or_default();
-        let _ = ctl.stop.send(());
-        let _ = ctl.task.await;
-        if !ok {
-            return Err(
-                format!("only {} of {} pods bound within 300 s", times.len(), a.pods).into(),
-            );
-        }
+        let times = stop_when_bound(ctl, &seen, a.pods).await?;
         let first = times.iter().min().copied().unwrap_or(t0);
         let last = times.iter().max().copied().unwrap_or(t0);
         RunResult {

@@ -56,12 +56,7 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
 
     for n in ["n0", "n1"] {
         let r = nodes
-            .register_node(pb::RegisterNodeRequest {
-                node_json: node_json(n, 8),
-                instance: "test-agent".into(),
-                previous_instance: String::new(),
-                address: String::new(),
-            })
+            .register_node(register_request(node_json(n, 8)))
             .await
             .expect("register")
             .into_inner();
@@ -69,12 +64,7 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
         assert!(r.lease_ms > 0);
     }
     let bad = nodes
-        .register_node(pb::RegisterNodeRequest {
-            node_json: r#"{"name": "x", "cpu": "lots"}"#.into(),
-            instance: "test-agent".into(),
-            previous_instance: String::new(),
-            address: String::new(),
-        })
+        .register_node(register_request(r#"{"name": "x", "cpu": "lots"}"#.into()))
         .await
         .expect_err("malformed node");
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);

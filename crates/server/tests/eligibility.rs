@@ -51,12 +51,7 @@ async fn an_in_quota_job_goes_before_a_borrower_and_nothing_is_reclaimed() {
     )
     .await;
     pb::nodes_client::NodesClient::new(ch.clone())
-        .register_node(pb::RegisterNodeRequest {
-            node_json: node_json("n0", 8),
-            instance: "test-agent".into(),
-            previous_instance: String::new(),
-            address: String::new(),
-        })
+        .register_node(register_request(node_json("n0", 8)))
         .await
         .expect("register");
     let mut jobs = JobsClient::new(ch.clone());
@@ -107,12 +102,7 @@ async fn selectors_and_taints_of_registered_nodes_decide_and_explain() {
         serde_json::json!([{"key": "qa-dedicated", "value": "yes", "effect": "NoSchedule"}]);
     for n in [qa.to_string(), node_json("plain", 4)] {
         nodes
-            .register_node(pb::RegisterNodeRequest {
-                node_json: n,
-                instance: "test-agent".into(),
-                previous_instance: String::new(),
-                address: String::new(),
-            })
+            .register_node(register_request(n))
             .await
             .expect("register");
     }
@@ -171,12 +161,7 @@ async fn explain_estimates_a_start_from_expected_runtimes() {
     let dir = tempfile::tempdir().expect("tmp");
     let (running, ch) = start(dir.path()).await;
     pb::nodes_client::NodesClient::new(ch.clone())
-        .register_node(pb::RegisterNodeRequest {
-            node_json: node_json("n0", 4),
-            instance: "test-agent".into(),
-            previous_instance: String::new(),
-            address: String::new(),
-        })
+        .register_node(register_request(node_json("n0", 4)))
         .await
         .expect("register");
     let mut jobs = JobsClient::new(ch.clone());

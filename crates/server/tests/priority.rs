@@ -85,12 +85,7 @@ async fn custom_priority_classes_are_validated_stored_recovered_and_used() {
 
     // The engine uses them: a 4-GPU node, a scavenger job on it, then an urgent one.
     pb::nodes_client::NodesClient::new(ch.clone())
-        .register_node(pb::RegisterNodeRequest {
-            node_json: node_json("n0", 4),
-            instance: "test-agent".into(),
-            previous_instance: String::new(),
-            address: String::new(),
-        })
+        .register_node(register_request(node_json("n0", 4)))
         .await
         .expect("register");
     let mut jobs = JobsClient::new(ch.clone());

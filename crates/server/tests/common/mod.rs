@@ -19,6 +19,15 @@ pub fn node_json(name: &str, gpus: u32) -> String {
     )
 }
 
+/// A registration of `node_json` by one agent instance (`test-agent`), as an agent sends it.
+pub fn register_request(node_json: String) -> pb::RegisterNodeRequest {
+    pb::RegisterNodeRequest {
+        node_json,
+        instance: "test-agent".into(),
+        ..Default::default()
+    }
+}
+
 /// A plain-text channel to a server.
 pub async fn channel(addr: std::net::SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
