@@ -50,6 +50,14 @@ pub struct AgentArgs {
     /// groups that tolerate it run here.
     #[arg(long = "taint", value_name = "KEY=VALUE:EFFECT")]
     taints: Vec<String>,
+    /// Each task run's output (stdout and stderr) is kept on this node under
+    /// `<state dir>/logs`, up to this many MiB; past that it rotates once (so at most twice
+    /// this). It is also sent to the server for `gantry logs`.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    log_max_mib: u64,
+    /// A job's output on this node is deleted once not written to for this many hours.
+    #[arg(long, default_value_t = 168, value_name = "HOURS")]
+    log_retention_hours: u64,
 }
 
 /// Add `--label` and `--taint` values to a node, naming the flag and the value when one is bad.
@@ -192,6 +200,10 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
                 tls_ca,
                 state_dir: Some(state_dir),
                 advertise: args.advertise_addr,
+                log_cap_bytes: args.log_max_mib.saturating_mul(1 << 20),
+                log_retention: std::time::Duration::from_secs(
+                    args.log_retention_hours.saturating_mul(3600),
+                ),
             },
             async {
                 crate::signal::terminated().await;

@@ -5,6 +5,7 @@
 
 mod agent;
 mod kube;
+mod logs;
 mod output;
 mod plan;
 mod remote;
@@ -52,6 +53,8 @@ enum Command {
     Explain(remote::JobArgs),
     /// Cancel a job.
     Cancel(remote::JobArgs),
+    /// What a job's tasks wrote to stdout and stderr (`-f`: follow until the run ends).
+    Logs(logs::LogsArgs),
     /// List nodes.
     Nodes(remote::NodesArgs),
     /// A live view of the cluster, queues, jobs and latest events (`--once`: one frame).
@@ -101,6 +104,7 @@ fn main() -> std::process::ExitCode {
         Command::Queues(args) => remote::queues(args),
         Command::Explain(args) => remote::explain(args),
         Command::Cancel(args) => remote::cancel(args),
+        Command::Logs(args) => logs::run(args),
         Command::Nodes(args) => remote::nodes(args),
         Command::Top(args) => top::run(args),
         Command::Sim(args) => sim::run(args),

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// store (0: forever).
     #[arg(long, default_value_t = 168)]
     retain_finished_hours: u64,
+    /// The server keeps a copy of each task run's output (under `<data dir>/logs`, for
+    /// `gantry logs`) up to this many MiB; past that it rotates once (so at most twice this).
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    log_max_mib: u64,
     /// Open API connections one IP address may hold; more are closed at once.
     #[arg(long, default_value_t = 256)]
     max_conns_per_peer: usize,
@@ -159,6 +163,7 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
         anyhow::bail!("--silent-conn-timeout-ms: must be at least 1");
     }
     config.retain_finished_ms = args.retain_finished_hours.saturating_mul(3_600_000);
+    config.log_cap_bytes = args.log_max_mib.saturating_mul(1 << 20);
     config.conn_limits = gantry_server::conn::ConnLimits {
         per_peer: args.max_conns_per_peer,
         first_byte: std::time::Duration::from_millis(args.silent_conn_timeout_ms),
@@ -197,6 +202,9 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
         .and_then(|a| a.admin_token().map(str::to_string));
     let demo_token = local_token.clone();
     let tls_on = config.tls.is_some();
+    let log_cap_bytes = config.log_cap_bytes;
+    // The local agent keeps its copy of task output as long as the server keeps the records.
+    let log_retention = std::time::Duration::from_millis(config.retain_finished_ms.max(3_600_000));
     if config.auth.is_some() && !tls_on && !config.listen.ip().is_loopback() {
         say!(
             json_logs,
@@ -252,6 +260,8 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
                 tls_ca: local_ca,
                 state_dir: Some(agent_state),
                 advertise: None,
+                log_cap_bytes,
+                log_retention,
             };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(async move {

@@ -46,8 +46,8 @@ pub use job::{
 };
 pub use mig::{MigGeometry, MigProfile, ReportedProfile};
 pub use queue::{
-    default_priority_classes, PriorityClass, QueueDef, QueueSpec, QueueTree, QueuesSpec, Quota,
-    QuotaSpec, UnlistedFlavors,
+    check_name, default_priority_classes, PriorityClass, QueueDef, QueueSpec, QueueTree,
+    QueuesSpec, Quota, QuotaSpec, UnlistedFlavors,
 };
 
 /// The flavor name of a MIG profile on a model: `h100-80gb/1g.10gb`.

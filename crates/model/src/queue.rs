@@ -188,6 +188,12 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ModelError> {
             ),
         ));
     }
+    if name == "." || name == ".." {
+        return Err(ModelError::invalid(
+            field,
+            format!("{name:?} is not a name (it would be a path); start with a letter or digit"),
+        ));
+    }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
@@ -487,6 +493,12 @@ queues:
         assert!(check_name("n", "team-a.v2_x").is_ok());
         assert!(check_name("n", "").is_err());
         assert!(check_name("n", "a b").is_err());
+        // A name becomes a directory of task output: never one that climbs out.
+        for path in [".", ".."] {
+            let err = check_name("name", path).expect_err(path);
+            assert!(err.to_string().contains("would be a path"), "{err}");
+        }
+        assert!(check_name("n", "..x").is_ok());
         let long = "x".repeat(MAX_NAME_LEN + 1);
         let err = check_name("jobs[0].name", &long).expect_err("long");
         assert!(err.to_string().contains("254 characters"), "{err}");

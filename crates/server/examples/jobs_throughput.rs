@@ -55,6 +55,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tls_ca: None,
             state_dir: None,
             advertise: None,
+            log_cap_bytes: gantry_server::agent::DEFAULT_LOG_CAP,
+            log_retention: gantry_server::agent::DEFAULT_LOG_RETENTION,
         };
         tokio::spawn(run_agent(cfg, async {
             let _ = rx.await;

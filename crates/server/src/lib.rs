@@ -13,6 +13,8 @@
 //!   tonic services of `gantry.v1` (queues, jobs, nodes, cluster) over TCP.
 //! - [`agent`]: the node agent — registers an inventory, heartbeats, runs assigned tasks as
 //!   processes with `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES`, reports exits, stops tasks.
+//! - [`tasklog`] and [`logs`]: task output — captured on the node into capped, rotating files,
+//!   pushed to the server, which keeps its own copy and serves it (`TaskLogs`, `gantry logs`).
 //! - [`client`]: how clients and agents dial the server, over plain HTTP/2 or TLS (rustls).
 //! - [`auth`]: bearer tokens from a file; admins and team-scoped members.
 //! - [`metrics`]: prometheus `/metrics`, `/healthz`, `/readyz` over HTTP.
@@ -24,11 +26,13 @@ pub mod auth;
 pub mod client;
 pub mod conn;
 pub mod error;
+pub mod logs;
 pub mod metrics;
 pub mod record;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tasklog;
 
 pub use error::ServerError;
 pub use server::{Config, Running, Server, TlsIdentity};

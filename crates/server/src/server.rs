@@ -56,6 +56,9 @@ pub struct Config {
     pub conn_limits: crate::conn::ConnLimits,
     /// Finished jobs older than this are deleted (0: kept forever).
     pub retain_finished_ms: u64,
+    /// The server's copy of each task run's output is capped at this many bytes (it rotates
+    /// once, so a run keeps at most twice this).
+    pub log_cap_bytes: u64,
 }
 
 /// The server's TLS certificate chain and private key, both PEM.
@@ -92,6 +95,7 @@ impl Config {
             tls: None,
             conn_limits: crate::conn::ConnLimits::default(),
             retain_finished_ms: 7 * 24 * 3_600_000,
+            log_cap_bytes: crate::logs::DEFAULT_CAP,
         }
     }
 }
@@ -116,6 +120,8 @@ struct Shared {
     config: Config,
     stats: Arc<WriterStats>,
     metrics: crate::metrics::Metrics,
+    /// The server's copy of task output.
+    logs: Arc<crate::logs::LogStore>,
 }
 
 /// The server: cheap to clone; every clone serves the same state.
@@ -278,6 +284,8 @@ impl Server {
             .local_addr()
             .map_err(|e| ServerError::Store(e.to_string()))?;
         let (events, _) = broadcast::channel(4096);
+        let config_logs_dir = config.data_dir.join("logs");
+        let config_log_cap = config.log_cap_bytes;
         let server = Server {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
@@ -288,6 +296,7 @@ impl Server {
                 config,
                 stats,
                 metrics: crate::metrics::Metrics::new(),
+                logs: Arc::new(crate::logs::LogStore::new(config_logs_dir, config_log_cap)),
             }),
         };
         let mut metrics_addr = None;
@@ -475,6 +484,12 @@ impl Server {
             {
                 tracing::error!(error = %e, "old finished jobs could not be forgotten");
             }
+            // Their output goes with them.
+            let (server, logs) = (self.clone(), self.shared.logs.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                logs.retain_jobs(|j| server.lock().jobs.contains_key(j))
+            })
+            .await;
         }
     }
 
@@ -488,6 +503,16 @@ impl Server {
         command: Vec<String>,
         env: BTreeMap<String, String>,
     ) -> Result<u64, ServerError> {
+        // Output left by a forgotten or replaced (finished) job of the same name must not show
+        // as this one's. An active job's name is refused below, and its output kept.
+        let free = self
+            .lock()
+            .jobs
+            .get(&spec.name)
+            .is_none_or(|e| !e.rec.state.is_active());
+        if free {
+            self.shared.logs.forget_job(&spec.name);
+        }
         let rec = self.lock().begin_submit(spec, command, env, now_ms())?;
         let result = durable(self.shared.writer.write(vec![Op::job(&rec)])).await;
         let seq = rec.seq;
@@ -734,6 +759,7 @@ fn pb_classes(st: &State) -> pb::PriorityClasses {
 // ---------------------------------------------------------------- services
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::TaskLogChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::queues_server::Queues for Server {
@@ -937,6 +963,61 @@ impl pb::jobs_server::Jobs for Server {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    type TaskLogsStream = LogStream;
+
+    async fn task_logs(
+        &self,
+        req: Request<pb::TaskLogsRequest>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let who = self.who(&req)?;
+        let req = req.into_inner();
+        let rec = self.visible_job(&who, &req.name)?;
+        let group = req
+            .group
+            .map(|g| {
+                u16::try_from(g).map_err(|_| ServerError::Invalid {
+                    field: "group".into(),
+                    reason: format!("{g} is not a task group index"),
+                })
+            })
+            .transpose()?;
+        let attempt = req.attempt.unwrap_or(rec.attempt);
+        if attempt > rec.attempt {
+            return Err(ServerError::Invalid {
+                field: "attempt".into(),
+                reason: format!(
+                    "job {:?} has had runs 0 to {} so far, not {attempt}",
+                    rec.name, rec.attempt
+                ),
+            }
+            .into());
+        }
+        let want = crate::logs::Wanted {
+            job: rec.name.clone(),
+            attempt,
+            group,
+            task: req.task,
+            follow: req.follow,
+            tail_bytes: req.tail_bytes,
+        };
+        // The run is over once the job finished or was put back in its queue (a new run).
+        let server = self.clone();
+        let over: crate::logs::RunOver = Box::new(move || {
+            let st = server.lock();
+            match st.jobs.get(&rec.name) {
+                None => Some(None),
+                Some(e) if e.rec.attempt != attempt => Some(None),
+                Some(e) if !e.rec.state.is_active() => Some(e.rec.finished_ms),
+                Some(_) => None,
+            }
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(crate::logs::serve(self.shared.logs.clone(), want, over, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn explain_job(
         &self,
         req: Request<pb::ExplainJobRequest>,
@@ -1110,6 +1191,45 @@ impl pb::nodes_server::Nodes for Server {
         self.apply(|st| Ok(((), st.report(&req.node, &key, what, now_ms()))))
             .await?;
         Ok(Response::new(pb::ReportTaskResponse {}))
+    }
+
+    async fn push_logs(
+        &self,
+        req: Request<pb::PushLogsRequest>,
+    ) -> Result<Response<pb::PushLogsResponse>, Status> {
+        self.admin(&req, "pushing task output for a node")?;
+        let req = req.into_inner();
+        let mut chunks = Vec::with_capacity(req.chunks.len());
+        for c in req.chunks {
+            let key = task_key(c.task.as_ref().ok_or_else(|| ServerError::Invalid {
+                field: "chunks.task".into(),
+                reason: "required".into(),
+            })?)?;
+            gantry_model::check_name("job", &key.job)
+                .map_err(|e| ServerError::from_model("chunks.task", e))?;
+            // Output of a job the server does not know (forgotten, or never) is dropped.
+            if !self.lock().jobs.contains_key(&key.job) {
+                continue;
+            }
+            chunks.push(crate::logs::Pushed {
+                key,
+                offset: c.offset,
+                data: c.data,
+                eof: c.eof,
+            });
+        }
+        let logs = self.shared.logs.clone();
+        let written = tokio::task::spawn_blocking(move || logs.receive(chunks))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if let Err(e) = written {
+            tracing::warn!(node = %req.node, dir = %self.shared.logs.dir().display(), error = %e, "task output could not be written");
+            return Err(Status::resource_exhausted(format!(
+                "task output could not be written under {}: {e}",
+                self.shared.logs.dir().display()
+            )));
+        }
+        Ok(Response::new(pb::PushLogsResponse {}))
     }
 
     async fn list_nodes(

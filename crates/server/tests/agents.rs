@@ -75,6 +75,8 @@ async fn two_agents_run_a_gang_and_a_lost_agent_requeues_it_whole() {
             state_dir: None,
             // n0 says where its peers reach it; n1 is reached where it connects from.
             advertise: (n == "n0").then(|| "10.1.0.1".to_string()),
+            log_cap_bytes: gantry_server::agent::DEFAULT_LOG_CAP,
+            log_retention: gantry_server::agent::DEFAULT_LOG_RETENTION,
         };
         let h = tokio::spawn(run_agent(cfg, async {
             let _ = rx.await;

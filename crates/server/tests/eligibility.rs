@@ -139,13 +139,20 @@ async fn selectors_and_taints_of_registered_nodes_decide_and_explain() {
         "no h100-80gb node can run a task of 1 h100-80gb GPU: 2 of 2 h100-80gb nodes excluded: 1 with taint qa-dedicated=yes:NoSchedule, 1 not matching node_selector disktype=ssd"
     );
     assert!(x.unresolvable);
-    let x = jobs
-        .explain_job(pb::ExplainJobRequest {
-            name: "plain-2".into(),
-        })
-        .await
-        .expect("explain")
-        .into_inner();
+    // plain-2 may have been submitted after the cycle that placed plain: wait for its own.
+    let x = loop {
+        let x = jobs
+            .explain_job(pb::ExplainJobRequest {
+                name: "plain-2".into(),
+            })
+            .await
+            .expect("explain")
+            .into_inner();
+        if x.reason != "waiting for the next scheduling cycle" {
+            break x;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert!(!x.unresolvable);
     assert!(
         x.reason

@@ -21,6 +21,8 @@
 //!   from the same state directory names its predecessor (`instance` file there) and takes over
 //!   at once. An agent whose heartbeat is refused because another instance now holds its node
 //!   stops its tasks and exits.
+//! - Each task's stdout and stderr are captured ([`output`]): into a capped, rotating file per
+//!   run under `<state dir>/logs` on the node, and pushed to the server for `gantry logs`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -32,6 +34,13 @@ use tonic::transport::Channel;
 
 use crate::state::TaskKey;
 use crate::ServerError;
+
+pub mod output;
+
+/// The agent's client of the server's `Nodes` service.
+pub type NodesClient = pb::nodes_client::NodesClient<
+    tonic::service::interceptor::InterceptedService<Channel, crate::auth::BearerToken>,
+>;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -51,7 +60,28 @@ pub struct AgentConfig {
     /// Where this node's peers reach it (a gang's `MASTER_ADDR` when its rank 0 runs here);
     /// none: the address the server sees the agent connect from.
     pub advertise: Option<String>,
+    /// Per-run cap of the node's copy of task output (`<state dir>/logs`).
+    pub log_cap_bytes: u64,
+    /// The node's copy of a job's output is deleted once not written to for this long.
+    pub log_retention: Duration,
 }
+
+impl AgentConfig {
+    /// Where task output is kept on this node, and how much.
+    pub fn output(&self) -> output::OutputConfig {
+        output::OutputConfig {
+            dir: self.state_dir.as_ref().map(|d| d.join("logs")),
+            cap_bytes: self.log_cap_bytes,
+            retention: self.log_retention,
+        }
+    }
+}
+
+/// Per-run cap of a node's copy of task output, by default.
+pub const DEFAULT_LOG_CAP: u64 = 64 << 20;
+
+/// How long a node keeps a job's output, by default (a week, like the server's records).
+pub const DEFAULT_LOG_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn key_of(r: &pb::TaskRef) -> TaskKey {
     TaskKey {
@@ -200,6 +230,7 @@ fn start(
     a: &pb::TaskAssignment,
     exits: mpsc::UnboundedSender<(TaskKey, i32, bool, String)>,
     state_dir: Option<std::path::PathBuf>,
+    out: &(output::OutputConfig, output::Shipper),
 ) -> Task {
     let key = TaskKey {
         job: a.job.clone(),
@@ -229,8 +260,28 @@ fn start(
         .stdin(std::process::Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
+    let pipe = output::Pipe::new().and_then(|p| p.stdio().map(|io| (p, io)));
+    let pipe = match pipe {
+        Ok((p, (stdout, stderr))) => {
+            cmd.stdout(stdout).stderr(stderr);
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(job = %a.job, error = %e, "no pipe for the task's output; it is discarded");
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            None
+        }
+    };
     let mut pgid = None;
-    match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The command holds copies of the pipe's write end: closed now, so the end of the task's
+    // output is seen once its own processes close theirs.
+    drop(cmd);
+    if let (Some(p), Ok(_)) = (pipe, &spawned) {
+        output::capture(key.clone(), p, &out.0, out.1.clone());
+    }
+    match spawned {
         Err(e) => {
             let why = format!("{:?}: {e}", a.command.first().map_or("", String::as_str));
             tracing::warn!(job = %a.job, error = %why, "task failed to start");
@@ -391,9 +442,7 @@ pub async fn run_agent(
     let mut nodes = pb::nodes_client::NodesClient::with_interceptor(channel, bearer);
     let node_json = serde_json::to_string(&config.node).map_err(transport)?;
     let name = config.node.name.clone();
-    type Client = pb::nodes_client::NodesClient<
-        tonic::service::interceptor::InterceptedService<Channel, crate::auth::BearerToken>,
-    >;
+    type Client = NodesClient;
     let advertise = config.advertise.clone().unwrap_or_default();
     let register = |mut c: Client, json: String, instance: String, previous: String| {
         let advertise = advertise.clone();
@@ -427,13 +476,18 @@ pub async fn run_agent(
     let mut fenced: BTreeSet<TaskKey> = BTreeSet::new();
     let mut rejoin = false;
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
+    let output_config = config.output();
+    output::prune(&output_config);
+    let mut pruned = tokio::time::Instant::now();
+    let (shipper, shipping) = output::Shipper::spawn(nodes.clone(), name.clone());
+    let out = (output_config, shipper);
     let mut tasks: HashMap<TaskKey, Task> = HashMap::new();
     // Exits the server has not acknowledged yet: (phase, code), sent again every heartbeat.
     let mut unreported: HashMap<TaskKey, (pb::TaskPhase, i32, String)> = HashMap::new();
     for a in &reg.start {
         tasks.insert(
             key_of_assignment(a),
-            start(a, exits_tx.clone(), config.state_dir.clone()),
+            start(a, exits_tx.clone(), config.state_dir.clone(), &out),
         );
     }
     tokio::pin!(shutdown);
@@ -474,7 +528,7 @@ pub async fn run_agent(
                             last_ok = tokio::time::Instant::now();
                             tracing::warn!(node = %name, instance = %instance, "registered again after stopping every task");
                             for a in &reg.start {
-                                tasks.entry(key_of_assignment(a)).or_insert_with(|| start(a, exits_tx.clone(), config.state_dir.clone()));
+                                tasks.entry(key_of_assignment(a)).or_insert_with(|| start(a, exits_tx.clone(), config.state_dir.clone(), &out));
                             }
                         }
                         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
@@ -512,6 +566,10 @@ pub async fn run_agent(
                         next_beat = last_ok;
                         let r = r.into_inner();
                         lease = Duration::from_millis(r.lease_ms.max(30));
+                        if pruned.elapsed() > Duration::from_secs(3600) {
+                            pruned = tokio::time::Instant::now();
+                            output::prune(&out.0);
+                        }
                         for s in &r.stop {
                             if let Some(t) = s.task.as_ref().and_then(|k| tasks.get_mut(&key_of(k))) {
                                 tracing::info!(job = %s.task.as_ref().map_or("", |k| k.job.as_str()), why = %s.why, "stopping task");
@@ -539,7 +597,7 @@ pub async fn run_agent(
                                 continue;
                             }
                             if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(k) {
-                                slot.insert(start(a, exits_tx.clone(), config.state_dir.clone()));
+                                slot.insert(start(a, exits_tx.clone(), config.state_dir.clone(), &out));
                                 let _ = nodes.report_task(pb::ReportTaskRequest {
                                     node: name.clone(),
                                     task: Some(pb::TaskRef { job: a.job.clone(), group: a.group, index: a.index, attempt: a.attempt }),
@@ -604,6 +662,9 @@ pub async fn run_agent(
             tracing::warn!(node = %name, "stopped; the server did not answer (its lease will run out)")
         }
     }
+    // The last output of the killed tasks, if the server takes it quickly.
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), shipping).await;
     Ok(())
 }
 
