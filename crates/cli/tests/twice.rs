@@ -11,10 +11,8 @@
 //!   same attempt starting again in silence.
 //! - An agent that cannot reach the server for a whole lease stops its tasks (fencing), then
 //!   registers again, and the job runs again under a new attempt: never two copies at once.
-//! - A restart is counted: the job goes back with a new attempt and says why, instead of the
-//!   same attempt starting again in silence.
-//! - An agent that cannot reach the server for a whole lease stops its tasks (fencing), then
-//!   registers again, and the job runs again under a new attempt: never two copies at once.
+//! - A task's whole process group dies with its agent, even a `kill -9` of it, without waiting
+//!   for a restart; a process that left the group (`setsid`) is killed by the next agent.
 
 mod common;
 
@@ -223,12 +221,20 @@ fn an_agent_restarted_from_another_directory_still_kills_its_orphans() {
     };
     let mut first = Proc::spawn("agent", agent(cwd1.path()));
     first.wait_line("registered", |l| l.contains("registered").then_some(()));
-    submit(&addr, out.path(), "hello", &starts_and_child(out.path()));
+    // The child leaves the task's process group (a daemon would), so only the next agent's
+    // search for its marked processes can find it.
+    let script = format!(
+        "setsid sleep 600 & echo $! > {d}/child.tmp && mv {d}/child.tmp {d}/child; wait",
+        d = out.path().display()
+    );
+    submit(&addr, out.path(), "hello", &script);
     let orphan = child_pid(out.path());
+    first.also_kill.push(orphan);
     first.kill9();
+    std::thread::sleep(Duration::from_millis(300));
     assert!(
         alive(orphan),
-        "kill -9 of the agent leaves its task running"
+        "a process outside the task's group outlives a kill -9 of the agent"
     );
     let mut second = Proc::spawn("agent from elsewhere", agent(cwd2.path()));
     second.wait_line("registered", |l| l.contains("registered").then_some(()));
@@ -330,4 +336,31 @@ fn an_agent_stopped_gracefully_has_its_jobs_requeued_at_once() {
     let nodes = client_json(&addr, &["nodes"]);
     assert_eq!(nodes[0]["ready"], false, "{nodes}");
     eprintln!("{}", j["reason"]);
+}
+
+#[test]
+fn a_killed_agents_tasks_die_with_it_without_a_restart() {
+    let data = tempfile::tempdir().expect("tmp");
+    let out = tempfile::tempdir().expect("out");
+    let state = tempfile::tempdir().expect("state");
+    let (_server, addr) = serve(data.path(), &["--no-local-agent"]);
+    let mut agent = registered_agent(&addr, state.path());
+    submit(&addr, out.path(), "hello", &starts_and_child(out.path()));
+    let child = child_pid(out.path());
+    let task: u32 = std::fs::read_to_string(out.path().join("starts"))
+        .expect("starts")
+        .trim()
+        .parse()
+        .expect("pid");
+    agent.also_kill.extend([task, child]);
+    assert!(alive(task) && alive(child));
+    agent.kill9();
+    // Nothing restarts the agent: the task and the child it left in its group go by themselves.
+    poll("the task and its child gone with their agent", || {
+        if alive(task) || alive(child) {
+            Err((alive(task), alive(child)))
+        } else {
+            Ok(())
+        }
+    });
 }

@@ -21,6 +21,8 @@
 //!   from the same state directory names its predecessor (`instance` file there) and takes over
 //!   at once. An agent whose heartbeat is refused because another instance now holds its node
 //!   stops its tasks and exits.
+//! - A task dies with its agent, however the agent dies: it starts under a small shell guard
+//!   (`GUARD`) that kills the task's group once a pipe from the agent closes.
 //! - Each task's stdout and stderr are captured ([`output`]): into a capped, rotating file per
 //!   run under `<state dir>/logs` on the node, and pushed to the server for `gantry logs`.
 
@@ -225,6 +227,49 @@ fn reap_recorded(dir: &std::path::Path) -> usize {
     killed
 }
 
+/// How every task starts: `/bin/sh -c GUARD gantry-task ARGV...`. Its stdin is the read end
+/// of a pipe only the agent writes to. A background subshell (in the task's process group)
+/// waits for that pipe to close, which happens when the agent drops its end after the task
+/// exited, or when the agent dies however it dies; it then kills the whole group. The shell
+/// itself becomes the task (`exec`), so the task keeps the pid the agent watches, with stdin
+/// from /dev/null as before.
+const GUARD: &str = r#"exec 3<&0; (read _ <&3; kill -KILL 0) & exec "$@" </dev/null 3<&-"#;
+
+/// Whether `program` can be started: a path to an executable file, or a name found in `path`
+/// (the task's PATH, else the agent's). Errors read as a failed `execve` would.
+fn find_program(program: &str, path: Option<&str>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let not_found = || std::io::Error::from_raw_os_error(nix::errno::Errno::ENOENT as i32);
+    let check = |p: &std::path::Path| -> std::io::Result<()> {
+        let m = std::fs::metadata(p)?;
+        if m.is_dir() || m.permissions().mode() & 0o111 == 0 {
+            return Err(std::io::Error::from_raw_os_error(
+                nix::errno::Errno::EACCES as i32,
+            ));
+        }
+        Ok(())
+    };
+    if program.is_empty() {
+        return Err(not_found());
+    }
+    if program.contains('/') {
+        return check(std::path::Path::new(program));
+    }
+    let agent_path =
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    let path = path.unwrap_or(&agent_path);
+    let mut denied = None;
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        match check(&std::path::Path::new(dir).join(program)) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => denied = Some(e),
+            Err(_) => {}
+        }
+    }
+    Err(denied.unwrap_or_else(not_found))
+}
+
 /// Start one task's process and watch it; its exit status goes to `exits`.
 fn start(
     a: &pb::TaskAssignment,
@@ -244,8 +289,31 @@ fn start(
     } else {
         a.devices.join(",")
     };
-    let mut cmd = tokio::process::Command::new(a.command.first().map_or("", String::as_str));
-    cmd.args(a.command.iter().skip(1))
+    let program = a.command.first().map_or("", String::as_str);
+    // A program that cannot be started fails here, with the system's own words, rather than
+    // as the guard shell's exit 127.
+    let checked = find_program(program, a.env.get("PATH").map(String::as_str));
+    // The lifeline: the task's guard (see GUARD) holds its read end and this agent its write
+    // end, so the task's whole group dies with the agent, even a `kill -9` of it.
+    let lifeline = checked.and_then(|()| std::io::pipe());
+    let (life_in, life_out) = match lifeline {
+        Ok(p) => p,
+        Err(e) => {
+            let why = format!("{program:?}: {e}");
+            tracing::warn!(job = %a.job, error = %why, "task failed to start");
+            let _ = exits.send((key, 127, false, why));
+            return Task {
+                stop: Some(stop_tx),
+                pgid: None,
+                devices: a.devices.clone(),
+            };
+        }
+    };
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(GUARD)
+        .arg("gantry-task")
+        .args(&a.command)
         .envs(a.env.iter())
         .env(
             "CUDA_VISIBLE_DEVICES",
@@ -257,7 +325,7 @@ fn start(
         .env("GANTRY_TASK_INDEX", a.index.to_string())
         .env("GANTRY_ATTEMPT", a.attempt.to_string())
         .envs(state_dir.iter().map(|d| (STATE_ENV, d.as_os_str())))
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::from(life_in))
         .process_group(0)
         .kill_on_drop(true);
     let pipe = output::Pipe::new().and_then(|p| p.stdio().map(|io| (p, io)));
@@ -283,7 +351,7 @@ fn start(
     }
     match spawned {
         Err(e) => {
-            let why = format!("{:?}: {e}", a.command.first().map_or("", String::as_str));
+            let why = format!("{program:?}: {e}");
             tracing::warn!(job = %a.job, error = %why, "task failed to start");
             let _ = exits.send((key, 127, false, why));
         }
@@ -316,6 +384,8 @@ fn start(
                         s
                     }
                 };
+                // The guard kills what the task left behind in its group, and goes.
+                drop(life_out);
                 if let (Some(dir), Some(g)) = (&state_dir, pgid) {
                     forget_task(dir, g);
                 }
@@ -741,6 +811,23 @@ fn key_of_assignment(a: &pb::TaskAssignment) -> TaskKey {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn programs_that_cannot_start_are_told_apart_before_the_guard_runs() {
+        assert!(find_program("sh", None).is_ok());
+        assert!(find_program("/bin/sh", None).is_ok());
+        let e = find_program("no-such-program-here", Some("/usr/bin:/bin")).unwrap_err();
+        assert!(e.to_string().contains("No such file or directory"), "{e}");
+        let dir = tempfile::tempdir().expect("dir");
+        let script = dir.path().join("train.sh");
+        std::fs::write(&script, "#!/bin/sh\n").expect("write");
+        let e = find_program(script.to_str().expect("utf-8"), None).unwrap_err();
+        assert!(e.to_string().contains("Permission denied"), "{e}");
+        // The task's own PATH is searched, not only the agent's.
+        let e = find_program("train.sh", dir.path().to_str()).unwrap_err();
+        assert!(e.to_string().contains("Permission denied"), "{e}");
+        assert!(find_program("", None).is_err());
+    }
 
     #[test]
     fn a_restarted_agent_kills_the_recorded_groups_and_only_those() {
