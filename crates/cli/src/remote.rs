@@ -2,7 +2,6 @@
 //! `cancel`, `nodes`. Each connects to `--server`, makes one call, and renders a table
 //! (default), JSON or YAML.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -92,6 +91,10 @@ pub struct JobArgs {
 /// `gantry nodes`.
 #[derive(Debug, clap::Args)]
 pub struct NodesArgs {
+    /// Forget this lost node first (admin): its record and inventory go. Refused while its
+    /// agent heartbeats; an agent that comes back registers it again.
+    #[arg(long, value_name = "NODE")]
+    delete: Vec<String>,
     #[command(flatten)]
     conn: Conn,
 }
@@ -133,31 +136,18 @@ pub(crate) fn state_name(s: i32) -> &'static str {
 }
 
 /// Split a job file into the spec (as JSON for the server) and the command and environment.
-fn read_job(path: &PathBuf) -> anyhow::Result<pb::SubmitJobRequest> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
-        .with_context(|| format!("{} does not parse", path.display()))?;
-    job_request(doc, &path.display().to_string())
+fn read_job(path: &std::path::Path) -> anyhow::Result<pb::SubmitJobRequest> {
+    // Parsed here first, so a mistake is reported at its line in the user's own file.
+    let spec: gantry_model::JobSpec = gantry_model::doc::from_file(path)?;
+    job_request(spec)
 }
 
-/// A job document (spec plus `command` and `env`) as a submission; `origin` names it in errors.
-pub(crate) fn job_request(
-    mut doc: serde_yaml::Value,
-    origin: &str,
-) -> anyhow::Result<pb::SubmitJobRequest> {
-    let map = doc
-        .as_mapping_mut()
-        .with_context(|| format!("{origin}: a job is a mapping"))?;
-    let command: Vec<String> = match map.remove("command") {
-        Some(v) => serde_yaml::from_value(v).context("command: a list of strings")?,
-        None => Vec::new(),
-    };
-    let env: BTreeMap<String, String> = match map.remove("env") {
-        Some(v) => serde_yaml::from_value(v).context("env: a map of strings")?,
-        None => BTreeMap::new(),
-    };
+/// A job document (spec plus `command` and `env`) as a submission.
+pub(crate) fn job_request(mut spec: gantry_model::JobSpec) -> anyhow::Result<pb::SubmitJobRequest> {
+    let command = std::mem::take(&mut spec.command);
+    let env = std::mem::take(&mut spec.env);
     Ok(pb::SubmitJobRequest {
-        spec_json: serde_json::to_string(&doc)?,
+        spec_json: serde_json::to_string(&spec)?,
         command,
         env: env.into_iter().collect(),
     })
@@ -305,6 +295,9 @@ struct QueueOut {
     pending: u64,
     running: u64,
     quotas: Vec<QuotaOut>,
+    /// E.g. a quota for a flavor no registered node offers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -365,11 +358,13 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
                     let req = pb::QueueRequest {
                         spec_json: serde_json::to_string(&q)?,
                     };
-                    if existing.contains(&q.name) {
-                        c.update_queue(req).await.map_err(status)?;
+                    let answer = if existing.contains(&q.name) {
+                        c.update_queue(req).await
                     } else {
-                        c.create_queue(req).await.map_err(status)?;
-                    }
+                        c.create_queue(req).await
+                    };
+                    // Its warnings show with the listing below.
+                    answer.map_err(status)?;
                     done.push(q.name);
                 }
                 todo = rest;
@@ -404,8 +399,12 @@ pub fn queues(args: QueuesArgs) -> anyhow::Result<()> {
                         nominal: u.nominal_milli as f64 / 1000.0,
                     })
                     .collect(),
+                warnings: q.warnings,
             })
             .collect();
+        for w in rows.iter().flat_map(|r| &r.warnings) {
+            eprintln!("warning: {w}");
+        }
         if args.conn.output != Format::Table {
             return print_doc(args.conn.output, &rows);
         }
@@ -581,6 +580,13 @@ pub fn nodes(args: NodesArgs) -> anyhow::Result<()> {
             let (ch, b) = connect(&args.conn).await?;
             pb::nodes_client::NodesClient::with_interceptor(ch, b)
         };
+        for name in &args.delete {
+            c.delete_node(pb::DeleteNodeRequest { name: name.clone() })
+                .await
+                .map_err(status)
+                .with_context(|| format!("--delete {name}"))?;
+            eprintln!("node {name} forgotten");
+        }
         let r = c
             .list_nodes(pb::ListNodesRequest {})
             .await

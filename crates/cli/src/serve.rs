@@ -81,7 +81,7 @@ const DEMO: &str = include_str!("demo/demo.yaml");
 #[derive(serde::Deserialize)]
 struct Demo {
     queues: Vec<gantry_model::QueueSpec>,
-    jobs: Vec<serde_yaml::Value>,
+    jobs: Vec<gantry_model::JobSpec>,
 }
 
 /// A request as the local admin makes it (with the admin token when tokens are checked).
@@ -115,12 +115,9 @@ async fn submit_demo(
         }
     }
     let mut out = Vec::new();
-    for (i, doc) in demo.jobs.into_iter().enumerate() {
-        let req = crate::remote::job_request(doc, &format!("demo job {i}"))?;
-        let name: String = serde_json::from_str::<serde_json::Value>(&req.spec_json)?["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+    for spec in demo.jobs {
+        let name = spec.name.clone();
+        let req = crate::remote::job_request(spec)?;
         match server.submit_job(local_request(req, token)?).await {
             Ok(_) => out.push(format!("{name} submitted")),
             Err(s) if s.code() == tonic::Code::AlreadyExists => {

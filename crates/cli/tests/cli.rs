@@ -138,3 +138,53 @@ fn kube_controller_refuses_bad_flags_by_name_before_connecting() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+#[test]
+fn a_bad_job_file_is_reported_at_its_own_line_before_any_server_is_asked() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: hello\nqueue: default\ntasks:\n  - name: worker\n    count: two\ncommand: [\"true\"]\n",
+    )
+    .expect("write");
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "name: hello\nqueue: default\ntasks: [{count: 1}]\ncomand: [\"true\"]\n",
+    )
+    .expect("write");
+    // Nothing listens on port 9: the errors come from the file alone.
+    for (file, want) in [
+        (
+            &bad,
+            "tasks[0].count: invalid type: string \"two\", expected u32 at line 5 column 12",
+        ),
+        (&typo, "unknown field `comand`"),
+    ] {
+        let out = gantry(&[
+            "submit",
+            file.to_str().expect("utf-8"),
+            "--server",
+            "127.0.0.1:9",
+        ]);
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(want), "{said}");
+        assert!(said.contains(file.to_str().expect("utf-8")), "{said}");
+    }
+    let said = String::from_utf8_lossy(
+        &gantry(&[
+            "submit",
+            typo.to_str().expect("utf-8"),
+            "--server",
+            "127.0.0.1:9",
+        ])
+        .stderr,
+    )
+    .into_owned();
+    assert!(
+        said.contains("`command`, `env` at line 4 column 1"),
+        "the hint lists every field a job file may have: {said}"
+    );
+}

@@ -138,3 +138,52 @@ fn a_queue_is_deleted_from_the_cli_unless_it_has_jobs() {
     assert!(!out.status.success());
     assert!(said.contains("--delete busy"), "{said}");
 }
+
+#[test]
+fn a_lost_node_is_forgotten_from_the_cli_and_a_live_one_is_not() {
+    let data = tempfile::tempdir().expect("tmp");
+    let state = tempfile::tempdir().expect("state");
+    let (_server, addr) = serve(data.path(), &["--no-local-agent", "--lease-ms", "600"]);
+    let mut cmd = common::gantry();
+    cmd.args(["agent", "--server", &addr, "--node-name", "gone"])
+        .args(["--fake-gpus", "2xH100-80GB", "--state-dir"])
+        .arg(state.path());
+    let mut agent = common::Proc::spawn("agent", cmd);
+    agent.wait_line("registered", |l| l.contains("registered").then_some(()));
+    let names = |addr: &str| -> Vec<(String, bool)> {
+        client_json(addr, &["nodes"])
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap_or_default().to_string(),
+                    n["ready"] == true,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(names(&addr), [("gone".to_string(), true)]);
+    let out = common::gantry()
+        .args(["nodes", "--delete", "gone", "--server", &addr])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--delete gone") && said.contains("stop its agent first"),
+        "{said}"
+    );
+    agent.kill9();
+    poll("the node lost", || match names(&addr).as_slice() {
+        [(_, false)] => Ok(()),
+        other => Err(other.to_vec()),
+    });
+    client_text(&addr, &["nodes", "--delete", "gone"]);
+    assert!(names(&addr).is_empty());
+    let out = common::gantry()
+        .args(["nodes", "--delete", "gone", "--server", &addr])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node \"gone\" not found"));
+}

@@ -199,6 +199,8 @@ impl JobBuilder {
                 expected_runtime: None,
                 replicas: None,
                 spread: None,
+                command: Vec::new(),
+                env: Default::default(),
             },
         }
     }

@@ -776,6 +776,8 @@ pub fn job_spec(
             expected_runtime: runtime.map(|s| Quantity::Text(format!("{s}s"))),
             replicas: None,
             spread: None,
+            command: Vec::new(),
+            env: Default::default(),
         },
         tasks,
         submitted_ms,

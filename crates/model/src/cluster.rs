@@ -397,6 +397,33 @@ pub struct ModelCaps {
     pub mig_profiles: BTreeSet<String>,
 }
 
+impl Node {
+    /// The flavors this node offers: each device's model and, for a MIG-enabled device, the
+    /// `model/profile` of every profile its model's geometry has (or its layout names).
+    pub fn flavors(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for d in &self.devices {
+            out.insert(d.model.clone());
+            if let Some(layout) = &d.mig {
+                if let Some(g) = crate::MigGeometry::builtin(&d.model) {
+                    out.extend(
+                        g.profiles
+                            .iter()
+                            .map(|p| crate::mig_flavor(&d.model, &p.name)),
+                    );
+                }
+                out.extend(
+                    layout
+                        .slices
+                        .iter()
+                        .map(|s| crate::mig_flavor(&d.model, &s.profile)),
+                );
+            }
+        }
+        out
+    }
+}
+
 /// A summary of a cluster used to validate jobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {

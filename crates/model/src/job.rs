@@ -153,6 +153,13 @@ pub struct JobSpec {
     /// Inference services: `node` (one replica per node) or `label:<key>` (spread over its values).
     #[serde(default)]
     pub spread: Option<String>,
+    /// What each task runs (argv), for `gantry serve`'s agents. Not part of scheduling: `gantry
+    /// plan`, the simulator and Kubernetes mode (whose pods carry their own) ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Environment of each task, for `gantry serve`'s agents (as `command`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 /// A document of jobs.

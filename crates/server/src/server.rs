@@ -1,7 +1,7 @@
 //! The tokio side of `gantry serve`: start-up with recovery, the debounced scheduling loop,
 //! the node-lease reaper, and the `gantry.v1` services over TCP.
 //!
-//! Every change follows one path ([`Server::apply`]): take the state lock, change the state,
+//! Every change follows one path (`Server::apply`): take the state lock, change the state,
 //! hand the resulting store ops to the writer, drop the lock, await durability, then publish
 //! (tasks become visible to agents, events go to watchers) and wake the scheduling loop.
 
@@ -697,6 +697,60 @@ fn pb_event(e: &Event) -> pb::JobEvent {
     }
 }
 
+/// Quota flavors of `spec` that no registered node offers, each with the nearest offered name
+/// when one is close (a typo). Nothing is said before any node has registered.
+fn flavor_warnings(spec: &QueueSpec, st: &State) -> Vec<String> {
+    let offered: BTreeSet<String> = st
+        .nodes
+        .values()
+        .flat_map(|n| n.rec.node.flavors())
+        .collect();
+    if offered.is_empty() {
+        return Vec::new();
+    }
+    spec.quotas
+        .keys()
+        .filter(|f| !offered.contains(*f))
+        .map(|f| {
+            let near = offered
+                .iter()
+                .map(|o| (edit_distance(f, o), o))
+                .filter(|(d, _)| *d <= 2)
+                .min();
+            let hint = match near {
+                Some((_, o)) => format!("; did you mean {o}?"),
+                None => format!(
+                    "; offered: {}",
+                    offered.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            format!(
+                "queue {}: quota flavor {f:?} is offered by no registered node, so nothing can use it \
+                 until such a node joins{hint}",
+                spec.name
+            )
+        })
+        .collect()
+}
+
+/// Levenshtein distance (names are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(here + 1);
+            prev = here;
+        }
+    }
+    row[b.len()]
+}
+
 fn pb_queue(spec: &QueueSpec, st: &State) -> pb::Queue {
     let leaf = st
         .tree
@@ -735,6 +789,7 @@ fn pb_queue(spec: &QueueSpec, st: &State) -> pb::Queue {
         pending_jobs: pending,
         running_jobs: running,
         quotas,
+        warnings: flavor_warnings(spec, st),
     }
 }
 
@@ -848,7 +903,15 @@ impl pb::jobs_server::Jobs for Server {
         let t0 = std::time::Instant::now();
         let who = self.who(&req)?;
         let req = req.into_inner();
-        let spec: JobSpec = parse_json("spec_json", &req.spec_json)?;
+        let mut spec: JobSpec = parse_json("spec_json", &req.spec_json)?;
+        // The command and environment may come in the spec (as in a job file) or beside it;
+        // beside it wins. They are kept beside the spec in the record.
+        let command = match std::mem::take(&mut spec.command) {
+            c if req.command.is_empty() => c,
+            _ => req.command,
+        };
+        let mut env: BTreeMap<String, String> = std::mem::take(&mut spec.env);
+        env.extend(req.env);
         if let Some(c) = &who {
             let st = self.lock();
             // An unknown queue is left to validation, which names the field.
@@ -860,9 +923,7 @@ impl pb::jobs_server::Jobs for Server {
             }
         }
         let name = spec.name.clone();
-        let seq = self
-            .submit(spec, req.command, req.env.into_iter().collect())
-            .await?;
+        let seq = self.submit(spec, command, env).await?;
         self.shared
             .metrics
             .submit_latency
@@ -1230,6 +1291,17 @@ impl pb::nodes_server::Nodes for Server {
             )));
         }
         Ok(Response::new(pb::PushLogsResponse {}))
+    }
+
+    async fn delete_node(
+        &self,
+        req: Request<pb::DeleteNodeRequest>,
+    ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
+        self.admin(&req, "forgetting nodes")?;
+        let name = req.into_inner().name;
+        self.apply(|st| Ok(((), st.forget_node(&name)?))).await?;
+        tracing::info!(node = %name, "forgotten");
+        Ok(Response::new(pb::DeleteNodeResponse {}))
     }
 
     async fn list_nodes(

@@ -1395,6 +1395,28 @@ impl State {
         ops
     }
 
+    /// Forget a lost node: its record goes, and with it its place in `nodes` and its
+    /// inventory in the snapshot. A node whose agent still heartbeats is refused (it would only
+    /// register again); its jobs were requeued when it was lost.
+    ///
+    /// # Errors
+    /// [`ServerError::NotFound`] for an unknown node, [`ServerError::Conflict`] for a ready one.
+    pub fn forget_node(&mut self, name: &str) -> Result<Vec<Op>, ServerError> {
+        let n = self.nodes.get(name).ok_or_else(|| ServerError::NotFound {
+            kind: "node",
+            name: name.to_string(),
+        })?;
+        if n.ready {
+            return Err(ServerError::Conflict(format!(
+                "node {name:?} is ready (its agent heartbeats); stop its agent first: only a lost \
+                 node can be forgotten"
+            )));
+        }
+        self.nodes.remove(name);
+        self.dirty = true;
+        Ok(vec![Op::Delete(Table::Nodes, name.to_string())])
+    }
+
     /// An active job's id in the current snapshot (rebuilding it first if stale).
     pub fn job_id(&mut self, name: &str, now: u64) -> (Option<JobId>, Vec<Op>) {
         let ops = self.ensure_fresh(now);

@@ -196,3 +196,66 @@ async fn explain_estimates_a_start_from_expected_runtimes() {
     assert_eq!(x.eta_ms, first.started_ms + 3_600_000, "{x:?}");
     running.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_for_a_flavor_no_node_offers_is_kept_with_a_warning() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (running, ch) = start(dir.path()).await;
+    let mut queues = QueuesClient::new(ch.clone());
+    let typo = r#"{"name": "early", "quotas": {"h100-80g": {"nominal": 4}}}"#;
+    // Before any node registered, nothing is known to compare with.
+    let q = queues
+        .create_queue(pb::QueueRequest {
+            spec_json: typo.into(),
+        })
+        .await
+        .expect("queue")
+        .into_inner();
+    assert!(q.warnings.is_empty(), "{:?}", q.warnings);
+    let mut nodes = pb::nodes_client::NodesClient::new(ch.clone());
+    nodes
+        .register_node(register_request(node_json("n1", 4)))
+        .await
+        .expect("register");
+    let q = queues
+        .create_queue(pb::QueueRequest {
+            spec_json: typo.replace("early", "team-a"),
+        })
+        .await
+        .expect("a quota for hardware not there yet is still accepted")
+        .into_inner();
+    assert_eq!(
+        q.warnings,
+        vec![
+            "queue team-a: quota flavor \"h100-80g\" is offered by no registered node, so \
+             nothing can use it until such a node joins; did you mean h100-80gb?"
+        ]
+    );
+    let q = queues
+        .update_queue(pb::QueueRequest {
+            spec_json: r#"{"name": "team-a", "quotas": {"b200": {"nominal": 4}, "h100-80gb": {"nominal": 4}}}"#.into(),
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(q.warnings.len(), 1, "{:?}", q.warnings);
+    assert!(
+        q.warnings[0].ends_with("offered: h100-80gb"),
+        "{:?}",
+        q.warnings
+    );
+    // Listing says it too, for every queue it applies to.
+    let listed = queues
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    let warned: Vec<&str> = listed
+        .queues
+        .iter()
+        .filter(|q| !q.warnings.is_empty())
+        .map(|q| q.name.as_str())
+        .collect();
+    assert_eq!(warned, ["early", "team-a"]);
+    running.shutdown().await.expect("shutdown");
+}

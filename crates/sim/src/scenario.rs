@@ -786,6 +786,8 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
                         expected_runtime: Some(Quantity::Text(format!("{runtime}ms"))),
                         replicas: None,
                         spread: None,
+                        command: Vec::new(),
+                        env: Default::default(),
                     };
                     let job = js.validate(&queues, Some(&catalog)).map_err(|e| {
                         at(
