@@ -412,10 +412,15 @@ impl Server {
 
     async fn scheduling_loop(self) {
         let debounce = Duration::from_millis(self.shared.config.debounce_ms);
+        let mut last = tokio::time::Instant::now();
         loop {
             // A periodic cycle too: estimates and reservations move with the clock.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.kick.notified()).await;
-            tokio::time::sleep(debounce).await;
+            // At most one cycle per debounce period, but a change after a quiet spell (a task
+            // exit freeing a GPU, one submission) is acted on at once: the wait is only what is
+            // left of the period since the last cycle began.
+            tokio::time::sleep_until(last + debounce).await;
+            last = tokio::time::Instant::now();
             let span = tracing::info_span!(
                 "cycle",
                 cycle = tracing::field::Empty,

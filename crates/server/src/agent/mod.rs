@@ -575,14 +575,21 @@ pub async fn run_agent(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some((key, code, started, why)) = exits.recv() => {
-                tasks.remove(&key);
-                if fenced.remove(&key) {
-                    continue;
+            Some(first) = exits.recv() => {
+                // Every exit already waiting goes in the same flush.
+                let mut batch = vec![first];
+                while let Ok(more) = exits.try_recv() {
+                    batch.push(more);
                 }
-                let phase = if started { pb::TaskPhase::Exited } else { pb::TaskPhase::FailedToStart };
-                unreported.insert(key, (phase, code, why));
-                flush_reports(&mut nodes, &name, &mut unreported).await;
+                for (key, code, started, why) in batch {
+                    tasks.remove(&key);
+                    if fenced.remove(&key) {
+                        continue;
+                    }
+                    let phase = if started { pb::TaskPhase::Exited } else { pb::TaskPhase::FailedToStart };
+                    unreported.insert(key, (phase, code, why));
+                }
+                flush_reports(&nodes, &name, &mut unreported).await;
             }
             _ = tokio::time::sleep_until(next_beat), if in_flight.is_none() => {
                 next_beat = tokio::time::Instant::now() + beat(lease);
@@ -608,7 +615,7 @@ pub async fn run_agent(
                     }
                     continue;
                 }
-                flush_reports(&mut nodes, &name, &mut unreported).await;
+                flush_reports(&nodes, &name, &mut unreported).await;
                 let running: BTreeSet<TaskKey> =
                     tasks.keys().chain(unreported.keys()).cloned().collect();
                 let wait = beat(lease);
@@ -668,13 +675,19 @@ pub async fn run_agent(
                             }
                             if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(k) {
                                 slot.insert(start(a, exits_tx.clone(), config.state_dir.clone(), &out));
-                                let _ = nodes.report_task(pb::ReportTaskRequest {
+                                // Informational (the task counts as running either way): sent
+                                // without holding up the next start or exit.
+                                let mut c = nodes.clone();
+                                let req = pb::ReportTaskRequest {
                                     node: name.clone(),
                                     task: Some(pb::TaskRef { job: a.job.clone(), group: a.group, index: a.index, attempt: a.attempt }),
                                     phase: pb::TaskPhase::Started as i32,
                                     exit_code: 0,
                                     message: String::new(),
-                                }).await;
+                                };
+                                tokio::spawn(async move {
+                                    let _ = c.report_task(req).await;
+                                });
                             }
                         }
                     }
@@ -749,30 +762,28 @@ fn kill_all(tasks: &HashMap<TaskKey, Task>) {
 }
 
 /// Send the exits the server has not acknowledged; keep the ones that fail for the next try.
-async fn flush_reports<C>(
-    nodes: &mut pb::nodes_client::NodesClient<C>,
+async fn flush_reports(
+    nodes: &NodesClient,
     node: &str,
     unreported: &mut HashMap<TaskKey, (pb::TaskPhase, i32, String)>,
-) where
-    C: tonic::client::GrpcService<tonic::body::Body>,
-    C::Error: Into<tonic::codegen::StdError>,
-    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
-    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
-{
+) {
     let pending: Vec<(TaskKey, (pb::TaskPhase, i32, String))> = unreported
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    for (key, (phase, code, message)) in pending {
-        let r = nodes
-            .report_task(pb::ReportTaskRequest {
-                node: node.to_string(),
-                task: Some(pb_ref(&key)),
-                phase: phase as i32,
-                exit_code: code,
-                message,
-            })
-            .await;
+    // All at once: the server commits reports that arrive together in one transaction.
+    let calls = pending.into_iter().map(|(key, (phase, code, message))| {
+        let mut c = nodes.clone();
+        let req = pb::ReportTaskRequest {
+            node: node.to_string(),
+            task: Some(pb_ref(&key)),
+            phase: phase as i32,
+            exit_code: code,
+            message,
+        };
+        async move { (key, c.report_task(req).await) }
+    });
+    for (key, r) in futures::future::join_all(calls).await {
         match r {
             Ok(_) => {
                 unreported.remove(&key);
