@@ -22,7 +22,8 @@ pub struct ServeArgs {
     /// Milliseconds without a heartbeat after which a node is lost and its jobs requeued.
     #[arg(long, default_value_t = 10_000)]
     lease_ms: u64,
-    /// Milliseconds between a change and the scheduling cycle it triggers.
+    /// Scheduling cycles start at most once per this many milliseconds; a change after a
+    /// quiet spell starts one at once, changes within the period wait for its end.
     #[arg(long, default_value_t = 20)]
     debounce_ms: u64,
     /// Milliseconds a stopped task gets between SIGTERM and SIGKILL.

@@ -38,7 +38,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// A node that has not heartbeated for this long is lost and its jobs are requeued.
     pub lease_ms: u64,
-    /// Wait this long after a change before a cycle, so a burst of changes makes one cycle.
+    /// Cycles start at most once per this period, so a burst of changes makes one cycle; a
+    /// change after a quiet spell starts one at once.
     pub debounce_ms: u64,
     /// Time a stopped task gets between SIGTERM and SIGKILL (sent to agents).
     pub grace_ms: u64,
