@@ -31,6 +31,9 @@
 //!   estimated start.
 //! - [`profile`]: `gantry` (default), `fgd`, `best-fit` and `fifo` are configurations of this
 //!   engine.
+//! - [`autoscale`]: inference services' replica count from their measured load (Kubernetes'
+//!   HPA algorithm with stabilization windows); a driver feeds its output to
+//!   [`Snapshot::set_desired_replicas`].
 //!
 //! ```
 //! use gantry_engine::{schedule, Profile, Snapshot};
@@ -58,6 +61,7 @@
 
 mod account;
 mod audit;
+pub mod autoscale;
 mod backfill;
 mod choose;
 mod classes;

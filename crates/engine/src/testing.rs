@@ -201,6 +201,9 @@ impl JobBuilder {
                 spread: None,
                 command: Vec::new(),
                 env: Default::default(),
+                autoscale: None,
+                port: None,
+                readiness: None,
             },
         }
     }

@@ -160,6 +160,16 @@ pub struct JobSpec {
     /// Environment of each task, for `gantry serve`'s agents (as `command`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Inference services: how the replica count follows load ([`crate::service`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<crate::service::AutoscaleSpec>,
+    /// Inference services: the port each replica listens on (`PORT`): this one, or the next
+    /// free one on the replica's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Inference services: an HTTP path on `PORT` that answers 2xx when the replica is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<String>,
 }
 
 /// A document of jobs.
@@ -388,6 +398,41 @@ impl JobSpec {
                 "replicas",
                 "only inference services have replicas",
             ));
+        }
+        let service_only = [
+            ("autoscale", self.autoscale.is_some()),
+            ("port", self.port.is_some()),
+            ("readiness", self.readiness.is_some()),
+        ];
+        if let Some((field, _)) = service_only
+            .iter()
+            .find(|(_, set)| *set && self.replicas.is_none())
+        {
+            return Err(ModelError::invalid(
+                *field,
+                "only inference services (kind: inference with replicas) have it",
+            ));
+        }
+        if let Some(a) = &self.autoscale {
+            a.validate().map_err(|e| e.within("autoscale"))?;
+            if self.port.is_none() {
+                return Err(ModelError::invalid(
+                    "port",
+                    "an autoscaled service needs a port to scrape its replicas' metrics on",
+                ));
+            }
+        }
+        if self.port == Some(0) {
+            return Err(ModelError::invalid("port", "must be between 1 and 65535"));
+        }
+        if let Some(p) = &self.readiness {
+            crate::service::check_readiness(p)?;
+            if self.port.is_none() {
+                return Err(ModelError::invalid(
+                    "port",
+                    "a readiness path needs a port to probe it on",
+                ));
+            }
         }
         let mut min_available = total;
         if let Some(r) = self.replicas {

@@ -13,6 +13,8 @@
 //!   nominal quota, borrowing and lending limits, and weights; priority classes.
 //! - [`job`]: jobs, task groups, GPU demands (whole, shared fraction, MIG profile), gangs,
 //!   placement constraints and inference replicas.
+//! - [`service`]: inference services' autoscaling (a metric scraped from each replica, a target
+//!   per replica, stabilization windows, tolerance), their port and readiness path.
 //! - [`eligibility`]: where a task may run — node selectors, required node affinity, taints and
 //!   tolerations, with Kubernetes' semantics.
 //! - [`quantity`] and [`doc`]: parsing of `64Gi`, `500m`, `2h`, and of YAML/JSON documents, with
@@ -30,6 +32,7 @@ pub mod job;
 pub mod mig;
 pub mod quantity;
 pub mod queue;
+pub mod service;
 
 pub use cluster::{
     normalize_model, Catalog, Cluster, ClusterSpec, Device, Health, MigLayout, Node, NodePool,

@@ -788,6 +788,9 @@ fn build(file: &str, text: &str, spec: ScenarioSpec, variant: Option<String>) ->
                         spread: None,
                         command: Vec::new(),
                         env: Default::default(),
+                        autoscale: None,
+                        port: None,
+                        readiness: None,
                     };
                     let job = js.validate(&queues, Some(&catalog)).map_err(|e| {
                         at(
