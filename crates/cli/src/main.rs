@@ -10,6 +10,7 @@ mod output;
 mod plan;
 mod remote;
 mod serve;
+mod services;
 mod signal;
 mod sim;
 mod store;
@@ -57,6 +58,13 @@ enum Command {
     Logs(logs::LogsArgs),
     /// List nodes.
     Nodes(remote::NodesArgs),
+    /// List inference services: replicas (min/desired/running/ready/max), load against target,
+    /// the last scaling decision.
+    Services(services::ServicesArgs),
+    /// The ready replicas of an inference service (host:port), for a router to follow.
+    Endpoints(services::EndpointsArgs),
+    /// Change an inference service's replica bounds.
+    Scale(services::ScaleArgs),
     /// A live view of the cluster, queues, jobs and latest events (`--once`: one frame).
     Top(top::TopArgs),
     /// Replay a trace (openb, Philly) or a scenario through the engine under one or more
@@ -106,6 +114,9 @@ fn main() -> std::process::ExitCode {
         Command::Cancel(args) => remote::cancel(args),
         Command::Logs(args) => logs::run(args),
         Command::Nodes(args) => remote::nodes(args),
+        Command::Services(args) => services::services(args),
+        Command::Endpoints(args) => services::endpoints(args),
+        Command::Scale(args) => services::scale(args),
         Command::Top(args) => top::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Kube(args) => kube::run(args),

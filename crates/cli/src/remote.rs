@@ -31,10 +31,10 @@ pub struct Target {
 #[derive(Debug, clap::Args)]
 pub struct Conn {
     #[command(flatten)]
-    target: Target,
+    pub(crate) target: Target,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Format::Table)]
-    output: Format,
+    pub(crate) output: Format,
 }
 
 /// Read a PEM file named by a flag.

@@ -13,6 +13,7 @@
 //!   recovery), old pending jobs still cannot fit, so only jobs that arrived since are examined.
 
 use crate::fast::{HashMap, HashSet};
+use gantry_model::JobKind;
 use std::cmp::Reverse;
 use std::ops::Bound;
 
@@ -407,6 +408,13 @@ impl<'a> Cycle<'a> {
         match result {
             Ok(_) => {
                 self.commit(job, tx);
+                // An inference service scaled up may place part of its new replicas where room
+                // is free and need the rest from lower-priority work: look again, so the rest
+                // may preempt. Each round places more replicas or ends.
+                let j = &self.s.jobs[job as usize];
+                if self.p.preemption && j.kind == JobKind::Inference && j.has_unplaced() {
+                    self.consider(job);
+                }
                 true
             }
             Err(reason) => {
@@ -534,7 +542,8 @@ impl<'a> Cycle<'a> {
                     "commit takes only the job's own placements"
                 );
                 let g = &mut j.groups[t.group as usize];
-                t.index = g.running;
+                t.index = g.next_index.max(g.running);
+                g.next_index = t.index + 1;
                 g.running += 1;
                 j.tasks.push(t.clone());
                 tasks.push(t);

@@ -354,6 +354,9 @@ pub(crate) struct GroupSlot {
     pub demand: u32,
     pub count: u32,
     pub running: u32,
+    /// The index the next placed task gets: past every index this run has used, so a replica
+    /// added after a scale-down never reuses the index of one still stopping.
+    pub next_index: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -996,6 +999,7 @@ impl Snapshot {
                 demand: self.compile_demand(&g.demand)?,
                 count: g.count,
                 running: 0,
+                next_index: 0,
             });
         }
         let placement = match &job.placement {
@@ -1331,8 +1335,14 @@ impl Snapshot {
             });
         }
         let j = &mut self.jobs[id.idx()];
-        for (g, c) in j.groups.iter_mut().zip(&counts) {
+        for (gi, (g, c)) in j.groups.iter_mut().zip(&counts).enumerate() {
             g.running = *c;
+            g.next_index = applied
+                .iter()
+                .filter(|t| usize::from(t.group) == gi)
+                .map(|t| t.index + 1)
+                .max()
+                .unwrap_or(0);
         }
         j.tasks = applied;
         j.phase = JobPhase::Running;
@@ -1433,6 +1443,7 @@ impl Snapshot {
         let j = &mut self.jobs[id as usize];
         for g in j.groups.iter_mut() {
             g.running = 0;
+            g.next_index = 0;
         }
         self.mark_running(id, false);
         if !tasks.is_empty() {

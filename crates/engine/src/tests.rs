@@ -2,6 +2,7 @@
 
 use crate::testing::{cluster, queues, ClusterBuilder, Harness, JobBuilder, QueueBuilder};
 use crate::{GpuAlloc, JobPhase, PreemptCause, Profile, Reason};
+use gantry_model::JobKind;
 
 fn job(name: &str) -> JobBuilder {
     JobBuilder::new(name).queue("team-a")
@@ -700,6 +701,27 @@ fn inference_replicas_spread_over_nodes_and_scale() {
 }
 
 #[test]
+fn a_replica_added_after_a_scale_down_never_reuses_a_stopped_ones_index() {
+    let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &queues(&[("team-a", 64)]));
+    let id = h.submit(job("svc").gpus(1).service(1, 4, None));
+    h.snap.set_desired_replicas(id, 3).expect("scale");
+    h.cycle();
+    let indexes = |h: &Harness| -> Vec<u32> {
+        let mut v: Vec<u32> = h.snap.job_tasks(id).iter().map(|t| t.index).collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(indexes(&h), [0, 1, 2]);
+    assert_eq!(h.snap.set_desired_replicas(id, 1).expect("down"), 2);
+    assert_eq!(indexes(&h), [0]);
+    h.snap.set_desired_replicas(id, 3).expect("up");
+    h.cycle();
+    // 1 and 2 may still be draining on their node under the same run: new ones are 3 and 4.
+    assert_eq!(indexes(&h), [0, 3, 4]);
+    h.snap.audit().expect("audit");
+}
+
+#[test]
 fn cpu_and_memory_are_checked_on_the_node() {
     let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &queues(&[("team-a", 64)]));
     h.submit(job("fat").gpus(1).cpu_mem(100.0, 1024.0));
@@ -928,5 +950,32 @@ fn a_job_naming_a_model_no_node_has_waits_instead_of_panicking() {
     assert_eq!(plan.binds.len(), 1);
     let id = h.snap.job_by_name("odd").expect("odd");
     assert!(h.snap.explain(id).expect("explain").reason.is_some());
+    h.snap.audit().expect("audit");
+}
+
+#[test]
+fn a_service_scaling_up_preempts_a_training_gang_whole() {
+    let mut h = Harness::new(&cluster(2, 4, "h100-80gb"), &queues(&[("team-a", 64)]));
+    let train = h.submit(job("train").tasks(2).gpus(3).kind(JobKind::Training));
+    h.cycle();
+    assert!(h.running("train"));
+    let svc = h.submit(job("svc").gpus(1).service(1, 4, None));
+    h.cycle();
+    assert_eq!(h.snap.job_task_counts(svc), (1, 1));
+    h.snap.set_desired_replicas(svc, 4).expect("scale");
+    for _ in 0..3 {
+        h.cycle();
+    }
+    assert_eq!(
+        h.snap.job_task_counts(svc),
+        (4, 4),
+        "the service got its replicas: {:?}",
+        h.snap.reason(svc)
+    );
+    assert!(!h.running("train"), "training was preempted whole");
+    assert!(h.snap.job_tasks(train).is_empty());
+    h.snap.set_desired_replicas(svc, 1).expect("scale down");
+    h.cycle();
+    assert!(h.running("train"), "training runs again beside one replica");
     h.snap.audit().expect("audit");
 }

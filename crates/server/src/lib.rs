@@ -15,6 +15,8 @@
 //!   processes with `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES`, reports exits, stops tasks.
 //! - [`tasklog`] and [`logs`]: task output — captured on the node into capped, rotating files,
 //!   pushed to the server, which keeps its own copy and serves it (`TaskLogs`, `gantry logs`).
+//! - [`services`]: inference services — replica ports, what agents' probes report, the
+//!   autoscaler loop (the engine's HPA algorithm) and the bounds users set.
 //! - [`client`]: how clients and agents dial the server, over plain HTTP/2 or TLS (rustls).
 //! - [`auth`]: bearer tokens from a file; admins and team-scoped members.
 //! - [`metrics`]: prometheus `/metrics`, `/healthz`, `/readyz` over HTTP.
@@ -30,6 +32,7 @@ pub mod logs;
 pub mod metrics;
 pub mod record;
 pub mod server;
+pub mod services;
 pub mod state;
 pub mod store;
 pub mod tasklog;

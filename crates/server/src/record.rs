@@ -53,6 +53,9 @@ pub struct TaskRecord {
     pub alloc: NamedAlloc,
     /// Progress.
     pub phase: TaskPhase,
+    /// An inference replica's port (`PORT`) on its node; 0 for other tasks.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub port: u16,
 }
 
 impl std::ops::Deref for TaskRecord {
@@ -68,6 +71,7 @@ impl TaskRecord {
         TaskRecord {
             alloc: NamedAlloc::from_alloc(snap, t),
             phase: TaskPhase::Assigned,
+            port: 0,
         }
     }
 
@@ -116,6 +120,23 @@ pub struct JobRecord {
     /// among gantry's running jobs there; 0 before the job first runs.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub port: u16,
+    /// An inference service's last scaling decision (its desired count is the spec's task
+    /// count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<ScaleRecord>,
+}
+
+/// A scaling decision as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRecord {
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// Desired before.
+    pub from: u32,
+    /// Desired after.
+    pub to: u32,
+    /// In words, with its inputs.
+    pub why: String,
 }
 
 fn is_zero(p: &u16) -> bool {

@@ -26,6 +26,8 @@ use crate::state::{Assignment, Event, Report, State, Stop, TaskKey};
 use crate::store::{durable, Op, Store, Writer, WriterStats};
 use crate::ServerError;
 
+mod services_api;
+
 /// How many cycles `explain` runs the engine forward to estimate a start.
 const ESTIMATE_CYCLES: usize = 64;
 
@@ -326,6 +328,7 @@ impl Server {
         }
         background.push(tokio::spawn(server.clone().scheduling_loop()));
         background.push(tokio::spawn(server.clone().reaper()));
+        background.push(tokio::spawn(server.clone().autoscaler()));
         server.shared.kick.notify_one();
         let (tx, rx) = oneshot::channel::<()>();
         let s = server.clone();
@@ -336,6 +339,7 @@ impl Server {
                 .add_service(pb::queues_server::QueuesServer::new(s.clone()))
                 .add_service(pb::jobs_server::JobsServer::new(s.clone()))
                 .add_service(pb::nodes_server::NodesServer::new(s.clone()))
+                .add_service(pb::services_server::ServicesServer::new(s.clone()))
                 .add_service(pb::cluster_server::ClusterServer::new(s))
                 .serve_with_incoming_shutdown(crate::conn::incoming(listener, limits), async {
                     let _ = rx.await;
@@ -465,6 +469,16 @@ impl Server {
                     "cycle"
                 ),
                 Err(e) => tracing::error!(error = %e, "cycle could not be recorded"),
+            }
+        }
+    }
+
+    /// Inference services' autoscalers, each at its own interval (see [`State::autoscale`]).
+    async fn autoscaler(self) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Err(e) = self.apply(|st| Ok(((), st.autoscale(now_ms())))).await {
+                tracing::error!(error = %e, "a scaling decision could not be recorded");
             }
         }
     }
@@ -632,6 +646,8 @@ fn pb_job(rec: &JobRecord, st: &State) -> pb::Job {
                     attempt: rec.attempt,
                     command: Vec::new(),
                     env: Default::default(),
+                    port: u32::from(t.port),
+                    probe: None,
                 }
             })
             .collect(),
@@ -665,6 +681,14 @@ fn pb_assignment(a: Assignment) -> pb::TaskAssignment {
         attempt: a.attempt,
         command: a.command,
         env: a.env.into_iter().collect(),
+        port: u32::from(a.port),
+        probe: a.probe.map(|p| pb::ReplicaProbe {
+            readiness_path: p.readiness,
+            metric: p.metric,
+            metric_path: p.metric_path,
+            rate: p.rate,
+            interval_ms: p.interval_ms,
+        }),
     }
 }
 
@@ -1198,6 +1222,19 @@ impl pb::nodes_server::Nodes for Server {
                 start: Vec::new(),
                 stop: Vec::new(),
             }));
+        }
+        if !req.replicas.is_empty() {
+            let reports = req
+                .replicas
+                .iter()
+                .filter_map(|r| {
+                    let key = task_key(r.task.as_ref()?).ok()?;
+                    Some((key, r.ready, r.measured.then_some(r.value)))
+                })
+                .collect::<Vec<_>>();
+            let mut st = self.lock();
+            st.check_instance(&req.node, &req.instance)?;
+            st.record_replicas(&req.node, reports, now_ms());
         }
         let beat = |s: &Self| -> Result<_, ServerError> {
             let mut st = s.lock();

@@ -61,6 +61,10 @@ pub struct Assignment {
     pub command: Vec<String>,
     /// Extra environment.
     pub env: BTreeMap<String, String>,
+    /// An inference replica's port, 0 otherwise.
+    pub port: u16,
+    /// What the agent probes on an inference replica.
+    pub probe: Option<crate::services::Probe>,
 }
 
 /// A task an agent reports on.
@@ -182,9 +186,9 @@ pub struct State {
     /// The engine's view.
     pub snap: Snapshot,
     /// The snapshot must be rebuilt before it is used.
-    dirty: bool,
+    pub(crate) dirty: bool,
     /// Stops waiting for each node's next heartbeat.
-    stops: HashMap<String, Vec<Stop>>,
+    pub(crate) stops: HashMap<String, Vec<Stop>>,
     /// Next submission sequence number.
     pub next_seq: u64,
     /// Scheduling policy.
@@ -193,6 +197,10 @@ pub struct State {
     pub events: Vec<Event>,
     /// Counters.
     pub counters: Counters,
+    /// What agents' probes last said about each inference replica (memory only).
+    pub replicas: HashMap<TaskKey, crate::services::ReplicaLoad>,
+    /// Each autoscaled service's autoscaler (memory only; its desired count is durable).
+    pub scalers: HashMap<String, crate::services::Scaler>,
 }
 
 fn tree_of(
@@ -261,6 +269,8 @@ impl State {
             profile,
             events: Vec::new(),
             counters: Counters::default(),
+            replicas: HashMap::new(),
+            scalers: HashMap::new(),
         };
         for rec in jobs {
             s.next_seq = s.next_seq.max(rec.seq + 1);
@@ -611,6 +621,7 @@ impl State {
             reason: "waiting for the next scheduling cycle".into(),
             exit_code: 0,
             port: 0,
+            scale: None,
         })
     }
 
@@ -730,11 +741,12 @@ impl State {
                 .jobs
                 .get(&name)
                 .is_some_and(|e| e.rec.state == JobState::Pending);
-            let records: Vec<TaskRecord> = b
+            let mut records: Vec<TaskRecord> = b
                 .tasks
                 .iter()
                 .map(|t| TaskRecord::from_alloc(&self.snap, t))
                 .collect();
+            self.assign_replica_ports(&name, &mut records);
             let port = if fresh {
                 records
                     .iter()
@@ -1054,7 +1066,13 @@ impl State {
                     cpu_milli: t.cpu_milli,
                     memory_mib: t.memory_mib,
                     command: e.rec.command.clone(),
-                    env: self.rendezvous_env(e, t.group, t.index),
+                    env: {
+                        let mut env = crate::services::replica_env(t);
+                        env.extend(self.rendezvous_env(e, t.group, t.index));
+                        env
+                    },
+                    port: t.port,
+                    probe: (t.port != 0).then(|| self.probe_of(name)).flatten(),
                 });
             }
         }

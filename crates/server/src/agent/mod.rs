@@ -38,6 +38,7 @@ use crate::state::TaskKey;
 use crate::ServerError;
 
 pub mod output;
+pub mod probe;
 
 /// The agent's client of the server's `Nodes` service.
 pub type NodesClient = pb::nodes_client::NodesClient<
@@ -115,6 +116,8 @@ struct Task {
     pgid: Option<i32>,
     /// The uuids it was given.
     devices: Vec<String>,
+    /// An inference replica's probe (stopped when the task goes).
+    _probe: Option<probe::ProbeHandle>,
 }
 
 fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) {
@@ -276,6 +279,7 @@ fn start(
     exits: mpsc::UnboundedSender<(TaskKey, i32, bool, String)>,
     state_dir: Option<std::path::PathBuf>,
     out: &(output::OutputConfig, output::Shipper),
+    reports: &probe::Reports,
 ) -> Task {
     let key = TaskKey {
         job: a.job.clone(),
@@ -306,6 +310,7 @@ fn start(
                 stop: Some(stop_tx),
                 pgid: None,
                 devices: a.devices.clone(),
+                _probe: None,
             };
         }
     };
@@ -400,10 +405,26 @@ fn start(
             });
         }
     }
+    let port = u16::try_from(a.port).unwrap_or(0);
+    let probe = match (&a.probe, pgid) {
+        (Some(p), Some(_)) if port != 0 => Some(probe::spawn(
+            TaskKey {
+                job: a.job.clone(),
+                group: a.group as u16,
+                index: a.index,
+                attempt: a.attempt,
+            },
+            port,
+            p.clone(),
+            reports.clone(),
+        )),
+        _ => None,
+    };
     Task {
         stop: Some(stop_tx),
         pgid,
         devices: a.devices.clone(),
+        _probe: probe,
     }
 }
 
@@ -551,13 +572,20 @@ pub async fn run_agent(
     let mut pruned = tokio::time::Instant::now();
     let (shipper, shipping) = output::Shipper::spawn(nodes.clone(), name.clone());
     let out = (output_config, shipper);
+    let reports: probe::Reports = Default::default();
     let mut tasks: HashMap<TaskKey, Task> = HashMap::new();
     // Exits the server has not acknowledged yet: (phase, code), sent again every heartbeat.
     let mut unreported: HashMap<TaskKey, (pb::TaskPhase, i32, String)> = HashMap::new();
     for a in &reg.start {
         tasks.insert(
             key_of_assignment(a),
-            start(a, exits_tx.clone(), config.state_dir.clone(), &out),
+            start(
+                a,
+                exits_tx.clone(),
+                config.state_dir.clone(),
+                &out,
+                &reports,
+            ),
         );
     }
     tokio::pin!(shutdown);
@@ -605,7 +633,7 @@ pub async fn run_agent(
                             last_ok = tokio::time::Instant::now();
                             tracing::warn!(node = %name, instance = %instance, "registered again after stopping every task");
                             for a in &reg.start {
-                                tasks.entry(key_of_assignment(a)).or_insert_with(|| start(a, exits_tx.clone(), config.state_dir.clone(), &out));
+                                tasks.entry(key_of_assignment(a)).or_insert_with(|| start(a, exits_tx.clone(), config.state_dir.clone(), &out, &reports));
                             }
                         }
                         Err(s) if s.code() == tonic::Code::FailedPrecondition => {
@@ -625,6 +653,7 @@ pub async fn run_agent(
                     instance: instance.clone(),
                     leaving: false,
                     wait_ms: wait.as_millis() as u32,
+                    replicas: probe::snapshot(&reports),
                 };
                 let mut c = nodes.clone();
                 let limit = wait + lease / 2;
@@ -674,7 +703,7 @@ pub async fn run_agent(
                                 continue;
                             }
                             if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(k) {
-                                slot.insert(start(a, exits_tx.clone(), config.state_dir.clone(), &out));
+                                slot.insert(start(a, exits_tx.clone(), config.state_dir.clone(), &out, &reports));
                                 // Informational (the task counts as running either way): sent
                                 // without holding up the next start or exit.
                                 let mut c = nodes.clone();
@@ -735,6 +764,7 @@ pub async fn run_agent(
         instance: instance.clone(),
         leaving: true,
         wait_ms: 0,
+        replicas: Vec::new(),
     });
     match tokio::time::timeout(Duration::from_secs(2), bye).await {
         Ok(Ok(_)) => tracing::info!(node = %name, "stopped; the server requeues this node's jobs"),
