@@ -2,7 +2,8 @@
 //! autoscaler loop and the bounds users set.
 //!
 //! - Each replica of a service with a `port` gets `PORT`: that port, or the next one free among
-//!   gantry's replicas on its node, kept in its task record.
+//!   gantry's replicas on its machine (nodes registered from one address count as one), kept in
+//!   its task record.
 //! - Agents probe each replica's readiness path and scrape its metric at the service's interval
 //!   and send what they found with their heartbeats ([`State::record_replicas`]); this is held in
 //!   memory only.
@@ -106,20 +107,30 @@ impl State {
         let Some(preferred) = self.jobs.get(job).and_then(|e| e.rec.spec.port) else {
             return;
         };
+        // Nodes registered from one address are one machine (several agents may split its
+        // GPUs): ports are unique per address.
+        let host = |node: &str| -> String {
+            self.nodes
+                .get(node)
+                .map(|n| n.rec.address.clone())
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| node.to_string())
+        };
         let mut taken: BTreeSet<(String, u16)> = self
             .running
             .iter()
             .filter_map(|j| self.jobs.get(j))
             .flat_map(|e| e.rec.tasks.iter())
             .filter(|t| t.port != 0 && !matches!(t.phase, TaskPhase::Exited(_)))
-            .map(|t| (t.node.clone(), t.port))
+            .map(|t| (host(&t.node), t.port))
             .collect();
         for r in records {
+            let h = host(&r.node);
             let port = (0..PORT_SPAN)
                 .filter_map(|k| preferred.checked_add(k))
-                .find(|p| !taken.contains(&(r.node.clone(), *p)))
+                .find(|p| !taken.contains(&(h.clone(), *p)))
                 .unwrap_or(preferred);
-            taken.insert((r.node.clone(), port));
+            taken.insert((h, port));
             r.port = port;
         }
     }
