@@ -5,7 +5,8 @@
 //! would.
 //!
 //! The load rises: the service reaches 4 ready replicas and the training gang is preempted whole
-//! and requeued. The load falls: the service holds its replicas for the scale-down window, then
+//! and requeued. A replica killed with `kill -9` is replaced under a new index while the service
+//! keeps running. The load falls: the service holds its replicas for the scale-down window, then
 //! returns to 1, and the training gang runs again.
 
 mod common;
@@ -26,6 +27,8 @@ fn replica_process() {
     };
     let listener = std::net::TcpListener::bind(("127.0.0.1", port.parse::<u16>().expect("PORT")))
         .expect("bind PORT");
+    let pid_file = Path::new(&load_file).with_file_name(format!("replica-{port}.pid"));
+    std::fs::write(pid_file, std::process::id().to_string()).expect("pid file");
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let mut first = String::new();
@@ -98,7 +101,13 @@ fn a_service_scales_up_under_load_preempting_training_and_back_down_after_its_wi
     let dir = tempfile::tempdir().expect("dir");
     let (_server, addr) = serve(
         data.path(),
-        &["--no-local-agent", "--grace-ms", "500", "--debounce-ms", "5"],
+        &[
+            "--no-local-agent",
+            "--grace-ms",
+            "500",
+            "--debounce-ms",
+            "5",
+        ],
     );
     let _a = agent(&addr, "n1", dir.path());
     let _b = agent(&addr, "n2", dir.path());
@@ -148,12 +157,8 @@ fn a_service_scales_up_under_load_preempting_training_and_back_down_after_its_wi
     let total = std::sync::Arc::new(std::sync::Mutex::new(35.0_f64));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let generator = {
-        let (total, stop, addr, load_file) = (
-            total.clone(),
-            stop.clone(),
-            addr.clone(),
-            load_file.clone(),
-        );
+        let (total, stop, addr, load_file) =
+            (total.clone(), stop.clone(), addr.clone(), load_file.clone());
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let ready = service(&addr)["ready"].as_u64().unwrap_or(0).max(1);
@@ -194,7 +199,44 @@ fn a_service_scales_up_under_load_preempting_training_and_back_down_after_its_wi
         .collect();
     ports.sort();
     ports.dedup();
-    assert_eq!(ports.len(), 4, "each replica its own port on its node: {endpoints}");
+    assert_eq!(
+        ports.len(),
+        4,
+        "each replica its own port on its node: {endpoints}"
+    );
+
+    // A replica dies (kill -9): it is replaced under a new index; the service goes on and the
+    // training gang stays preempted.
+    let victim = ends
+        .iter()
+        .find(|e| e["index"] != 0)
+        .expect("a replica besides the first");
+    let pid: i32 = std::fs::read_to_string(dir.path().join(format!(
+        "replica-{}.pid",
+        victim["port"].as_u64().expect("port")
+    )))
+    .expect("pid file")
+    .trim()
+    .parse()
+    .expect("pid");
+    let killed_index = victim["index"].as_u64().expect("index");
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let s = poll("4 ready replicas again, one of them new", || {
+        let s = service(&addr);
+        let indexes: Vec<u64> = s["endpoints"]
+            .as_array()
+            .map(|e| e.iter().filter_map(|x| x["index"].as_u64()).collect())
+            .unwrap_or_default();
+        (s["ready"] == 4 && !indexes.contains(&killed_index) && indexes.contains(&4))
+            .then_some(s.clone())
+            .ok_or(s)
+    });
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(training(&addr)["state"], "pending");
 
     // Load falls: one replica is enough, but only after the scale-down window.
     *total.lock().expect("total") = 5.0;

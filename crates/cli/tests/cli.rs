@@ -184,7 +184,7 @@ fn a_bad_job_file_is_reported_at_its_own_line_before_any_server_is_asked() {
     )
     .into_owned();
     assert!(
-        said.contains("`command`, `env` at line 4 column 1"),
+        said.contains("`command`, `env`") && said.contains("at line 4 column 1"),
         "the hint lists every field a job file may have: {said}"
     );
 }

@@ -165,8 +165,13 @@ mod tests {
         down_window_ms: 30_000,
     };
 
+    /// One evaluation: (time in s, ready replicas, summed load).
+    type Step = (u64, u32, Option<f64>);
+    /// A case: name, policy, starting count, steps, the desired count after each.
+    type Case<'a> = (&'a str, &'a ScalePolicy, u32, &'a [Step], &'a [u32]);
+
     /// Run (time s, ready, load) steps; the desired count after each.
-    fn run(p: &ScalePolicy, start: u32, steps: &[(u64, u32, Option<f64>)]) -> Vec<u32> {
+    fn run(p: &ScalePolicy, start: u32, steps: &[Step]) -> Vec<u32> {
         let mut a = Autoscaler::new(start);
         steps
             .iter()
@@ -183,7 +188,7 @@ mod tests {
             up_window_ms: 10_000,
             ..POLICY
         };
-        let cases: &[(&str, &ScalePolicy, u32, &[(u64, u32, Option<f64>)], &[u32])] = &[
+        let cases: &[Case] = &[
             (
                 "steady load at the target keeps the count",
                 &POLICY,

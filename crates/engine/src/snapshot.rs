@@ -1641,6 +1641,34 @@ impl Snapshot {
         Ok(stopped.len() as u32)
     }
 
+    /// Release one task of a running job so that it is placed again (an inference replica
+    /// that exited): the job keeps running on its other tasks, and the next cycle places a
+    /// replacement under a new index. Returns false when the job would fall below its gang size
+    /// (the caller requeues it whole instead) or has no such task.
+    ///
+    /// # Errors
+    /// An unknown job.
+    pub fn replace_task(&mut self, id: JobId, group: u16, index: u32) -> Result<bool, EngineError> {
+        let j = self.job_mut(id)?;
+        let Some(pos) = j
+            .tasks
+            .iter()
+            .position(|t| t.group == group && t.index == index)
+        else {
+            return Ok(false);
+        };
+        if j.running_tasks() <= j.min_available {
+            return Ok(false);
+        }
+        let t = j.tasks.swap_remove(pos);
+        j.groups[usize::from(group)].running -= 1;
+        self.release_task(id.0, &t);
+        self.freed = true;
+        self.sync_pending(id.0);
+        self.fresh.push(id.0);
+        Ok(true)
+    }
+
     // ----- allocation primitives (used by the cycle and its statements) -----
 
     /// Recompute a device's bit in its node's free mask.

@@ -333,6 +333,62 @@ impl State {
         vec![Op::job(&e.rec)]
     }
 
+    /// A replica of a running service ended (`failure` says how). It is replaced: the engine
+    /// places a new one under a new index. When the service would fall below its `min`, it is
+    /// requeued whole instead, as a gang that lost a member.
+    pub(crate) fn replica_ended(
+        &mut self,
+        key: &TaskKey,
+        failure: String,
+        now: u64,
+        mut ops: Vec<Op>,
+    ) -> Vec<Op> {
+        let id = self.jobs.get(&key.job).and_then(|e| e.id);
+        let replaced = id.is_some_and(|id| {
+            self.snap
+                .replace_task(id, key.group, key.index)
+                .unwrap_or(false)
+        });
+        let Some(e) = self.jobs.get_mut(&key.job) else {
+            return ops;
+        };
+        if replaced {
+            let published = e.published;
+            let (mut i, mut gone_published) = (0, 0);
+            e.rec.tasks.retain(|t| {
+                let keep = !(t.group == key.group && t.index == key.index);
+                if !keep && i < published {
+                    gone_published += 1;
+                }
+                i += 1;
+                keep
+            });
+            e.published = published - gone_published;
+            let message = format!("{failure}; a new replica replaces it");
+            tracing::warn!(service = %key.job, index = key.index, "{message}");
+            self.events.push(Event {
+                job: key.job.clone(),
+                queue: e.rec.spec.queue.clone(),
+                kind: "replica-replaced",
+                message,
+                at_ms: now,
+                state: e.rec.state,
+            });
+        } else {
+            if let Some(id) = id {
+                if let Err(err) = self.snap.requeue(id) {
+                    tracing::error!(service = %key.job, error = %err, "requeue failed");
+                }
+            }
+            let why =
+                format!("{failure}; fewer than min replicas left, so the service starts again");
+            crate::state::requeue_record(e, &why, &mut self.stops, &mut self.events, now);
+            self.running.remove(&key.job);
+        }
+        ops.push(Op::job(&self.jobs[&key.job].rec));
+        ops
+    }
+
     /// Change a service's replica bounds (`gantry scale`). The desired count is brought within
     /// them at once; the autoscaler starts over from it.
     ///

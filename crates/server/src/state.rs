@@ -1247,6 +1247,10 @@ impl State {
             return ops;
         }
         t.phase = TaskPhase::Exited(code);
+        if e.rec.spec.replicas.is_some() {
+            // An inference replica that ends is replaced; the service goes on.
+            return self.replica_ended(key, failure, now, ops);
+        }
         let wanted: u32 = e.rec.spec.tasks.iter().map(|g| g.count).sum();
         let all_done = e.rec.tasks.len() as u32 >= wanted
             && e.rec.tasks.iter().all(|t| t.phase == TaskPhase::Exited(0));
@@ -1473,7 +1477,7 @@ fn stop_tasks(e: &JobEntry, why: &str, stops: &mut HashMap<String, Vec<Stop>>) {
 
 /// Put a job's record back to pending: its tasks are told to stop and the next run gets a new
 /// attempt number. (The caller has requeued it in the snapshot.)
-fn requeue_record(
+pub(crate) fn requeue_record(
     e: &mut JobEntry,
     why: &str,
     stops: &mut HashMap<String, Vec<Stop>>,

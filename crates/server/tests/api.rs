@@ -109,6 +109,7 @@ async fn the_api_over_tcp_schedules_refuses_bad_input_and_recovers() {
             running: vec![],
             leaving: false,
             wait_ms: 0,
+            replicas: Vec::new(),
         })
         .await
         .expect("hb")

@@ -203,6 +203,7 @@ async fn members_stay_in_their_teams_and_only_admins_edit_queues() {
             running: Vec::new(),
             leaving: false,
             wait_ms: 0,
+            replicas: Vec::new(),
         })
         .await
         .expect_err("member heartbeat");
