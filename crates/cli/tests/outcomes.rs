@@ -187,3 +187,31 @@ fn a_lost_node_is_forgotten_from_the_cli_and_a_live_one_is_not() {
         .expect("run");
     assert!(String::from_utf8_lossy(&out.stderr).contains("node \"gone\" not found"));
 }
+
+#[test]
+fn a_service_whose_replicas_keep_exiting_fails_instead_of_looping() {
+    let data = tempfile::tempdir().expect("tmp");
+    let dir = tempfile::tempdir().expect("dir");
+    let (_server, addr) = serve(data.path(), &["--fake-gpus", "2xH100-80GB"]);
+    let spec = serde_json::json!({
+        "name": "crashy", "queue": "default", "kind": "inference",
+        "replicas": {"min": 1, "max": 2}, "tasks": [{"gpus": 1, "count": 2}],
+        "port": 18_500, "readiness": "/health",
+        "command": ["sh", "-c", "echo cannot load the model >&2; exit 2"],
+    });
+    let file = dir.path().join("crashy.json");
+    std::fs::write(&file, spec.to_string()).expect("write");
+    client_json(&addr, &["submit", file.to_str().expect("utf-8")]);
+    let j = finished(&addr, "crashy");
+    assert_eq!(j["state"], "failed", "{j}");
+    let why = j["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("exited with code 2")
+            && why.contains("5 replicas in a row ended before one became ready"),
+        "{why}"
+    );
+    // What the replicas said is there to read.
+    assert!(
+        client_text(&addr, &["logs", "crashy", "--attempt", "0"]).contains("cannot load the model")
+    );
+}

@@ -43,6 +43,10 @@ pub struct Scaler {
     pub next_ms: u64,
 }
 
+/// Replicas of a service that may end in a row, with none becoming ready in between, before
+/// the service fails (a crash loop: a bad command or model).
+pub const MAX_REPLICA_EXITS: u32 = 5;
+
 /// How far from its preferred port a replica's port may be.
 const PORT_SPAN: u16 = 1000;
 
@@ -168,6 +172,9 @@ impl State {
                         .any(|t| t.node == node && t.group == key.group && t.index == key.index)
             });
             if known {
+                if ready {
+                    self.replica_exits.remove(&key.job);
+                }
                 self.replicas.insert(
                     key,
                     ReplicaLoad {

@@ -201,6 +201,8 @@ pub struct State {
     pub replicas: HashMap<TaskKey, crate::services::ReplicaLoad>,
     /// Each autoscaled service's autoscaler (memory only; its desired count is durable).
     pub scalers: HashMap<String, crate::services::Scaler>,
+    /// Replicas of each service that ended since one was last seen ready (memory only).
+    pub replica_exits: HashMap<String, u32>,
 }
 
 fn tree_of(
@@ -271,6 +273,7 @@ impl State {
             counters: Counters::default(),
             replicas: HashMap::new(),
             scalers: HashMap::new(),
+            replica_exits: HashMap::new(),
         };
         for rec in jobs {
             s.next_seq = s.next_seq.max(rec.seq + 1);
@@ -1247,14 +1250,31 @@ impl State {
             return ops;
         }
         t.phase = TaskPhase::Exited(code);
-        if e.rec.spec.replicas.is_some() {
-            // An inference replica that ends is replaced; the service goes on.
-            return self.replica_ended(key, failure, now, ops);
+        let service = e.rec.spec.replicas.is_some();
+        if service {
+            // An inference replica that ends is replaced and the service goes on, unless its
+            // replicas keep ending without one becoming ready in between (a crash loop).
+            let n = self.replica_exits.entry(key.job.clone()).or_insert(0);
+            *n += 1;
+            if *n < crate::services::MAX_REPLICA_EXITS {
+                return self.replica_ended(key, failure, now, ops);
+            }
         }
+        let Some(e) = self.jobs.get_mut(&key.job) else {
+            return ops;
+        };
+        let failure = if service {
+            format!(
+                "{failure} ({} replicas in a row ended before one became ready)",
+                crate::services::MAX_REPLICA_EXITS
+            )
+        } else {
+            failure
+        };
         let wanted: u32 = e.rec.spec.tasks.iter().map(|g| g.count).sum();
         let all_done = e.rec.tasks.len() as u32 >= wanted
             && e.rec.tasks.iter().all(|t| t.phase == TaskPhase::Exited(0));
-        let outcome = if code != 0 {
+        let outcome = if code != 0 || service {
             Some((JobState::Failed, "failed", failure))
         } else if all_done {
             Some((JobState::Succeeded, "succeeded", String::new()))
