@@ -1590,8 +1590,9 @@ impl Snapshot {
     }
 
     /// Change an inference service's desired replica count (the autoscaler's output), clamped
-    /// to its `min..max`... by the caller. Scaling down releases the highest replicas at once and
-    /// returns how many were stopped.
+    /// to its `min..max`... by the caller. Scaling down releases replicas at once and returns how
+    /// many were stopped: first those whose node is already the most free (so whole nodes come
+    /// back for waiting gangs rather than holes on busy ones), then the newest.
     ///
     /// # Errors
     /// An unknown job, or one with several task groups.
@@ -1603,21 +1604,31 @@ impl Snapshot {
         let replicas = replicas.max(j.min_available);
         j.groups[0].count = replicas;
         let mut stopped = Vec::new();
-        while j.groups[0].running > replicas {
+        let _ = j;
+        while self.jobs[id.idx()].groups[0].running > replicas {
+            let nodes = &self.nodes;
+            let j = &self.jobs[id.idx()];
+            // The replica whose node has the most free GPUs, then the fewest tasks of this
+            // service, then the newest.
             let Some(pos) = j
                 .tasks
                 .iter()
                 .enumerate()
-                .max_by_key(|(_, t)| t.index)
+                .max_by_key(|(_, t)| {
+                    let free = nodes[t.node.idx()].free_mask.count_ones();
+                    let mine = j.tasks.iter().filter(|o| o.node == t.node).count();
+                    (free, std::cmp::Reverse(mine), t.index)
+                })
                 .map(|(i, _)| i)
             else {
                 break;
             };
-            stopped.push(j.tasks.swap_remove(pos));
+            let j = &mut self.jobs[id.idx()];
+            let t = j.tasks.swap_remove(pos);
             j.groups[0].running -= 1;
-        }
-        for t in &stopped {
-            self.release_task(id.0, t);
+            // Released one by one, so the next choice sees the GPUs this one freed.
+            self.release_task(id.0, &t);
+            stopped.push(t);
         }
         if !stopped.is_empty() {
             self.freed = true;

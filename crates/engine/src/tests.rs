@@ -979,3 +979,48 @@ fn a_service_scaling_up_preempts_a_training_gang_whole() {
     assert!(h.running("train"), "training runs again beside one replica");
     h.snap.audit().expect("audit");
 }
+
+#[test]
+fn scaling_down_frees_whole_nodes_for_waiting_gangs() {
+    // Node a holds the service's first replica and nothing else; node b is busy with `other`
+    // and the newest replica. Stopping the newest (the old rule) would leave both nodes broken.
+    let c = ClusterBuilder::new()
+        .pool("a", 1, 4, "h100-80gb")
+        .label("zone", "a")
+        .pool("b", 1, 4, "h100-80gb")
+        .label("zone", "b")
+        .build();
+    let mut h = Harness::new(&c, &queues(&[("team-a", 64)]));
+    let svc = h.submit(job("svc").gpus(1).service(1, 2, None));
+    h.cycle();
+    h.submit(job("other").gpus(3).selector("zone", "b"));
+    h.cycle();
+    h.snap.set_desired_replicas(svc, 2).expect("scale");
+    h.cycle();
+    let node_of = |h: &Harness, index: u32| {
+        h.snap
+            .job_tasks(svc)
+            .iter()
+            .find(|t| t.index == index)
+            .map(|t| h.snap.node_name(t.node).to_string())
+    };
+    let (a, b) = (
+        node_of(&h, 0).expect("first"),
+        node_of(&h, 1).expect("newest"),
+    );
+    assert_ne!(a, b, "the newest replica went beside `other`");
+    h.snap.set_desired_replicas(svc, 1).expect("down");
+    assert_eq!(
+        node_of(&h, 1),
+        Some(b),
+        "the replica on the busy node stays"
+    );
+    h.submit(job("gang").gpus(4));
+    h.cycle();
+    assert!(
+        h.running("gang"),
+        "{:?}",
+        h.snap.reason(h.snap.job_by_name("gang").expect("g"))
+    );
+    h.snap.audit().expect("audit");
+}
