@@ -18,7 +18,7 @@ use crate::output::{print_doc, table, Format};
 
 /// Flags of `gantry sim`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["openb", "philly", "scenario"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["openb", "philly", "scenario", "inference"])))]
 pub struct SimArgs {
     /// An openb folder: `openb_node_list_gpu_node.csv` and a pod list (see --pods).
     #[arg(long, value_name = "DIR")]
@@ -61,6 +61,10 @@ pub struct SimArgs {
     /// Write a report folder (SVG plots and index.html).
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
+    /// An inference study (YAML, e.g. crates/sim/scenarios/inference-autoscale.yaml): an
+    /// autoscaled service beside a Philly training backlog, under three sizings.
+    #[arg(long, value_name = "YAML", conflicts_with_all = ["openb", "philly", "scenario"])]
+    inference: Option<PathBuf>,
     /// Points kept per time series.
     #[arg(long, default_value_t = 400)]
     samples: usize,
@@ -359,6 +363,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         anyhow::bail!("--output: gantry sim writes table or json");
     }
     let profiles = compare::profiles(args.compare.as_deref().unwrap_or(&args.policy))?;
+    if let Some(path) = &args.inference {
+        return run_inference(&args, path, &profiles[0]);
+    }
     if let Some(spec) = &args.seeds {
         return run_seeds(&args, spec, &profiles);
     }
@@ -501,6 +508,90 @@ fn run_seeds(args: &SimArgs, spec: &str, profiles: &[Profile]) -> anyhow::Result
     }
     if let Some(p) = report_path {
         println!("report: {p}");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct InferenceOut {
+    strategy: &'static str,
+    slo_attainment: f64,
+    scale_ups: usize,
+    scale_up_median_s: Option<f64>,
+    scale_up_max_s: Option<f64>,
+    service_gpu_hours: f64,
+    training_done: usize,
+    training_total: usize,
+    training_mean_jct_h: f64,
+    preemptions: u32,
+    gpu_hours_lost: f64,
+}
+
+/// `gantry sim --inference STUDY`: the three sizings of the study's service, side by side.
+fn run_inference(args: &SimArgs, path: &std::path::Path, profile: &Profile) -> anyhow::Result<()> {
+    use gantry_sim::inference::{run, Strategy, Study};
+    let study = Study::load(path)?;
+    let mut results = Vec::new();
+    for s in Strategy::ALL {
+        results.push(run(&study, s, profile)?);
+    }
+    let rows: Vec<InferenceOut> = results
+        .iter()
+        .map(|r| InferenceOut {
+            strategy: r.strategy.name(),
+            slo_attainment: r.slo_attainment,
+            scale_ups: r.scale_ups_s.len(),
+            scale_up_median_s: r.scale_up_latency().map(|l| l.0),
+            scale_up_max_s: r.scale_up_latency().map(|l| l.1),
+            service_gpu_hours: r.service_gpu_hours,
+            training_done: r.training_done,
+            training_total: r.training_total,
+            training_mean_jct_h: r.training_mean_jct_h,
+            preemptions: r.preemptions,
+            gpu_hours_lost: r.gpu_hours_lost,
+        })
+        .collect();
+    let plot = match &args.report {
+        Some(dir) => Some(gantry_sim::report::write_inference(
+            dir,
+            study.name(),
+            &results,
+        )?),
+        None => None,
+    };
+    if args.output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut t = crate::output::table(&[
+        "sizing",
+        "SLO met",
+        "scale-ups (median/max s)",
+        "service GPU-h",
+        "training done",
+        "mean JCT h",
+        "preemptions",
+        "GPU-h lost",
+    ]);
+    for r in &rows {
+        t.add_row(vec![
+            r.strategy.to_string(),
+            format!("{:.1}%", r.slo_attainment * 100.0),
+            match (r.scale_up_median_s, r.scale_up_max_s) {
+                (Some(a), Some(b)) => format!("{} ({a:.0}/{b:.0})", r.scale_ups),
+                _ => "0".into(),
+            },
+            format!("{:.0}", r.service_gpu_hours),
+            format!("{}/{}", r.training_done, r.training_total),
+            format!("{:.2}", r.training_mean_jct_h),
+            r.preemptions.to_string(),
+            format!("{:.1}", r.gpu_hours_lost),
+        ]);
+    }
+    println!("{}: {}", study.name(), path.display());
+    println!("{t}");
+    if let Some(p) = plot {
+        println!("plot: {}", p.display());
     }
     Ok(())
 }

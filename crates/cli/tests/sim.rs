@@ -69,3 +69,53 @@ fn the_readme_command_runs_the_bundled_sample_and_writes_the_report() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_inference_study_meets_its_slo_for_less_than_a_static_peak_deployment() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let table = root.join("../shared/data/philly/philly.csv");
+    if !table.exists() {
+        eprintln!(
+            "SKIPPED: the Philly table is not at {} (the study's training backlog)",
+            table.display()
+        );
+        return;
+    }
+    let report = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["sim", "--inference"])
+        .arg(root.join("crates/sim/scenarios/inference-autoscale.yaml"))
+        .arg("--report")
+        .arg(report.path())
+        .args(["--output", "json"])
+        .output()
+        .expect("run gantry sim");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let by = |name: &str| {
+        rows.as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["strategy"] == name)
+            .cloned()
+            .expect(name)
+    };
+    let (auto, peak, min) = (by("autoscale"), by("static-peak"), by("fixed-min"));
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().expect(k);
+    assert!(f(&auto, "slo_attainment") >= 0.99, "{auto}");
+    assert!(f(&min, "slo_attainment") < 0.5, "{min}");
+    assert!(f(&auto, "service_gpu_hours") < 0.7 * f(&peak, "service_gpu_hours"));
+    // Training gets back what the service does not hold: it finishes sooner than beside a
+    // static peak deployment, and later than beside the bare minimum.
+    assert!(f(&auto, "training_mean_jct_h") < f(&peak, "training_mean_jct_h"));
+    assert!(f(&auto, "training_mean_jct_h") > f(&min, "training_mean_jct_h"));
+    assert!(
+        f(&auto, "preemptions") > 0.0,
+        "the service took GPUs from training"
+    );
+    assert!(report.path().join("inference.svg").exists());
+}

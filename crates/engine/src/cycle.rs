@@ -377,9 +377,29 @@ impl<'a> Cycle<'a> {
         true
     }
 
+    /// Look at one job (see [`Cycle::consider_once`]). An inference service scaled up may place
+    /// part of its new replicas where room is free and need the rest from lower-priority work:
+    /// it is looked at again while that places more replicas, so the rest may preempt.
+    fn consider(&mut self, job: u32) -> bool {
+        let admitted = self.consider_once(job);
+        if admitted && self.s.jobs[job as usize].kind == JobKind::Inference && self.p.preemption {
+            loop {
+                let j = &self.s.jobs[job as usize];
+                if !j.has_unplaced() {
+                    break;
+                }
+                let before = j.running_tasks();
+                if !self.consider_once(job) || self.s.jobs[job as usize].running_tasks() == before {
+                    break;
+                }
+            }
+        }
+        admitted
+    }
+
     /// Look at one job: memo, placement, then preemption or a reservation. Returns whether it
     /// was admitted.
-    fn consider(&mut self, job: u32) -> bool {
+    fn consider_once(&mut self, job: u32) -> bool {
         self.plan.stats.examined += 1;
         let (queue, shape, priority, end, fresh_gang) = {
             let j = &self.s.jobs[job as usize];
@@ -408,13 +428,6 @@ impl<'a> Cycle<'a> {
         match result {
             Ok(_) => {
                 self.commit(job, tx);
-                // An inference service scaled up may place part of its new replicas where room
-                // is free and need the rest from lower-priority work: look again, so the rest
-                // may preempt. Each round places more replicas or ends.
-                let j = &self.s.jobs[job as usize];
-                if self.p.preemption && j.kind == JobKind::Inference && j.has_unplaced() {
-                    self.consider(job);
-                }
                 true
             }
             Err(reason) => {

@@ -43,6 +43,7 @@ pub mod compare;
 mod csv;
 pub mod driver;
 pub mod error;
+pub mod inference;
 pub mod metrics;
 pub mod openb;
 pub mod philly;

@@ -566,3 +566,68 @@ pub fn write(
     std::fs::write(&index, h).map_err(|e| SimError::io(index, e))?;
     Ok(())
 }
+
+/// The inference study's plot: replicas needed against ready replicas over time, one line per
+/// strategy, written to `dir/inference.svg`; returns its path.
+///
+/// # Errors
+/// The folder or the file cannot be written.
+pub fn write_inference(
+    dir: &Path,
+    name: &str,
+    results: &[crate::inference::StudyResult],
+) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| SimError::io(dir, e))?;
+    let path = dir.join("inference.svg");
+    let xmax = results
+        .iter()
+        .filter_map(|r| r.series.last().map(|p| p.0))
+        .fold(1e-9, f64::max);
+    let ymax = results
+        .iter()
+        .flat_map(|r| r.series.iter().map(|p| p.1.max(p.2).max(p.3)))
+        .max()
+        .unwrap_or(1) as f64
+        + 1.0;
+    render(&path, (W, H), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                format!("{name}: replicas needed and ready"),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..xmax, 0f64..ymax)?;
+        chart
+            .configure_mesh()
+            .x_desc("hours")
+            .y_desc("replicas")
+            .draw()?;
+        if let Some(r) = results.first() {
+            chart
+                .draw_series(LineSeries::new(
+                    r.series.iter().map(|p| (p.0, f64::from(p.1))),
+                    BLACK.stroke_width(1),
+                ))?
+                .label("needed (load / target)")
+                .legend(line_mark(BLACK));
+        }
+        for (i, r) in results.iter().enumerate() {
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(
+                    r.series.iter().map(|p| (p.0, f64::from(p.2))),
+                    c.stroke_width(2),
+                ))?
+                .label(format!(
+                    "{} ready (SLO {:.1}%)",
+                    r.strategy.name(),
+                    r.slo_attainment * 100.0
+                ))
+                .legend(line_mark(c));
+        }
+        legend(&mut chart)
+    })?;
+    Ok(path)
+}
