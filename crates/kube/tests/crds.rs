@@ -57,3 +57,48 @@ fn the_example_queues_and_groups_parse_as_the_crds() {
     assert_eq!(min_members.len(), 1);
     assert_eq!(completions, Some(u64::from(min_members[0])));
 }
+
+#[test]
+fn the_autoscaled_vllm_example_gives_gantry_inference_pods_of_one_gpu() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    let text =
+        std::fs::read_to_string(repo_file("deploy/examples/kube/vllm-autoscaled.yaml")).unwrap();
+    let mut kinds = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        if kind == "Deployment" {
+            let d: Deployment = serde_yaml::from_value(v.clone()).unwrap();
+            let template = d.spec.expect("spec").template;
+            // The pod the ReplicaSet makes from the template, as gantry reads it.
+            let pod = Pod {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some("vllm-chat-abc".into()),
+                    namespace: Some("default".into()),
+                    uid: Some("u1".into()),
+                    ..template.metadata.unwrap_or_default()
+                },
+                spec: template.spec,
+                status: None,
+            };
+            assert_eq!(
+                pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()),
+                Some("gantry")
+            );
+            let info = gantry_kube::translate::pod_info(&pod).unwrap();
+            assert_eq!(info.priority_class.as_deref(), Some("inference"));
+            assert_eq!(info.queue.as_deref(), Some("team-b"));
+            assert_eq!(info.demand.gpus, 1);
+        }
+        if kind == "ScaledObject" {
+            assert_eq!(v["spec"]["triggers"][0]["type"], "prometheus");
+            assert!(v["spec"]["triggers"][0]["metadata"]["query"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("vllm:num_requests_running"));
+        }
+        kinds.push(kind);
+    }
+    assert_eq!(kinds, ["Deployment", "Service", "ScaledObject"]);
+}
