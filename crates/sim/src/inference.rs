@@ -201,7 +201,8 @@ impl Study {
         let s = &spec.service;
         if s.min == 0
             || s.min > s.max
-            || s.target.is_nan() || s.target <= 0.0
+            || s.target.is_nan()
+            || s.target <= 0.0
             || s.capacity.is_some_and(|c| c < s.target)
         {
             return Err(SimError::Config(format!(
