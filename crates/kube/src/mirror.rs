@@ -17,7 +17,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gantry_engine::{schedule, JobId, JobPhase, NamedAlloc, Profile, Snapshot};
-use gantry_model::{Cluster, ClusterSpec, QueueTree, QueuesSpec};
+use gantry_model::{
+    Cluster, ClusterSpec, QueueTree, QueuesSpec, SelectorOp, SelectorRequirement, SelectorTerm,
+};
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use kube::ResourceExt;
 
@@ -25,8 +27,8 @@ use crate::apply::{EvictResult, Outcome};
 use crate::crd::{NodeInventorySpec, PodGroup, PodGroupSpec, PodGroupStatus, Queue, QueueStatus};
 use crate::error::KubeError;
 use crate::translate::{
-    bind_annotations, created_ms, job_spec, node_of, pod_info, queue_tree, JobKey, JobTranslation,
-    NodeView, PodInfo, PodKey, PodState,
+    bind_annotations, created_ms, job_spec, node_of, pod_info, queue_tree, spread_excluded, JobKey,
+    JobTranslation, NodeView, PodInfo, PodKey, PodState, HOSTNAME_KEY,
 };
 
 /// A pod to bind.
@@ -521,7 +523,9 @@ impl Mirror {
                     .or_default()
                     .insert(key.clone());
                 self.dirty.insert(info.job.clone());
+                let ns = key.ns.clone();
                 self.pods.insert(key, info);
+                self.spread_changed(&ns);
             }
             Err(e) => {
                 self.unlink(&key);
@@ -547,6 +551,7 @@ impl Mirror {
         self.held.remove(&key);
         self.evicting.remove(&key);
         self.observed_pod_reason.remove(&key);
+        self.spread_changed(ns);
     }
 
     /// Record the devices `info` holds by its allocation (none when it is gone or unbound).
@@ -729,6 +734,74 @@ impl Mirror {
         self.structure_dirty = false;
     }
 
+    /// Where a pending lone pod with host spread constraints may not go, or why it waits.
+    ///
+    /// Siblings (pods of its namespace its constraints select) count on the node they are bound
+    /// to or being bound to. The nodes are the ready ones that carry its `nodeSelector` labels.
+    /// Siblings are placed one at a time, oldest first, so two placed in one cycle never land
+    /// against the constraint: a pod waits while an older sibling is still unplaced.
+    fn spread_exclusions(&self, pod: &PodInfo) -> Result<Vec<String>, String> {
+        let siblings: Vec<&PodInfo> = self
+            .pods
+            .values()
+            .filter(|p| p.key.ns == pod.key.ns && p.key != pod.key && p.state.holds())
+            .filter(|p| pod.spread.iter().any(|c| c.selects(&p.labels)))
+            .collect();
+        if let Some(first) = siblings
+            .iter()
+            .filter(|p| p.node.is_none() && !self.in_flight.contains_key(&p.key))
+            .filter(|p| !p.spread.is_empty())
+            .find(|p| (p.created_ms, &p.key) < (pod.created_ms, &pod.key))
+        {
+            return Err(format!(
+                "waits for {} to be placed first: pods spread over {HOSTNAME_KEY}                  (topologySpreadConstraints) are placed one at a time",
+                first.key
+            ));
+        }
+        let nodes: Vec<String> = self
+            .views
+            .iter()
+            .filter(|(_, v)| v.ready)
+            .filter(|(_, v)| {
+                pod.demand
+                    .constraints
+                    .node_selector
+                    .iter()
+                    .all(|(k, val)| v.node.labels.get(k) == Some(val))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let counts: Vec<BTreeMap<String, u32>> = pod
+            .spread
+            .iter()
+            .map(|c| {
+                let mut m = BTreeMap::new();
+                for p in siblings.iter().filter(|p| c.selects(&p.labels)) {
+                    let node = p
+                        .node
+                        .clone()
+                        .or_else(|| self.in_flight.get(&p.key).map(|a| a.node.clone()));
+                    if let Some(n) = node {
+                        *m.entry(n).or_insert(0) += 1;
+                    }
+                }
+                m
+            })
+            .collect();
+        Ok(spread_excluded(&pod.spread, &nodes, &counts))
+    }
+
+    /// Pending lone pods with spread constraints in `ns` look again (a sibling moved).
+    fn spread_changed(&mut self, ns: &str) {
+        let keys: Vec<JobKey> = self
+            .pods
+            .values()
+            .filter(|p| p.key.ns == ns && !p.spread.is_empty() && p.node.is_none())
+            .map(|p| p.job.clone())
+            .collect();
+        self.dirty.extend(keys);
+    }
+
     fn live_pods(&self, key: &JobKey) -> Vec<&PodInfo> {
         self.pods_of
             .get(key)
@@ -791,7 +864,7 @@ impl Mirror {
                 return;
             }
         }
-        let tr = match job_spec(key, &live, group.as_ref().map(|(g, c)| (g, *c))) {
+        let mut tr = match job_spec(key, &live, group.as_ref().map(|(g, c)| (g, *c))) {
             Ok(t) => t,
             Err(why) => {
                 self.retire(key);
@@ -799,6 +872,38 @@ impl Mirror {
                 return;
             }
         };
+        if let JobKey::Pod(pk) = key {
+            let spread = self
+                .pods
+                .get(pk)
+                .filter(|p| !p.spread.is_empty() && p.node.is_none())
+                .map(|p| self.spread_exclusions(p));
+            match spread {
+                Some(Err(why)) => {
+                    self.retire(key);
+                    self.jobs.entry(key.clone()).or_default().reason = Some(why);
+                    return;
+                }
+                Some(Ok(excluded)) if !excluded.is_empty() => {
+                    let not_here = SelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: SelectorOp::NotIn,
+                        values: excluded,
+                    };
+                    for g in &mut tr.spec.tasks {
+                        if g.node_affinity.is_empty() {
+                            g.node_affinity.push(SelectorTerm {
+                                match_expressions: Vec::new(),
+                            });
+                        }
+                        for term in &mut g.node_affinity {
+                            term.match_expressions.push(not_here.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
         // What is bound, or assumed bound: the allocation the pod carries or the one in flight.
         let bound: BoundPods = live
             .iter()
@@ -1022,6 +1127,7 @@ impl Mirror {
                 }
             }
         }
+        let mut spread_moved: Vec<String> = Vec::new();
         for b in &plan.binds {
             let Some(key) = key_of(&self.snap, b.job) else {
                 continue;
@@ -1061,6 +1167,7 @@ impl Mirror {
                     slot.1 = Some(alloc.clone());
                 }
                 self.in_flight.insert(pod.clone(), alloc.clone());
+                spread_moved.push(pod.ns.clone());
                 // Devices a preempted or deleted pod still holds (its grace period) are waited
                 // for: the bind goes out once that pod is gone.
                 let claimed = claim_keys(&alloc)
@@ -1091,6 +1198,12 @@ impl Mirror {
             } else {
                 actions.binds.extend(batch);
             }
+        }
+        // A sibling of spread pods was placed: the next one looks now (next cycle).
+        spread_moved.sort();
+        spread_moved.dedup();
+        for ns in spread_moved {
+            self.spread_changed(&ns);
         }
         // Every waiting job's reason as the engine sees it now: the plan's reasons, and for a
         // queue the cycle skipped whole (out of quota), the queue's reason. A preemptor whose
@@ -1417,6 +1530,69 @@ mod tests {
         serde_json::from_value(json!({"metadata": {"name": "g", "namespace": "ml"},
             "spec": {"minMember": min, "queue": "q"}}))
         .unwrap()
+    }
+
+    /// A replica of a service spread over hosts (maxSkew 1), as a Deployment would make it.
+    fn spread_pod(name: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}"),
+                         "labels": {"app": "svc", "gantry.dev/queue": "q"}},
+            "spec": {"schedulerName": "gantry",
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                    "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "svc"}}}],
+                "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn replicas_spread_over_hosts_land_one_per_node_before_doubling_up() {
+        let mut m = mirror(&[("n1", 4), ("n2", 4)]);
+        for p in ["a", "b", "c"] {
+            m.upsert_pod(&spread_pod(p));
+        }
+        let mut placed: Vec<(String, String)> = Vec::new();
+        for t in 1..=3u64 {
+            let a = m.cycle(t * 1_000);
+            for b in &a.binds {
+                placed.push((b.pod.name.clone(), b.node.clone()));
+            }
+            // One at a time, oldest first: the others say why they wait.
+            assert_eq!(a.binds.len(), 1, "cycle {t}: {a:#?}");
+        }
+        assert_eq!(placed[0].0, "a");
+        assert_eq!(placed[1].0, "b");
+        assert_ne!(
+            placed[0].1, placed[1].1,
+            "the second replica went to the other node: {placed:?}"
+        );
+        // Bin packing alone would have stacked them on one node.
+        let on_n1 = placed.iter().filter(|p| p.1 == "n1").count();
+        assert!((1..=2).contains(&on_n1), "{placed:?}");
+    }
+
+    #[test]
+    fn a_spread_the_scheduler_cannot_read_is_said_on_the_pod() {
+        let mut m = mirror(&[("n1", 4)]);
+        let mut p = spread_pod("a");
+        if let Some(spec) = p.spec.as_mut() {
+            if let Some(c) = spec.topology_spread_constraints.as_mut() {
+                c[0].label_selector = Some(
+                    serde_json::from_value(json!({
+                        "matchExpressions": [{"key": "app", "operator": "In", "values": ["svc"]}]
+                    }))
+                    .unwrap(),
+                );
+            }
+        }
+        m.upsert_pod(&p);
+        let a = m.cycle(1_000);
+        assert!(a.binds.is_empty());
+        let said = format!("{a:?}");
+        assert!(
+            said.contains("labelSelector.matchExpressions: gantry reads matchLabels only"),
+            "{said}"
+        );
     }
 
     /// Each row: what the watches delivered, then what one cycle must write.

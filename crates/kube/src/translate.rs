@@ -262,6 +262,106 @@ pub struct PodInfo {
     pub state: PodState,
     /// Creation time, ms since the epoch (orders lone pods in their queue).
     pub created_ms: u64,
+    /// Its labels (what sibling pods' spread constraints select on).
+    pub labels: BTreeMap<String, String>,
+    /// Its `topologySpreadConstraints` on `kubernetes.io/hostname` that must hold.
+    pub spread: Vec<HostSpread>,
+}
+
+/// The label key of a node's name.
+pub const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
+
+/// A `topologySpreadConstraint` on `kubernetes.io/hostname` with `whenUnsatisfiable:
+/// DoNotSchedule`: among the nodes, the pods matching `match_labels` (in the pod's namespace)
+/// may differ by at most `max_skew` from the node with the fewest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpread {
+    /// `maxSkew`.
+    pub max_skew: u32,
+    /// `labelSelector.matchLabels`.
+    pub match_labels: BTreeMap<String, String>,
+}
+
+impl HostSpread {
+    /// Whether a pod with `labels` counts for this constraint.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// A pod's spread constraints gantry enforces: those on `kubernetes.io/hostname` that must hold
+/// (`DoNotSchedule`, the default). `ScheduleAnyway` ones are preferences and other topology keys
+/// are not read.
+///
+/// # Errors
+/// A constraint gantry would have to enforce but cannot read: a `matchExpressions` selector or
+/// a `maxSkew` below 1, naming the field.
+fn spread_of(pod: &Pod) -> Result<Vec<HostSpread>, String> {
+    let mut out = Vec::new();
+    let Some(spec) = &pod.spec else {
+        return Ok(out);
+    };
+    for (i, c) in spec
+        .topology_spread_constraints
+        .iter()
+        .flatten()
+        .enumerate()
+    {
+        if c.topology_key != HOSTNAME_KEY || c.when_unsatisfiable == "ScheduleAnyway" {
+            continue;
+        }
+        let field = format!("spec.topologySpreadConstraints[{i}]");
+        if c.max_skew < 1 {
+            return Err(format!(
+                "{field}.maxSkew: must be at least 1, got {}",
+                c.max_skew
+            ));
+        }
+        let selector = c.label_selector.as_ref();
+        if selector
+            .and_then(|s| s.match_expressions.as_ref())
+            .is_some_and(|e| !e.is_empty())
+        {
+            return Err(format!(
+                "{field}.labelSelector.matchExpressions: gantry reads matchLabels only"
+            ));
+        }
+        out.push(HostSpread {
+            max_skew: c.max_skew as u32,
+            match_labels: selector
+                .and_then(|s| s.match_labels.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// Nodes a pod may not go to under its host spread constraints: those where one more matching
+/// pod would put the node more than `max_skew` above the node with the fewest. `counts` holds,
+/// per constraint, the matching pods already on each of `nodes` (the nodes the pod may use).
+pub fn spread_excluded(
+    spread: &[HostSpread],
+    nodes: &[String],
+    counts: &[BTreeMap<String, u32>],
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (c, count) in spread.iter().zip(counts) {
+        let of = |n: &String| count.get(n).copied().unwrap_or(0);
+        let Some(min) = nodes.iter().map(of).min() else {
+            continue;
+        };
+        for n in nodes {
+            if of(n) + 1 - min > c.max_skew && !out.contains(n) {
+                out.push(n.clone());
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Kubernetes CPU quantity (`2`, `500m`, `1.5`) in millicores.
@@ -494,6 +594,14 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, String> {
         allocation,
         state,
         created_ms,
+        labels: pod
+            .metadata
+            .labels
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        spread: spread_of(pod)?,
     })
 }
 
