@@ -578,6 +578,30 @@ async fn kubernetes_mode_as_deployed() {
         "the 3 × 8 gang fills three whole nodes"
     );
     start_bound(&pods).await;
+    // Inference replicas carry a pod-deletion-cost, so a scale-down deletes the one on the
+    // freest node first (a real merge patch of pods, allowed by the shipped RBAC).
+    until("the inference replicas' pod-deletion-cost", || async {
+        let listed = pods
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let missing: Vec<String> = listed
+            .items
+            .iter()
+            .filter(|p| p.name_any().starts_with("chat-svc"))
+            .filter(|p| {
+                !p.annotations()
+                    .contains_key("controller.kubernetes.io/pod-deletion-cost")
+            })
+            .map(|p| p.name_any())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not yet on {missing:?}"))
+        }
+    })
+    .await;
     // Events, the way `kubectl describe pod llm-pretrain-0` finds them.
     let p0 = bound
         .iter()

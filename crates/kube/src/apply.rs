@@ -161,6 +161,8 @@ impl WriterConfig {
 #[derive(Debug, Clone, PartialEq)]
 enum StatusWrite {
     Pod(PodCondition),
+    /// `controller.kubernetes.io/pod-deletion-cost`.
+    Cost(String),
     Group(PodGroupStatus),
     Queue(QueueStatus),
 }
@@ -175,6 +177,7 @@ struct StatusQueue {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum StatusKey {
     Pod(PodKey),
+    Cost(PodKey),
     Group(String, String),
     Queue(String),
 }
@@ -182,7 +185,7 @@ enum StatusKey {
 impl StatusKey {
     fn regarding(&self) -> Regarding {
         match self {
-            StatusKey::Pod(p) => Regarding::Pod(p.clone()),
+            StatusKey::Pod(p) | StatusKey::Cost(p) => Regarding::Pod(p.clone()),
             StatusKey::Group(ns, n) => Regarding::PodGroup(ns.clone(), n.clone()),
             StatusKey::Queue(n) => Regarding::Queue(n.clone()),
         }
@@ -383,6 +386,18 @@ impl Inner {
                 .await
                 .map(|_| ())
             }
+            (StatusKey::Cost(pod), StatusWrite::Cost(cost)) => {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.ns);
+                let patch = serde_json::json!({"metadata": {"annotations": {
+                    crate::translate::DELETION_COST_ANNOTATION: cost,
+                }}});
+                bounded(
+                    self.timeout,
+                    api.patch(&pod.name, &PatchParams::default(), &Patch::Merge(&patch)),
+                )
+                .await
+                .map(|_| ())
+            }
             (StatusKey::Group(ns, name), StatusWrite::Group(st)) => {
                 let api: Api<PodGroup> = Api::namespaced(self.client.clone(), ns);
                 self.merge_status(&api, name, st).await
@@ -469,6 +484,7 @@ impl Writer {
             evictions,
             binds,
             pod_conditions,
+            pod_costs,
             group_statuses,
             queue_statuses,
             events,
@@ -523,12 +539,17 @@ impl Writer {
                 let _ = inner.outcomes.send(Outcome::Binds { job, results });
             });
         }
-        let queued =
-            !pod_conditions.is_empty() || !group_statuses.is_empty() || !queue_statuses.is_empty();
+        let queued = !pod_conditions.is_empty()
+            || !pod_costs.is_empty()
+            || !group_statuses.is_empty()
+            || !queue_statuses.is_empty();
         if queued {
             if let Ok(mut p) = self.inner.statuses.pending.lock() {
                 for c in pod_conditions {
                     p.insert(StatusKey::Pod(c.pod.clone()), StatusWrite::Pod(c));
+                }
+                for (pod, cost) in pod_costs {
+                    p.insert(StatusKey::Cost(pod), StatusWrite::Cost(cost));
                 }
                 for ((ns, name), st) in group_statuses {
                     p.insert(StatusKey::Group(ns, name), StatusWrite::Group(st));

@@ -116,6 +116,8 @@ pub struct Actions {
     pub binds: Vec<BindAction>,
     /// Pods to mark `PodScheduled=False`.
     pub pod_conditions: Vec<PodCondition>,
+    /// `controller.kubernetes.io/pod-deletion-cost` to set on inference replicas.
+    pub pod_costs: Vec<(PodKey, String)>,
     /// PodGroup statuses that changed.
     pub group_statuses: Vec<((String, String), PodGroupStatus)>,
     /// Queue statuses that changed.
@@ -202,6 +204,8 @@ pub struct Mirror {
     preemptions: u64,
     /// `PodScheduled=False` as the API shows it: message and transition time.
     pub(crate) observed_pod_reason: HashMap<PodKey, (String, String)>,
+    /// Deletion costs sent and not yet seen back on the pod.
+    pub(crate) cost_written: HashMap<PodKey, String>,
     pub(crate) observed_group: BTreeMap<(String, String), PodGroupStatus>,
     pub(crate) observed_queue: BTreeMap<String, QueueStatus>,
 }
@@ -254,6 +258,7 @@ impl Mirror {
             resubmits: 0,
             preemptions: 0,
             observed_pod_reason: HashMap::new(),
+            cost_written: HashMap::new(),
             observed_group: BTreeMap::new(),
             observed_queue: BTreeMap::new(),
         })
@@ -551,6 +556,7 @@ impl Mirror {
         self.held.remove(&key);
         self.evicting.remove(&key);
         self.observed_pod_reason.remove(&key);
+        self.cost_written.remove(&key);
         self.spread_changed(ns);
     }
 
@@ -663,6 +669,7 @@ impl Mirror {
             match r {
                 Regarding::Pod(p) => {
                     self.observed_pod_reason.remove(p);
+                    self.cost_written.remove(p);
                 }
                 Regarding::PodGroup(ns, name) => {
                     self.observed_group.remove(&(ns.clone(), name.clone()));
@@ -1543,6 +1550,40 @@ mod tests {
                 "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn inference_replicas_carry_a_deletion_cost_so_the_freest_node_loses_its_replica_first() {
+        let mut m = mirror(&[("n1", 8), ("n2", 8)]);
+        let svc = json!({"gantry.dev/queue": "q", "gantry.dev/priority-class": "inference"});
+        m.upsert_pod(&pod("svc-a", 1, svc.clone(), json!({}), Some("n1")));
+        m.upsert_pod(&pod("svc-b", 1, svc.clone(), json!({}), Some("n2")));
+        m.upsert_pod(&pod(
+            "train",
+            4,
+            json!({"gantry.dev/queue": "q"}),
+            json!({}),
+            Some("n1"),
+        ));
+        let a = m.cycle(1_000);
+        let mut costs = a.pod_costs.clone();
+        costs.sort();
+        let got: Vec<(&str, &str)> = costs
+            .iter()
+            .map(|(k, c)| (k.name.as_str(), c.as_str()))
+            .collect();
+        // svc-a shares n1 with 4 GPUs of training: it stays; svc-b is alone: it goes first.
+        assert_eq!(got, [("svc-a", "4"), ("svc-b", "0")], "{a:#?}");
+        // Sent once; once the pods show them, nothing more is written.
+        assert!(m.cycle(2_000).pod_costs.is_empty());
+        m.upsert_pod(&pod(
+            "svc-b",
+            1,
+            svc,
+            json!({"controller.kubernetes.io/pod-deletion-cost": "0"}),
+            Some("n2"),
+        ));
+        assert!(m.cycle(3_000).pod_costs.is_empty());
     }
 
     #[test]

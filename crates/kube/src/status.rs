@@ -19,7 +19,7 @@
 //! as reason and its message), and `Preempted` (`True` from the eviction until the group runs
 //! again). A condition keeps its `lastTransitionTime` while its status stays the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use gantry_engine::JobPhase;
 
@@ -167,6 +167,46 @@ impl Mirror {
         self.pod_statuses(now_ms, actions);
         self.group_statuses(now_ms, actions);
         self.queue_statuses(actions);
+        self.deletion_costs(actions);
+    }
+
+    /// Inference replicas (lone pods of class `inference`, bound): their
+    /// `controller.kubernetes.io/pod-deletion-cost` is the GPUs the other pods on their node
+    /// hold, so when the HPA scales a Deployment down, the ReplicaSet deletes the replica on the
+    /// freest node first and whole nodes come back for waiting gangs.
+    fn deletion_costs(&mut self, actions: &mut Actions) {
+        let mut used: HashMap<&str, u32> = HashMap::new();
+        for p in self.pods.values() {
+            if let (Some(n), true) = (&p.node, p.state.holds()) {
+                *used.entry(n.as_str()).or_default() += p.demand.gpus;
+            }
+        }
+        let mut writes = Vec::new();
+        for (key, p) in &self.pods {
+            let (Some(n), JobKey::Pod(_)) = (&p.node, &p.job) else {
+                continue;
+            };
+            if p.priority_class.as_deref() != Some("inference") || p.state != PodState::Live {
+                continue;
+            }
+            let cost = used
+                .get(n.as_str())
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(p.demand.gpus)
+                .to_string();
+            if p.deletion_cost.as_ref() == Some(&cost) {
+                continue;
+            }
+            if self.cost_written.get(key) == Some(&cost) {
+                continue;
+            }
+            writes.push((key.clone(), cost));
+        }
+        for (key, cost) in writes {
+            self.cost_written.insert(key.clone(), cost.clone());
+            actions.pod_costs.push((key, cost));
+        }
     }
 
     /// Pods: `PodScheduled=False` with the reason of their job, or of their own spec, and a

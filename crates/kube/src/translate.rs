@@ -266,7 +266,12 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     /// Its `topologySpreadConstraints` on `kubernetes.io/hostname` that must hold.
     pub spread: Vec<HostSpread>,
+    /// Its `controller.kubernetes.io/pod-deletion-cost` annotation, as written.
+    pub deletion_cost: Option<String>,
 }
+
+/// The annotation a ReplicaSet reads to choose which pods to delete first (lowest first).
+pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// The label key of a node's name.
 pub const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
@@ -602,6 +607,11 @@ pub fn pod_info(pod: &Pod) -> Result<PodInfo, String> {
             .into_iter()
             .collect(),
         spread: spread_of(pod)?,
+        deletion_cost: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DELETION_COST_ANNOTATION).cloned()),
     })
 }
 
