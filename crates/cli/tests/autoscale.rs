@@ -270,3 +270,109 @@ fn a_service_scales_up_under_load_preempting_training_and_back_down_after_its_wi
         WINDOW_MS / 1000
     );
 }
+
+/// A router in front of the service, as the test plays it: `/metrics` says how many requests
+/// wait (`router_queued`).
+fn router(queued: std::sync::Arc<std::sync::atomic::AtomicU32>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let body = format!(
+                "router_queued{{service=\"chat\"}} {}\n",
+                queued.load(std::sync::atomic::Ordering::SeqCst)
+            );
+            let _ = write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn a_service_with_min_0_goes_to_zero_when_idle_and_comes_back_when_requests_queue() {
+    let data = tempfile::tempdir().expect("tmp");
+    let dir = tempfile::tempdir().expect("dir");
+    let (_server, addr) = serve(
+        data.path(),
+        &[
+            "--fake-gpus",
+            "2xH100-80GB",
+            "--grace-ms",
+            "500",
+            "--debounce-ms",
+            "5",
+        ],
+    );
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let router_port = router(queued.clone());
+    let load_file = dir.path().join("load");
+    std::fs::write(&load_file, "0").expect("write");
+    let exe = std::env::current_exe().expect("test binary");
+    let port = 20_000 + (std::process::id() % 20_000) as u16 + 7;
+    submit(
+        &addr,
+        dir.path(),
+        &serde_json::json!({
+            "name": "chat", "queue": "default", "kind": "inference",
+            "replicas": {"min": 0, "max": 2},
+            "tasks": [{"gpus": 1}],
+            "port": port,
+            "readiness": "/health",
+            "autoscale": {
+                "metric": "inflight", "target": 10, "interval": "200ms",
+                "scale_down_window": "1s",
+                "activation": {"url": format!("http://127.0.0.1:{router_port}/metrics"), "metric": "router_queued"},
+            },
+            "env": {"LOAD_FILE": load_file.to_str().expect("utf-8")},
+            "command": [exe.to_str().expect("utf-8"), "replica_process", "--exact", "--ignored", "--nocapture"],
+        }),
+    );
+    // It starts with one replica; idle, it goes to zero after the window.
+    poll("one ready replica", || {
+        let s = service(&addr);
+        (s["ready"] == 1).then_some(()).ok_or(s)
+    });
+    let s = poll("scaled to zero", || {
+        let s = service(&addr);
+        (s["desired"] == 0 && s["running"] == 0)
+            .then_some(s.clone())
+            .ok_or(s)
+    });
+    assert!(
+        s["last_decision"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("scale down 1 -> 0: "),
+        "{s}"
+    );
+    let j = common::job(&addr, "chat").expect("chat");
+    assert_eq!(j["state"], "pending", "{j}");
+    assert!(
+        j["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("scaled to zero"),
+        "{j}"
+    );
+    // Requests queue at the router: it comes back, sized for them.
+    queued.store(15, std::sync::atomic::Ordering::SeqCst);
+    let s = poll("back from zero with 2 ready replicas", || {
+        let s = service(&addr);
+        (s["ready"] == 2).then_some(s.clone()).ok_or(s)
+    });
+    let why = s["last_decision"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("scale up 0 -> 2: 15 requests queued"),
+        "{s}"
+    );
+}

@@ -54,6 +54,10 @@ pub struct ScaleDecision {
 pub struct Autoscaler {
     desired: u32,
     history: VecDeque<(u64, u32)>,
+    /// When the first evaluation ran and the count it found: that count stands as a
+    /// recommendation for the scale-down window, so a fresh autoscaler does not drop a service
+    /// before a whole window of low load.
+    started: Option<(u64, u32)>,
 }
 
 impl Autoscaler {
@@ -62,6 +66,7 @@ impl Autoscaler {
         Autoscaler {
             desired,
             history: VecDeque::new(),
+            started: None,
         }
     }
 
@@ -74,6 +79,7 @@ impl Autoscaler {
     pub fn reset(&mut self, desired: u32) {
         self.desired = desired;
         self.history.clear();
+        self.started = None;
     }
 
     /// One evaluation at `now`: `ready` replicas reported `load` in all (none: nothing was
@@ -87,6 +93,7 @@ impl Autoscaler {
     ) -> Option<ScaleDecision> {
         let from = self.desired;
         let bounded = from.clamp(p.min, p.max.max(p.min));
+        let started = *self.started.get_or_insert((now, bounded));
         let (recommendation, per_replica, basis) = match load {
             Some(total) if ready > 0 && total.is_finite() && total >= 0.0 => {
                 let per = total / f64::from(ready);
@@ -127,7 +134,10 @@ impl Autoscaler {
                 .map(|&(_, r)| r)
         };
         let up = within(p.up_window_ms).min().unwrap_or(recommendation);
-        let down = within(p.down_window_ms).max().unwrap_or(recommendation);
+        let mut down = within(p.down_window_ms).max().unwrap_or(recommendation);
+        if now.saturating_sub(started.0) <= p.down_window_ms {
+            down = down.max(started.1);
+        }
         let to = if bounded < up {
             up
         } else if bounded > down {
@@ -148,6 +158,40 @@ impl Autoscaler {
             } else {
                 format!("scale down {from} -> {to}: {basis}")
             },
+        })
+    }
+}
+
+impl Autoscaler {
+    /// At zero replicas (`min` 0) nothing runs to measure: `queued` requests waiting in front of
+    /// the service (a router's gauge) bring it back at once to `ceil(queued / target)` (at least
+    /// 1, at most `max`). Returns a decision when it leaves zero.
+    pub fn observe_queued(
+        &mut self,
+        p: &ScalePolicy,
+        now: u64,
+        queued: Option<f64>,
+    ) -> Option<ScaleDecision> {
+        if self.desired != 0 {
+            return None;
+        }
+        let q = queued.filter(|q| q.is_finite() && *q > 0.0)?;
+        let to = ((q / p.target).ceil() as u32).clamp(1, p.max.max(1));
+        self.desired = to;
+        self.history.clear();
+        self.history.push_back((now, to));
+        self.started = Some((now, to));
+        Some(ScaleDecision {
+            at_ms: now,
+            from: 0,
+            to,
+            recommendation: to,
+            ready: 0,
+            per_replica: None,
+            why: format!(
+                "scale up 0 -> {to}: {q} requests queued in front of the service (target {} per replica)",
+                p.target
+            ),
         })
     }
 }
@@ -265,6 +309,18 @@ mod tests {
                 &[4, 4],
             ),
             (
+                "min 0: an idle service goes to zero once the down window has passed",
+                &ScalePolicy { min: 0, ..POLICY },
+                2,
+                &[
+                    (0, 2, Some(0.0)),
+                    (20, 2, Some(0.0)),
+                    (31, 2, Some(0.0)),
+                    (40, 0, None),
+                ],
+                &[2, 2, 0, 0],
+            ),
+            (
                 "replicas still starting count at the target, so a scale-up is not undone",
                 &POLICY,
                 4,
@@ -275,6 +331,29 @@ mod tests {
         for (name, p, start, steps, want) in cases {
             assert_eq!(&run(p, *start, steps), want, "{name}");
         }
+    }
+
+    #[test]
+    fn min_0_with_queued_requests_scales_up_from_zero_at_once() {
+        let p = ScalePolicy { min: 0, ..POLICY };
+        let mut a = Autoscaler::new(0);
+        assert!(
+            a.observe_queued(&p, 0, Some(0.0)).is_none(),
+            "nothing waits"
+        );
+        assert!(a.observe_queued(&p, 0, None).is_none(), "nothing measured");
+        let d = a.observe_queued(&p, 1000, Some(25.0)).expect("from zero");
+        assert_eq!((d.from, d.to), (0, 3));
+        assert!(
+            d.why.starts_with("scale up 0 -> 3: 25 requests queued"),
+            "{}",
+            d.why
+        );
+        // Bounded by max.
+        let mut b = Autoscaler::new(0);
+        assert_eq!(b.observe_queued(&p, 0, Some(1e6)).map(|d| d.to), Some(4));
+        // Once up, the ordinary rule runs: not at zero, queued requests change nothing here.
+        assert!(a.observe_queued(&p, 2000, Some(99.0)).is_none());
     }
 
     #[test]

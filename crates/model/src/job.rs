@@ -436,10 +436,24 @@ impl JobSpec {
         }
         let mut min_available = total;
         if let Some(r) = self.replicas {
-            if r.min == 0 || r.min > r.max {
+            if r.max == 0 || r.min > r.max {
                 return Err(ModelError::invalid(
                     "replicas",
-                    format!("need 1 <= min <= max, got min {} max {}", r.min, r.max),
+                    format!(
+                        "need min <= max and max >= 1, got min {} max {}",
+                        r.min, r.max
+                    ),
+                ));
+            }
+            let activation = self
+                .autoscale
+                .as_ref()
+                .is_some_and(|a| a.activation.is_some());
+            if r.min == 0 && !activation {
+                return Err(ModelError::invalid(
+                    "replicas",
+                    "min 0 needs autoscale.activation: with no replica running, only a queue in \
+                     front of the service (a router's metric) can say that requests wait",
                 ));
             }
             if groups.len() != 1 {
@@ -448,11 +462,14 @@ impl JobSpec {
                     "an inference service has exactly one task group (its replica template)",
                 ));
             }
-            if !(r.min..=r.max).contains(&groups[0].count) {
+            // A running service has at least one replica: at zero it is not in the engine at
+            // all (the driver keeps it aside until requests queue).
+            let least = r.min.max(1);
+            if !(least..=r.max).contains(&groups[0].count) {
                 // The desired count starts at min unless the spec says otherwise.
-                groups[0].count = groups[0].count.clamp(r.min, r.max);
+                groups[0].count = groups[0].count.clamp(least, r.max);
             }
-            min_available = r.min;
+            min_available = least;
         }
         if let Some(m) = self.min_available {
             let total: u32 = groups.iter().map(|g| g.count).sum();

@@ -17,6 +17,9 @@
 //!   scale_down_window: 5m
 //!   tolerance: 0.1
 //!   interval: 5s                         # how often the agent scrapes
+//!   # With replicas.min: 0, an idle service goes to zero after the scale-down window and comes
+//!   # back, sized for them, when this gauge (read by the server) shows waiting requests:
+//!   activation: {url: http://router:9090/metrics, metric: router_queued_requests}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -63,11 +66,39 @@ pub struct AutoscaleSpec {
     /// How often the agent scrapes each replica; default 5 s.
     #[serde(default)]
     pub interval: Option<Quantity>,
+    /// Where requests wait while no replica runs (a router or gateway in front of the
+    /// service): with `replicas.min: 0` the service scales to zero when idle and back up when
+    /// this gauge shows queued requests.
+    #[serde(default)]
+    pub activation: Option<ActivationSpec>,
+}
+
+/// A queue in front of a service, read by the server (not the agents) while it has no replica.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivationSpec {
+    /// `http://host:port/path` serving Prometheus text.
+    pub url: String,
+    /// A gauge there: requests waiting for the service (summed over its series).
+    pub metric: String,
+}
+
+/// A validated [`ActivationSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    /// `host:port`.
+    pub host_port: String,
+    /// Path with query.
+    pub path: String,
+    /// Metric name.
+    pub metric: String,
 }
 
 /// A validated [`AutoscaleSpec`], in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Autoscale {
+    /// The queue read while at zero replicas.
+    pub activation: Option<Activation>,
     /// Metric name.
     pub metric: String,
     /// Gauge or rate.
@@ -107,27 +138,28 @@ pub fn check_readiness(p: &str) -> Result<String, ModelError> {
     path_field("readiness", p)
 }
 
+fn check_metric(field: &str, m: &str) -> Result<(), ModelError> {
+    if m.is_empty()
+        || !m
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':'))
+        || m.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(ModelError::invalid(
+            field,
+            format!("{m:?} is not a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)"),
+        ));
+    }
+    Ok(())
+}
+
 impl AutoscaleSpec {
     /// Validate; field names are relative to `autoscale`.
     ///
     /// # Errors
     /// The first bad field, named.
     pub fn validate(&self) -> Result<Autoscale, ModelError> {
-        if self.metric.is_empty()
-            || !self
-                .metric
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':'))
-            || self.metric.starts_with(|c: char| c.is_ascii_digit())
-        {
-            return Err(ModelError::invalid(
-                "metric",
-                format!(
-                    "{:?} is not a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)",
-                    self.metric
-                ),
-            ));
-        }
+        check_metric("metric", &self.metric)?;
         if !(self.target.is_finite() && self.target > 0.0) {
             return Err(ModelError::invalid(
                 "target",
@@ -154,7 +186,41 @@ impl AutoscaleSpec {
                 format!("{interval_ms} ms is too short; at least 100ms"),
             ));
         }
+        let activation = match &self.activation {
+            None => None,
+            Some(a) => {
+                let rest = a.url.strip_prefix("http://").ok_or_else(|| {
+                    ModelError::invalid(
+                        "activation.url",
+                        format!("{:?} is not an http:// URL", a.url),
+                    )
+                })?;
+                let (host_port, path) = match rest.find('/') {
+                    Some(i) => (&rest[..i], &rest[i..]),
+                    None => (rest, "/metrics"),
+                };
+                let port_ok = host_port
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !port_ok {
+                    return Err(ModelError::invalid(
+                        "activation.url",
+                        format!(
+                            "{:?} needs a host and a port (http://router:9090/metrics)",
+                            a.url
+                        ),
+                    ));
+                }
+                check_metric("activation.metric", &a.metric)?;
+                Some(Activation {
+                    host_port: host_port.to_string(),
+                    path: path_field("activation.url", path)?,
+                    metric: a.metric.clone(),
+                })
+            }
+        };
         Ok(Autoscale {
+            activation,
             metric: self.metric.clone(),
             metric_type: self.metric_type,
             path: path_field("path", self.path.as_deref().unwrap_or("/metrics"))?,
@@ -217,6 +283,18 @@ mod tests {
                 "{yaml}: {e}"
             );
         }
+        let e = spec("{metric: m, target: 1, activation: {url: 'router:9090/metrics', metric: q}}")
+            .validate()
+            .expect_err("no scheme");
+        assert!(e.to_string().contains("activation.url"), "{e}");
+        let a = spec("{metric: m, target: 1, activation: {url: 'http://router:9090/stats?x=1', metric: queued}}")
+            .validate()
+            .expect("valid");
+        let act = a.activation.expect("activation");
+        assert_eq!(
+            (act.host_port.as_str(), act.path.as_str()),
+            ("router:9090", "/stats?x=1")
+        );
         assert!(check_readiness("/health").is_ok());
         assert!(check_readiness("health").is_err());
     }

@@ -480,6 +480,27 @@ impl Server {
             if let Err(e) = self.apply(|st| Ok(((), st.autoscale(now_ms())))).await {
                 tracing::error!(error = %e, "a scaling decision could not be recorded");
             }
+            // Services at zero: read the queue in front of each (a router's gauge).
+            let due = self.lock().activations_due(now_ms());
+            for (name, host_port, path, metric) in due {
+                let queued = match crate::agent::probe::http_get(&host_port, &path).await {
+                    Ok((200..=299, body)) => crate::agent::probe::metric_value(&body, &metric),
+                    Ok((code, _)) => {
+                        tracing::warn!(service = %name, url = %format!("http://{host_port}{path}"), code, "activation queue answered with an error");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %name, url = %format!("http://{host_port}{path}"), error = %e, "activation queue cannot be read");
+                        None
+                    }
+                };
+                if let Err(e) = self
+                    .apply(|st| Ok(((), st.activate(&name, queued, now_ms()))))
+                    .await
+                {
+                    tracing::error!(service = %name, error = %e, "a scaling decision could not be recorded");
+                }
+            }
         }
     }
 

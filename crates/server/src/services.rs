@@ -96,6 +96,11 @@ pub struct ServiceView {
     pub endpoints: Vec<(u32, String, String, u16, bool)>,
 }
 
+/// A service scaled to zero (kept out of the engine until it is activated).
+pub fn at_zero(rec: &crate::record::JobRecord) -> bool {
+    rec.scale.as_ref().is_some_and(|s| s.to == 0)
+}
+
 fn autoscale_of(spec: &gantry_model::JobSpec) -> Option<Autoscale> {
     spec.autoscale.as_ref().and_then(|a| a.validate().ok())
 }
@@ -228,7 +233,11 @@ impl State {
                         .any(|t| t.group == k.group && t.index == k.index)
             })
         });
-        self.scalers.retain(|name, _| self.running.contains(name));
+        let jobs = &self.jobs;
+        let running = &self.running;
+        self.scalers.retain(|name, _| {
+            running.contains(name) || jobs.get(name).is_some_and(|e| at_zero(&e.rec))
+        });
         let services: Vec<(String, Autoscale, ScalePolicy, u32)> = self
             .running
             .iter()
@@ -269,6 +278,9 @@ impl State {
     /// Set a service's desired replicas: its spec, the engine, the record's last decision and a
     /// `scaled` event; replicas removed are told to stop.
     fn set_replicas(&mut self, name: &str, to: u32, why: &str, now: u64) -> Vec<Op> {
+        if to == 0 {
+            return self.scale_to_zero(name, why, now);
+        }
         let Some(e) = self.jobs.get_mut(name) else {
             return Vec::new();
         };
@@ -334,6 +346,118 @@ impl State {
             queue: e.rec.spec.queue.clone(),
             kind: "scaled",
             message: why.to_string(),
+            at_ms: now,
+            state: e.rec.state,
+        });
+        vec![Op::job(&e.rec)]
+    }
+
+    /// An idle service with `min` 0 goes to zero: its replicas are stopped and it leaves the
+    /// engine, waiting (pending, with its reason) until its activation queue shows requests.
+    fn scale_to_zero(&mut self, name: &str, why: &str, now: u64) -> Vec<Op> {
+        let Some(e) = self.jobs.get_mut(name) else {
+            return Vec::new();
+        };
+        let from = e.rec.spec.tasks.first().map_or(0, |g| g.count);
+        if let Some(id) = e.id.take() {
+            if let Err(err) = self.snap.cancel(id) {
+                tracing::error!(service = %name, error = %err, "the engine did not know the service");
+            }
+        }
+        if e.rec.state == JobState::Running {
+            crate::state::requeue_record(e, why, &mut self.stops, &mut self.events, now);
+        }
+        e.rec.scale = Some(ScaleRecord {
+            at_ms: now,
+            from,
+            to: 0,
+            why: why.to_string(),
+        });
+        e.rec.reason =
+            format!("scaled to zero; starts again when requests queue in front of it ({why})");
+        self.running.remove(name);
+        let e = &self.jobs[name];
+        self.events.push(Event {
+            job: name.to_string(),
+            queue: e.rec.spec.queue.clone(),
+            kind: "scaled",
+            message: why.to_string(),
+            at_ms: now,
+            state: e.rec.state,
+        });
+        vec![Op::job(&e.rec)]
+    }
+
+    /// Services at zero replicas whose activation queue is due a look: (name, `host:port`,
+    /// path, metric).
+    pub fn activations_due(&mut self, now: u64) -> Vec<(String, String, String, String)> {
+        let mut out = Vec::new();
+        for (name, e) in &self.jobs {
+            if !at_zero(&e.rec) || !e.rec.state.is_active() {
+                continue;
+            }
+            let Some(a) = autoscale_of(&e.rec.spec) else {
+                continue;
+            };
+            let Some(act) = a.activation else { continue };
+            let s = self.scalers.entry(name.clone()).or_insert_with(|| Scaler {
+                autoscaler: Autoscaler::new(0),
+                next_ms: now,
+            });
+            if now < s.next_ms {
+                continue;
+            }
+            s.next_ms = now + a.interval_ms;
+            out.push((name.clone(), act.host_port, act.path, act.metric));
+        }
+        out
+    }
+
+    /// What the activation queue of a service at zero showed: requests waiting bring it back.
+    pub fn activate(&mut self, name: &str, queued: Option<f64>, now: u64) -> Vec<Op> {
+        let Some(e) = self.jobs.get(name) else {
+            return Vec::new();
+        };
+        if !at_zero(&e.rec) {
+            return Vec::new();
+        }
+        let (Some(a), Some(r)) = (autoscale_of(&e.rec.spec), e.rec.spec.replicas) else {
+            return Vec::new();
+        };
+        let policy = ScalePolicy {
+            min: r.min,
+            max: r.max,
+            target: a.target,
+            tolerance: a.tolerance,
+            up_window_ms: a.scale_up_window_ms,
+            down_window_ms: a.scale_down_window_ms,
+        };
+        let Some(s) = self.scalers.get_mut(name) else {
+            return Vec::new();
+        };
+        let Some(d) = s.autoscaler.observe_queued(&policy, now, queued) else {
+            return Vec::new();
+        };
+        tracing::info!(service = %name, to = d.to, "{}", d.why);
+        let e = self.jobs.get_mut(name).expect("checked above");
+        if let Some(g) = e.rec.spec.tasks.first_mut() {
+            g.count = d.to;
+        }
+        e.rec.scale = Some(ScaleRecord {
+            at_ms: now,
+            from: 0,
+            to: d.to,
+            why: d.why.clone(),
+        });
+        e.rec.reason = "waiting for the next scheduling cycle".into();
+        // Back into the engine with the next rebuild.
+        self.dirty = true;
+        let e = &self.jobs[name];
+        self.events.push(Event {
+            job: name.to_string(),
+            queue: e.rec.spec.queue.clone(),
+            kind: "scaled",
+            message: d.why,
             at_ms: now,
             state: e.rec.state,
         });
@@ -526,7 +650,11 @@ impl State {
                 state: e.rec.state,
                 min: r.min,
                 max: r.max,
-                desired: e.rec.spec.tasks.first().map_or(0, |g| g.count),
+                desired: if at_zero(&e.rec) {
+                    0
+                } else {
+                    e.rec.spec.tasks.first().map_or(0, |g| g.count)
+                },
                 running: endpoints.len() as u32,
                 ready,
                 metric: a.as_ref().map(|a| a.metric.clone()).unwrap_or_default(),

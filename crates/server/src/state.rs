@@ -338,7 +338,7 @@ impl State {
                 continue;
             };
             e.id = None;
-            if !e.rec.state.is_active() {
+            if !e.rec.state.is_active() || crate::services::at_zero(&e.rec) {
                 continue;
             }
             let job = match e.rec.spec.validate(&self.tree, None) {

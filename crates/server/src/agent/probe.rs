@@ -48,19 +48,20 @@ pub fn spawn(key: TaskKey, port: u16, probe: pb::ReplicaProbe, reports: Reports)
     let (k, r) = (key.clone(), reports.clone());
     let task = tokio::spawn(async move {
         let every = Duration::from_millis(u64::from(probe.interval_ms.max(100)));
+        let addr = format!("127.0.0.1:{port}");
         let mut last_counter: Option<(f64, tokio::time::Instant)> = None;
         loop {
             let ready = if probe.readiness_path.is_empty() {
                 true
             } else {
                 matches!(
-                    http_get(port, &probe.readiness_path).await,
+                    http_get(&addr, &probe.readiness_path).await,
                     Ok((200..=299, _))
                 )
             };
             let mut value = None;
             if ready && !probe.metric.is_empty() {
-                if let Ok((200..=299, body)) = http_get(port, &probe.metric_path).await {
+                if let Ok((200..=299, body)) = http_get(&addr, &probe.metric_path).await {
                     let read = metric_value(&body, &probe.metric);
                     value = match (probe.rate, read) {
                         (false, v) => v,
@@ -93,12 +94,15 @@ pub fn spawn(key: TaskKey, port: u16, probe: pb::ReplicaProbe, reports: Reports)
     ProbeHandle { task, key, reports }
 }
 
-/// GET `path` from 127.0.0.1:`port`: the status code and the body.
-async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+/// GET `path` from `host_port` (`127.0.0.1:8000`, `router:9090`): the status code and the body.
+///
+/// # Errors
+/// No connection, no answer within 2 s, or not an HTTP response.
+pub async fn http_get(host_port: &str, path: &str) -> std::io::Result<(u16, String)> {
     let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut s = tokio::net::TcpStream::connect(host_port).await?;
         s.write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: text/plain\r\n\r\n")
+            format!("GET {path} HTTP/1.0\r\nHost: {host_port}\r\nAccept: text/plain\r\n\r\n")
                 .as_bytes(),
         )
         .await?;
