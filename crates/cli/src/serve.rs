@@ -223,6 +223,7 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
         );
         if let Some(m) = running.metrics_addr {
             say!(json_logs, "gantry serve: metrics on http://{m}/metrics");
+            say!(json_logs, "gantry serve: dashboard on http://{m}/");
         }
         let mut local_agent = None;
         if !args.no_local_agent {

@@ -169,7 +169,13 @@ impl Metrics {
 /// The listener failed.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> std::io::Result<()> {
     let m = metrics.clone();
-    gantry_metrics::serve(listener, move || m.render(), move || metrics.is_healthy()).await
+    gantry_metrics::serve(
+        listener,
+        move || m.render(),
+        move || metrics.is_healthy(),
+        axum::Router::new(),
+    )
+    .await
 }
 
 #[cfg(test)]

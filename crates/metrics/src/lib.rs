@@ -221,7 +221,8 @@ impl SchedulerMetrics {
 }
 
 /// Serve `/metrics` (whatever `render` returns), `/healthz` (always 200) and `/readyz` (200 when
-/// `ready` says so, else 503) on `listener` until the task is dropped.
+/// `ready` says so, else 503) on `listener`, with `extra`'s routes beside them (a driver's web
+/// pages), until the task is dropped.
 ///
 /// # Errors
 /// The listener failed.
@@ -229,6 +230,7 @@ pub async fn serve<R, Q>(
     listener: tokio::net::TcpListener,
     render: R,
     ready: Q,
+    extra: axum::Router,
 ) -> std::io::Result<()>
 where
     R: Fn() -> String + Clone + Send + Sync + 'static,
@@ -248,7 +250,8 @@ where
                     (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 }
             }),
-        );
+        )
+        .merge(extra);
     axum::serve(listener, app).await
 }
 

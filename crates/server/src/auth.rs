@@ -130,6 +130,11 @@ impl Auth {
         admins.first().copied()
     }
 
+    /// Who holds `token`, if anyone (the dashboard's session cookie).
+    pub fn by_token(&self, token: &str) -> Option<&Caller> {
+        self.by_token.get(token)
+    }
+
     /// The caller of a request.
     ///
     /// # Errors

@@ -26,6 +26,7 @@ use crate::state::{Assignment, Event, Report, State, Stop, TaskKey};
 use crate::store::{durable, Op, Store, Writer, WriterStats};
 use crate::ServerError;
 
+mod dashboard;
 mod services_api;
 
 /// How many cycles `explain` runs the engine forward to estimate a start.
@@ -321,7 +322,10 @@ impl Server {
                 // Ready as soon as this runs (`start` serves only after recovery), until the store
                 // fails for good.
                 let ready = move || !stats.failed.load(std::sync::atomic::Ordering::Relaxed);
-                if let Err(e) = gantry_metrics::serve(l, move || s.render_metrics(), ready).await {
+                let pages = dashboard::router(s.clone());
+                if let Err(e) =
+                    gantry_metrics::serve(l, move || s.render_metrics(), ready, pages).await
+                {
                     tracing::error!(error = %e, "metrics endpoint stopped");
                 }
             }));

@@ -1,0 +1,244 @@
+//! The web dashboard in a real headless Chromium (Debian's `chromium`): `gantry serve --demo`,
+//! every page opened, the DOM checked for the demo's queues, jobs, reasons and GPU uuids; a job
+//! submitted through the API appears on an open page without a reload; with tokens, a member
+//! sees only their team's jobs. Screenshots go to `target/dashboard-screenshots/`.
+//!
+//! Skipped, saying so, when no Chromium is installed (`.ci/run` installs it).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{client_json, gantry, serve, Proc};
+
+fn chromium() -> Option<PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|b| {
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|d| Path::new(d).join(b))
+                .find(|p| p.exists())
+        })
+}
+
+/// The page's DOM after its scripts ran (`live` long polls first).
+fn dom(browser: &Path, url: &str) -> String {
+    // Bounded: a page that kept its long poll open would otherwise hold the browser.
+    let out = Command::new("timeout")
+        .arg("90")
+        .arg(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .expect("run chromium");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn screenshot(browser: &Path, url: &str, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../dashboard-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshots dir");
+    let file = dir.join(format!("{name}.png"));
+    let _ = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg("--window-size=1280,800")
+        .arg(format!("--screenshot={}", file.display()))
+        .arg(url)
+        .output();
+}
+
+fn metrics_addr(p: &mut Proc) -> String {
+    p.wait_line("the dashboard address", |l| {
+        l.split("gantry serve: dashboard on http://")
+            .nth(1)
+            .map(|r| r.trim_end_matches('/').to_string())
+    })
+}
+
+#[test]
+fn every_page_shows_the_demo_and_a_new_job_appears_without_a_reload() {
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED: no headless Chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let data = tempfile::tempdir().expect("tmp");
+    let (mut server, addr) = serve(data.path(), &["--demo", "--fake-gpus", "4xH100-80GB"]);
+    let web = metrics_addr(&mut server);
+    // Wait for the demo to be placed, and learn a GPU uuid it holds.
+    let uuid = common::poll("the demo running", || {
+        let jobs = client_json(&addr, &["jobs"]);
+        jobs.as_array()
+            .into_iter()
+            .flatten()
+            .find(|j| j["name"] == "demo-hello" && j["state"] == "running")
+            .and_then(|j| {
+                j["placements"][0]["devices"][0]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .ok_or(jobs)
+    });
+    let pages = [
+        (
+            "overview",
+            "/",
+            vec!["h100-80gb GPUs allocated", "demo-hello", "jobs waiting"],
+        ),
+        (
+            "gpus",
+            "/gpus",
+            vec![uuid.as_str(), "used by demo-", "node not ready"],
+        ),
+        ("queues", "/queues", vec!["demo", "default", "h100-80gb"]),
+        (
+            "jobs",
+            "/jobs",
+            vec![
+                "demo-waits-on-quota",
+                "queue demo: quota h100-80gb",
+                "demo-gang",
+            ],
+        ),
+        (
+            "job",
+            "/jobs/demo-waits-on-quota",
+            vec!["Why it waits:", "Position in its queue: <b>1</b>"],
+        ),
+    ];
+    for (name, path, want) in &pages {
+        let url = format!("http://{web}{path}?live=0");
+        let html = dom(&browser, &url);
+        for w in want {
+            assert!(html.contains(w), "{path}: no {w:?} in\n{html}");
+        }
+        screenshot(&browser, &url, name);
+    }
+
+    // Live: the page holds a request for its content; a job submitted meanwhile shows up.
+    let dir = tempfile::tempdir().expect("dir");
+    let job = dir.path().join("late.yaml");
+    std::fs::write(
+        &job,
+        "name: late-arrival\nqueue: default\ntasks: [{count: 1, gpus: 1}]\ncommand: [sleep, '60']\n",
+    )
+    .expect("write");
+    let submitter = {
+        let (addr, job) = (addr.clone(), job.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            client_json(&addr, &["submit", job.to_str().expect("utf-8")]);
+        })
+    };
+    let before = dom(&browser, &format!("http://{web}/jobs?live=0"));
+    assert!(!before.contains("late-arrival"));
+    let after = dom(&browser, &format!("http://{web}/jobs?live=1"));
+    submitter.join().expect("submitter");
+    assert!(
+        after.contains("late-arrival"),
+        "the open page did not show the new job:\n{after}"
+    );
+}
+
+#[test]
+fn with_tokens_the_dashboard_asks_for_one_and_a_member_sees_only_their_team() {
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED: no headless Chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let data = tempfile::tempdir().expect("tmp");
+    let dir = tempfile::tempdir().expect("dir");
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        "tokens:\n  - {token: tok-alice, user: alice, teams: [team-a], role: member}\n  - {token: tok-root, user: root, role: admin}\n",
+    )
+    .expect("write");
+    let (mut server, addr) = serve(
+        data.path(),
+        &[
+            "--tokens",
+            tokens.to_str().expect("utf-8"),
+            "--fake-gpus",
+            "2xH100-80GB",
+        ],
+    );
+    let web = metrics_addr(&mut server);
+    let queues = dir.path().join("queues.yaml");
+    std::fs::write(&queues, "queues:\n  - {name: team-a}\n  - {name: team-b}\n").expect("write");
+    let run = |token: &str, args: &[&str]| {
+        let out = gantry()
+            .args(args)
+            .args(["--server", &addr, "--token", token])
+            .output()
+            .expect("gantry");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        "tok-root",
+        &["queues", "--apply", queues.to_str().expect("utf-8")],
+    );
+    for (name, queue) in [("alpha-job", "team-a"), ("beta-job", "team-b")] {
+        let f = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &f,
+            format!(
+                "name: {name}\nqueue: {queue}\ntasks: [{{count: 1}}]\ncommand: [sleep, '60']\n"
+            ),
+        )
+        .expect("write");
+        run("tok-root", &["submit", f.to_str().expect("utf-8")]);
+    }
+    // No session: the sign-in page, nothing else.
+    let html = dom(&browser, &format!("http://{web}/jobs?live=0"));
+    assert!(
+        html.contains("Sign in") && !html.contains("alpha-job"),
+        "{html}"
+    );
+    // A wrong token is refused.
+    let html = dom(&browser, &format!("http://{web}/login?token=nope"));
+    assert!(html.contains("That token is not known."), "{html}");
+    // alice's session (the token goes into an HttpOnly cookie; the redirect lands on /).
+    let url = format!("http://{web}/login?token=tok-alice&next=%2Fjobs%3Flive%3D0");
+    let html = dom(&browser, &url);
+    assert!(html.contains("alice (team-a)"), "{html}");
+    assert!(html.contains("alpha-job"), "{html}");
+    assert!(
+        !html.contains("beta-job"),
+        "a member saw another team's job: {html}"
+    );
+    // The cookie is HttpOnly and SameSite=Strict.
+    let out = Command::new("curl")
+        .args(["-s", "-i", &url])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !out.is_empty() {
+        let set = out
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("set-cookie"))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{out}"
+        );
+    }
+}
