@@ -210,6 +210,13 @@ pub fn run(args: ServeArgs, json_logs: bool) -> anyhow::Result<()> {
             config.listen
         );
     }
+    if config.auth.is_some() && config.metrics_listen.is_some_and(|m| !m.ip().is_loopback()) {
+        say!(
+            json_logs,
+            "gantry serve: warning: --tokens with the dashboard on {} (plain HTTP): the session cookie crosses the network in clear text; keep --metrics-listen on loopback behind a TLS proxy",
+            args.metrics_listen
+        );
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let running = Server::start(config).await?;

@@ -118,6 +118,11 @@ fn every_page_shows_the_demo_and_a_new_job_appears_without_a_reload() {
             "/jobs/demo-waits-on-quota",
             vec!["Why it waits:", "Position in its queue: <b>1</b>"],
         ),
+        (
+            "services",
+            "/services",
+            vec!["Inference services", "load / target"],
+        ),
     ];
     for (name, path, want) in &pages {
         let url = format!("http://{web}{path}?live=0");

@@ -126,6 +126,8 @@ struct Shared {
     metrics: crate::metrics::Metrics,
     /// The server's copy of task output.
     logs: Arc<crate::logs::LogStore>,
+    /// The dashboard's history: one sample a minute for a day.
+    history: Mutex<std::collections::VecDeque<dashboard::Sample>>,
 }
 
 /// The server: cheap to clone; every clone serves the same state.
@@ -301,6 +303,7 @@ impl Server {
                 stats,
                 metrics: crate::metrics::Metrics::new(),
                 logs: Arc::new(crate::logs::LogStore::new(config_logs_dir, config_log_cap)),
+                history: Mutex::new(std::collections::VecDeque::new()),
             }),
         };
         let mut metrics_addr = None;
@@ -479,8 +482,13 @@ impl Server {
 
     /// Inference services' autoscalers, each at its own interval (see [`State::autoscale`]).
     async fn autoscaler(self) {
+        let mut sampled: Option<std::time::Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
+            if sampled.is_none_or(|t| t.elapsed() >= dashboard::SAMPLE_EVERY) {
+                sampled = Some(std::time::Instant::now());
+                self.sample_history();
+            }
             if let Err(e) = self.apply(|st| Ok(((), st.autoscale(now_ms())))).await {
                 tracing::error!(error = %e, "a scaling decision could not be recorded");
             }

@@ -29,6 +29,20 @@ use crate::auth::Caller;
 use crate::record::{JobState, TaskPhase};
 use crate::state::State;
 
+/// One point of the overview's history.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    at_ms: u64,
+    gpus: u32,
+    held: u32,
+    /// GPUs asked for by pending jobs.
+    wanted: u32,
+}
+
+/// How often the history takes a point, and how many it keeps (a day).
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_secs(60);
+const SAMPLES: usize = 24 * 60;
+
 /// Nodes per page of the GPU map.
 const NODES_PER_PAGE: usize = 100;
 
@@ -51,6 +65,7 @@ pub(crate) fn router(server: Server) -> axum::Router {
         .route("/queues", get(page(Page::Queues)))
         .route("/jobs", get(page(Page::Jobs)))
         .route("/jobs/{name}", get(page(Page::Job)))
+        .route("/services", get(page(Page::Services)))
         .route("/login", get(page(Page::Login)))
 }
 
@@ -61,6 +76,7 @@ enum Page {
     Queues,
     Jobs,
     Job,
+    Services,
     Login,
 }
 
@@ -161,6 +177,39 @@ const SCRIPT: &str = r#"
 "#;
 
 impl Server {
+    /// Take one point of the history (GPUs held and wanted).
+    pub(crate) fn sample_history(&self) {
+        let sample = {
+            let st = self.lock();
+            let totals = gpu_totals(&st);
+            let wanted = st
+                .jobs
+                .values()
+                .filter(|e| e.rec.state == JobState::Pending)
+                .map(|e| {
+                    e.rec
+                        .spec
+                        .tasks
+                        .iter()
+                        .map(|g| g.count * g.gpus.unwrap_or(0))
+                        .sum::<u32>()
+                })
+                .sum();
+            Sample {
+                at_ms: now_ms(),
+                gpus: totals.values().map(|t| t.0).sum(),
+                held: totals.values().map(|t| t.1).sum(),
+                wanted,
+            }
+        };
+        if let Ok(mut h) = self.shared.history.lock() {
+            h.push_back(sample);
+            while h.len() > SAMPLES {
+                h.pop_front();
+            }
+        }
+    }
+
     /// One page (or its `<main>`, for the live update).
     async fn page(&self, kind: Page, uri: Uri, headers: HeaderMap) -> Response {
         let q = query(&uri);
@@ -250,6 +299,7 @@ impl Server {
             (Page::Gpus, "/gpus", "GPU map"),
             (Page::Queues, "/queues", "Queues"),
             (Page::Jobs, "/jobs", "Jobs"),
+            (Page::Services, "/services", "Services"),
         ];
         let mut html = String::new();
         let _ = write!(
@@ -299,7 +349,18 @@ impl Server {
         let st = self.lock();
         let visible = |queue: &str| who.is_none_or(|c| c.may_use(&st.queues, queue));
         match kind {
-            Page::Overview | Page::Login => overview(&st, &visible),
+            Page::Overview | Page::Login => {
+                let mut h = overview(&st, &visible);
+                let history: Vec<Sample> = self
+                    .shared
+                    .history
+                    .lock()
+                    .map(|h| h.iter().copied().collect())
+                    .unwrap_or_default();
+                h.push_str(&history_svg(&history));
+                h
+            }
+            Page::Services => services(&st, &visible),
             Page::Gpus => gpu_map(&st, q, &visible),
             Page::Queues => queues(&st, &visible),
             Page::Jobs => jobs(&st, q, &visible),
@@ -420,6 +481,97 @@ impl Server {
         }
         h
     }
+}
+
+/// The history as an SVG chart: GPUs held and GPUs wanted by pending jobs, against capacity.
+fn history_svg(h: &[Sample]) -> String {
+    let mut out = String::from("<h3>The last day</h3>");
+    if h.is_empty() {
+        out.push_str("<p class=\"muted\">No samples yet (one a minute).</p>");
+        return out;
+    }
+    let (w, ht) = (900.0, 160.0);
+    let t0 = h.first().map_or(0, |s| s.at_ms) as f64;
+    let t1 = (h.last().map_or(0, |s| s.at_ms) as f64).max(t0 + 1.0);
+    let top = h
+        .iter()
+        .map(|s| s.gpus.max(s.held).max(s.wanted))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let line = |f: &dyn Fn(&Sample) -> u32| -> String {
+        h.iter()
+            .map(|s| {
+                format!(
+                    "{:.1},{:.1}",
+                    (s.at_ms as f64 - t0) / (t1 - t0) * w,
+                    ht - f64::from(f(s)) / top * ht
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let _ = write!(
+        out,
+        "<svg id=\"history\" width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\" role=\"img\" \
+         aria-label=\"GPUs held and wanted over the last day\" style=\"background:#fff;border:1px solid #dde1e6\">\
+         <polyline fill=\"none\" stroke=\"#8b949e\" stroke-dasharray=\"4 3\" points=\"{}\"/>\
+         <polyline fill=\"none\" stroke=\"#2f6db5\" stroke-width=\"2\" points=\"{}\"/>\
+         <polyline fill=\"none\" stroke=\"#e0a526\" stroke-width=\"2\" points=\"{}\"/></svg>\
+         <p class=\"legend\"><span style=\"color:#2f6db5\">━ GPUs held</span>\
+         <span style=\"color:#e0a526\">━ GPUs wanted by waiting jobs</span>\
+         <span style=\"color:#8b949e\">┅ GPUs in all</span> ({} samples, one a minute)</p>",
+        line(&|s| s.gpus),
+        line(&|s| s.held),
+        line(&|s| s.wanted),
+        h.len()
+    );
+    out
+}
+
+fn services(st: &State, visible: &dyn Fn(&str) -> bool) -> String {
+    let mut h = String::from(
+        "<h2>Inference services</h2><table><tr><th>service</th><th>queue</th><th>state</th>\
+         <th>min / desired / running / ready / max</th><th>load / target</th><th>last decision</th><th>endpoints</th></tr>",
+    );
+    for v in st
+        .services("", now_ms())
+        .into_iter()
+        .filter(|v| visible(&v.queue))
+    {
+        let load = match (v.per_replica, v.target > 0.0) {
+            (Some(l), true) => format!("{l:.2} / {} {}", v.target, esc(&v.metric)),
+            (None, true) => format!("- / {} {}", v.target, esc(&v.metric)),
+            _ => String::new(),
+        };
+        let ends: Vec<String> = v
+            .endpoints
+            .iter()
+            .map(|(i, _, host, port, ready)| {
+                format!(
+                    "{}:{port}{}",
+                    esc(host),
+                    if *ready { "" } else { " (not ready)" }
+                ) + &format!(" #{i}")
+            })
+            .collect();
+        let _ = write!(
+            h,
+            "<tr><td><a href=\"/jobs/{n}\">{n}</a></td><td>{}</td><td>{}</td><td>{} / {} / {} / {} / {}</td><td>{load}</td><td>{}</td><td>{}</td></tr>",
+            esc(&v.queue),
+            state_name(v.state),
+            v.min,
+            v.desired,
+            v.running,
+            v.ready,
+            v.max,
+            esc(&v.last.as_ref().map(|d| d.why.clone()).unwrap_or_default()),
+            ends.join("<br>"),
+            n = esc(&v.name)
+        );
+    }
+    h.push_str("</table>");
+    h
 }
 
 fn state_name(s: JobState) -> &'static str {
