@@ -96,6 +96,41 @@ pub struct ServiceView {
     pub endpoints: Vec<(u32, String, String, u16, bool)>,
 }
 
+/// The autoscaler's policy of a service.
+fn policy_of(r: gantry_model::job::Replicas, a: &Autoscale) -> ScalePolicy {
+    ScalePolicy {
+        min: r.min,
+        max: r.max,
+        target: a.target,
+        tolerance: a.tolerance,
+        up_window_ms: a.scale_up_window_ms,
+        down_window_ms: a.scale_down_window_ms,
+    }
+}
+
+/// Take the tasks `gone` says of out a job's record, keeping `published` (a prefix of the
+/// tasks) pointing at the same durable ones; returns the tasks taken out.
+fn take_tasks(
+    e: &mut crate::state::JobEntry,
+    gone: impl Fn(&TaskRecord) -> bool,
+) -> Vec<TaskRecord> {
+    let (mut kept, mut taken) = (Vec::new(), Vec::new());
+    let mut published = 0;
+    for (i, t) in std::mem::take(&mut e.rec.tasks).into_iter().enumerate() {
+        if gone(&t) {
+            taken.push(t);
+        } else {
+            if i < e.published {
+                published += 1;
+            }
+            kept.push(t);
+        }
+    }
+    e.rec.tasks = kept;
+    e.published = published;
+    taken
+}
+
 /// A service scaled to zero (kept out of the engine until it is activated).
 pub fn at_zero(rec: &crate::record::JobRecord) -> bool {
     rec.scale.as_ref().is_some_and(|s| s.to == 0)
@@ -244,15 +279,7 @@ impl State {
             .filter_map(|name| {
                 let spec = &self.jobs.get(name)?.rec.spec;
                 let a = autoscale_of(spec)?;
-                let r = spec.replicas?;
-                let policy = ScalePolicy {
-                    min: r.min,
-                    max: r.max,
-                    target: a.target,
-                    tolerance: a.tolerance,
-                    up_window_ms: a.scale_up_window_ms,
-                    down_window_ms: a.scale_down_window_ms,
-                };
+                let policy = policy_of(spec.replicas?, &a);
                 Some((name.clone(), a, policy, spec.tasks.first()?.count))
             })
             .collect();
@@ -304,33 +331,22 @@ impl State {
                         .iter()
                         .map(|t| (t.group, t.index))
                         .collect();
-                    let mut gone_published = 0;
-                    let published = e.published;
-                    let mut stops = Vec::new();
-                    let mut i = 0;
-                    e.rec.tasks.retain(|t| {
-                        let keep = kept.contains(&(t.group, t.index));
-                        if !keep {
-                            if i < published {
-                                gone_published += 1;
-                            }
-                            if !matches!(t.phase, TaskPhase::Exited(_)) {
-                                stops.push((
-                                    t.node.clone(),
-                                    Stop {
-                                        job: name.to_string(),
-                                        group: t.group,
-                                        index: t.index,
-                                        attempt: e.rec.attempt,
-                                        why: format!("scaled down: {why}"),
-                                    },
-                                ));
-                            }
-                        }
-                        i += 1;
-                        keep
-                    });
-                    e.published = published - gone_published;
+                    let attempt = e.rec.attempt;
+                    let stops: Vec<(String, Stop)> =
+                        take_tasks(e, |t| !kept.contains(&(t.group, t.index)))
+                            .into_iter()
+                            .filter(|t| !matches!(t.phase, TaskPhase::Exited(_)))
+                            .map(|t| {
+                                let stop = Stop {
+                                    job: name.to_string(),
+                                    group: t.group,
+                                    index: t.index,
+                                    attempt,
+                                    why: format!("scaled down: {why}"),
+                                };
+                                (t.alloc.node, stop)
+                            })
+                            .collect();
                     for (node, s) in stops {
                         self.stops.entry(node).or_default().push(s);
                     }
@@ -340,16 +356,22 @@ impl State {
                 }
             }
         }
-        let e = &self.jobs[name];
-        self.events.push(Event {
-            job: name.to_string(),
-            queue: e.rec.spec.queue.clone(),
-            kind: "scaled",
-            message: why.to_string(),
-            at_ms: now,
-            state: e.rec.state,
-        });
-        vec![Op::job(&e.rec)]
+        self.scaled_event(name, why.to_string(), now);
+        vec![Op::job(&self.jobs[name].rec)]
+    }
+
+    /// Send a `scaled` event for service `name`.
+    fn scaled_event(&mut self, name: &str, message: String, now: u64) {
+        if let Some(e) = self.jobs.get(name) {
+            self.events.push(Event {
+                job: name.to_string(),
+                queue: e.rec.spec.queue.clone(),
+                kind: "scaled",
+                message,
+                at_ms: now,
+                state: e.rec.state,
+            });
+        }
     }
 
     /// An idle service with `min` 0 goes to zero: its replicas are stopped and it leaves the
@@ -376,16 +398,8 @@ impl State {
         e.rec.reason =
             format!("scaled to zero; starts again when requests queue in front of it ({why})");
         self.running.remove(name);
-        let e = &self.jobs[name];
-        self.events.push(Event {
-            job: name.to_string(),
-            queue: e.rec.spec.queue.clone(),
-            kind: "scaled",
-            message: why.to_string(),
-            at_ms: now,
-            state: e.rec.state,
-        });
-        vec![Op::job(&e.rec)]
+        self.scaled_event(name, why.to_string(), now);
+        vec![Op::job(&self.jobs[name].rec)]
     }
 
     /// Services at zero replicas whose activation queue is due a look: (name, `host:port`,
@@ -424,14 +438,7 @@ impl State {
         let (Some(a), Some(r)) = (autoscale_of(&e.rec.spec), e.rec.spec.replicas) else {
             return Vec::new();
         };
-        let policy = ScalePolicy {
-            min: r.min,
-            max: r.max,
-            target: a.target,
-            tolerance: a.tolerance,
-            up_window_ms: a.scale_up_window_ms,
-            down_window_ms: a.scale_down_window_ms,
-        };
+        let policy = policy_of(r, &a);
         let Some(s) = self.scalers.get_mut(name) else {
             return Vec::new();
         };
@@ -452,16 +459,8 @@ impl State {
         e.rec.reason = "waiting for the next scheduling cycle".into();
         // Back into the engine with the next rebuild.
         self.dirty = true;
-        let e = &self.jobs[name];
-        self.events.push(Event {
-            job: name.to_string(),
-            queue: e.rec.spec.queue.clone(),
-            kind: "scaled",
-            message: d.why,
-            at_ms: now,
-            state: e.rec.state,
-        });
-        vec![Op::job(&e.rec)]
+        self.scaled_event(name, d.why, now);
+        vec![Op::job(&self.jobs[name].rec)]
     }
 
     /// A replica of a running service ended (`failure` says how). It is replaced: the engine
@@ -484,17 +483,7 @@ impl State {
             return ops;
         };
         if replaced {
-            let published = e.published;
-            let (mut i, mut gone_published) = (0, 0);
-            e.rec.tasks.retain(|t| {
-                let keep = !(t.group == key.group && t.index == key.index);
-                if !keep && i < published {
-                    gone_published += 1;
-                }
-                i += 1;
-                keep
-            });
-            e.published = published - gone_published;
+            take_tasks(e, |t| t.group == key.group && t.index == key.index);
             let message = format!("{failure}; a new replica replaces it");
             tracing::warn!(service = %key.job, index = key.index, "{message}");
             self.events.push(Event {
@@ -584,15 +573,7 @@ impl State {
         }
         // The engine takes the new gang size (min) from a rebuild, which keeps running replicas.
         self.dirty = true;
-        let e = &self.jobs[name];
-        self.events.push(Event {
-            job: name.to_string(),
-            queue: e.rec.spec.queue.clone(),
-            kind: "scaled",
-            message: why,
-            at_ms: now,
-            state: e.rec.state,
-        });
+        self.scaled_event(name, why, now);
         Ok(ops)
     }
 
