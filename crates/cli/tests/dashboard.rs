@@ -247,3 +247,45 @@ fn with_tokens_the_dashboard_asks_for_one_and_a_member_sees_only_their_team() {
         );
     }
 }
+
+#[test]
+fn the_gpu_map_draws_mig_instances_at_their_real_starts() {
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED: no headless Chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let data = tempfile::tempdir().expect("tmp");
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut server, addr) = serve(data.path(), &["--no-local-agent"]);
+    let web = metrics_addr(&mut server);
+    let inventory = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../device-plugin/examples/dgx-a100.yaml");
+    let mut cmd = gantry();
+    cmd.args(["agent", "--server", &addr, "--fake-inventory"])
+        .arg(&inventory)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+    let mut agent = Proc::spawn("agent", cmd);
+    agent.wait_line("registered", |l| l.contains("registered").then_some(()));
+    let job = dir.path().join("mig.yaml");
+    std::fs::write(
+        &job,
+        "name: mig-job\nqueue: default\ntasks: [{count: 2, mig: 1g.10gb}]\ncommand: [sleep, '60']\n",
+    )
+    .expect("write");
+    client_json(&addr, &["submit", job.to_str().expect("utf-8")]);
+    common::poll("mig-job running", || {
+        let j = common::job(&addr, "mig-job").ok_or(serde_json::Value::Null)?;
+        (j["state"] == "running").then_some(()).ok_or(j)
+    });
+    let url = format!("http://{web}/gpus?live=0");
+    let html = dom(&browser, &url);
+    assert_eq!(
+        html.matches("class=\"slice used\"").count(),
+        2,
+        "two 1g.10gb instances in use:\n{html}"
+    );
+    assert!(html.contains("1g.10gb at memory slice"), "{html}");
+    assert!(html.contains("used by mig-job"), "{html}");
+    screenshot(&browser, &url, "gpus-mig");
+}

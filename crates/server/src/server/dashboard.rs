@@ -151,6 +151,8 @@ th{background:#eef1f4}.bar{background:#e3e7ec;width:160px;height:12px;display:in
 .dev{width:22px;height:22px;margin-right:3px;border:1px solid #8b949e;font-size:10px;text-align:center;line-height:22px}
 .free{background:#fff}.used{background:#2f6db5;color:#fff}.shared{background:repeating-linear-gradient(45deg,#7fa7d6,#7fa7d6 4px,#fff 4px,#fff 8px)}
 .mig{background:#e0a526}.down{background:#6b7280;color:#fff}
+.migdev{position:relative;display:inline-block;width:64px;height:22px;margin-right:3px;border:1px solid #e0a526;background:#fdf3dc}
+.slice{position:absolute;top:2px;height:16px;border:1px solid #8b949e}.slice.used{background:#e0a526}.slice.free{background:#fff}
 .legend span{display:inline-block;margin-right:14px}.legend .dev{display:inline-block;vertical-align:middle}
 pre{background:#fff;border:1px solid #dde1e6;padding:8px;overflow:auto;max-height:320px}
 .warn{background:#fff4d6;border:1px solid #e0a526;padding:8px;margin-bottom:10px}
@@ -719,7 +721,10 @@ fn gpu_map(st: &State, q: &BTreeMap<String, String>, visible: &dyn Fn(&str) -> b
         ("free", "free"),
         ("used", "whole GPU, used (hover: job)"),
         ("shared", "shared fraction"),
-        ("mig", "MIG slices"),
+        (
+            "mig",
+            "MIG slice in use (a GPU's 8 memory slices, instances at their starts)",
+        ),
         ("down", "node not ready"),
     ] {
         let _ = write!(
@@ -752,23 +757,45 @@ fn gpu_map(st: &State, q: &BTreeMap<String, String>, visible: &dyn Fn(&str) -> b
             name = esc(&n.rec.node.name)
         );
         for d in &n.rec.node.devices {
+            if let (true, Some(layout)) = (n.ready, &d.mig) {
+                // A MIG GPU: its 8 memory slices, each instance drawn at its real start.
+                let geometry = gantry_model::MigGeometry::builtin(&d.model);
+                let _ = write!(
+                    h,
+                    "<span class=\"migdev\" title=\"{} (MIG)\" data-uuid=\"{}\">",
+                    esc(&d.uuid),
+                    esc(&d.uuid)
+                );
+                for sl in &layout.slices {
+                    let size = geometry
+                        .as_ref()
+                        .and_then(|g| g.profile(&sl.profile))
+                        .map_or(1, |(_, p)| p.memory_slices);
+                    let holder = held.get(&sl.uuid).map(|(j, _)| j.as_str());
+                    let (class, who) = match holder {
+                        Some(j) if st.jobs.get(j).is_some_and(|e| visible(&e.rec.spec.queue)) => {
+                            ("used", format!("used by {j}"))
+                        }
+                        Some(_) => ("used", "used by another team".to_string()),
+                        None => ("free", "free".to_string()),
+                    };
+                    let _ = write!(
+                        h,
+                        "<span class=\"slice {class}\" style=\"left:{}px;width:{}px\" title=\"{} at memory slice {}: {who}\"></span>",
+                        u32::from(sl.start) * 8,
+                        u32::from(size) * 8 - 1,
+                        esc(&sl.profile),
+                        sl.start
+                    );
+                }
+                h.push_str("</span>");
+                continue;
+            }
             let (class, title, text) = if !n.ready {
                 (
                     "down",
                     format!("{} (node not ready)", d.uuid),
                     String::new(),
-                )
-            } else if d.mig.is_some() {
-                let slices: Vec<String> = d
-                    .mig
-                    .iter()
-                    .flat_map(|l| l.slices.iter())
-                    .map(|s| format!("{}@{}", s.profile, s.start))
-                    .collect();
-                (
-                    "mig",
-                    format!("{} MIG {}", d.uuid, slices.join(" ")),
-                    "M".into(),
                 )
             } else {
                 match held.get(&d.uuid) {
