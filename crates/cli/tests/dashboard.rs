@@ -103,6 +103,11 @@ fn every_page_shows_the_demo_and_a_new_job_appears_without_a_reload() {
             "/gpus",
             vec![uuid.as_str(), "used by demo-", "node not ready"],
         ),
+        (
+            "gpus-label",
+            "/gpus?label=rack%3Dnone",
+            vec!["0 nodes, page 1 of 1"],
+        ),
         ("queues", "/queues", vec!["demo", "default", "h100-80gb"]),
         (
             "jobs",
@@ -125,7 +130,8 @@ fn every_page_shows_the_demo_and_a_new_job_appears_without_a_reload() {
         ),
     ];
     for (name, path, want) in &pages {
-        let url = format!("http://{web}{path}?live=0");
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("http://{web}{path}{sep}live=0");
         let html = dom(&browser, &url);
         for w in want {
             assert!(html.contains(w), "{path}: no {w:?} in\n{html}");
@@ -200,7 +206,11 @@ fn with_tokens_the_dashboard_asks_for_one_and_a_member_sees_only_their_team() {
         "tok-root",
         &["queues", "--apply", queues.to_str().expect("utf-8")],
     );
-    for (name, queue) in [("alpha-job", "team-a"), ("beta-job", "team-b")] {
+    for (name, queue, token) in [
+        ("alpha-job", "team-a", "tok-root"),
+        ("beta-job", "team-b", "tok-root"),
+        ("alices-job", "team-a", "tok-alice"),
+    ] {
         let f = dir.path().join(format!("{name}.yaml"));
         std::fs::write(
             &f,
@@ -209,7 +219,7 @@ fn with_tokens_the_dashboard_asks_for_one_and_a_member_sees_only_their_team() {
             ),
         )
         .expect("write");
-        run("tok-root", &["submit", f.to_str().expect("utf-8")]);
+        run(token, &["submit", f.to_str().expect("utf-8")]);
     }
     // No session: the sign-in page, nothing else.
     let html = dom(&browser, &format!("http://{web}/jobs?live=0"));
@@ -228,6 +238,14 @@ fn with_tokens_the_dashboard_asks_for_one_and_a_member_sees_only_their_team() {
     assert!(
         !html.contains("beta-job"),
         "a member saw another team's job: {html}"
+    );
+    // Jobs by who submitted them.
+    let by_user =
+        format!("http://{web}/login?token=tok-alice&next=%2Fjobs%3Fuser%3Dalice%26live%3D0");
+    let mine = dom(&browser, &by_user);
+    assert!(
+        mine.contains("alices-job") && !mine.contains("alpha-job"),
+        "{mine}"
     );
     // The cookie is HttpOnly and SameSite=Strict.
     let out = Command::new("curl")

@@ -120,6 +120,9 @@ pub struct JobRecord {
     /// among gantry's running jobs there; 0 before the job first runs.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub port: u16,
+    /// Who submitted it (the token's user; empty without tokens).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
     /// An inference service's last scaling decision (its desired count is the spec's task
     /// count).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -556,6 +556,20 @@ impl Server {
         command: Vec<String>,
         env: BTreeMap<String, String>,
     ) -> Result<u64, ServerError> {
+        self.submit_as(spec, command, env, "").await
+    }
+
+    /// [`Server::submit`] on behalf of `user` (kept in the record).
+    ///
+    /// # Errors
+    /// As for [`Server::submit`].
+    pub async fn submit_as(
+        &self,
+        spec: JobSpec,
+        command: Vec<String>,
+        env: BTreeMap<String, String>,
+        user: &str,
+    ) -> Result<u64, ServerError> {
         // Output left by a forgotten or replaced (finished) job of the same name must not show
         // as this one's. An active job's name is refused below, and its output kept.
         let free = self
@@ -566,7 +580,8 @@ impl Server {
         if free {
             self.shared.logs.forget_job(&spec.name);
         }
-        let rec = self.lock().begin_submit(spec, command, env, now_ms())?;
+        let mut rec = self.lock().begin_submit(spec, command, env, now_ms())?;
+        rec.user = user.to_string();
         let result = durable(self.shared.writer.write(vec![Op::job(&rec)])).await;
         let seq = rec.seq;
         let events = {
@@ -986,7 +1001,8 @@ impl pb::jobs_server::Jobs for Server {
             }
         }
         let name = spec.name.clone();
-        let seq = self.submit(spec, command, env).await?;
+        let user = who.as_ref().map_or("", |c| c.user.as_str());
+        let seq = self.submit_as(spec, command, env, user).await?;
         self.shared
             .metrics
             .submit_latency

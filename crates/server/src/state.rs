@@ -624,6 +624,7 @@ impl State {
             reason: "waiting for the next scheduling cycle".into(),
             exit_code: 0,
             port: 0,
+            user: String::new(),
             scale: None,
         })
     }

@@ -704,6 +704,11 @@ fn overview(st: &State, visible: &dyn Fn(&str) -> bool) -> String {
 fn gpu_map(st: &State, q: &BTreeMap<String, String>, visible: &dyn Fn(&str) -> bool) -> String {
     let held = held_devices(st);
     let model = q.get("model").filter(|m| !m.is_empty());
+    // `?label=key=value`: nodes carrying that label.
+    let label = q
+        .get("label")
+        .and_then(|l| l.split_once('='))
+        .filter(|(k, _)| !k.is_empty());
     let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(0);
     let models: BTreeSet<&str> = st
         .nodes
@@ -714,6 +719,9 @@ fn gpu_map(st: &State, q: &BTreeMap<String, String>, visible: &dyn Fn(&str) -> b
         .nodes
         .values()
         .filter(|n| model.is_none_or(|m| n.rec.node.devices.iter().any(|d| &d.model == m)))
+        .filter(|n| {
+            label.is_none_or(|(k, v)| n.rec.node.labels.get(k).map(String::as_str) == Some(v))
+        })
         .collect();
     let pages = nodes.len().div_ceil(NODES_PER_PAGE).max(1);
     let mut h = String::from("<h2>GPU map</h2><p class=\"legend\">");
@@ -866,11 +874,12 @@ fn queues(st: &State, visible: &dyn Fn(&str) -> bool) -> String {
 fn jobs(st: &State, q: &BTreeMap<String, String>, visible: &dyn Fn(&str) -> bool) -> String {
     let queue = q.get("queue").filter(|s| !s.is_empty());
     let state = q.get("state").filter(|s| !s.is_empty());
+    let user = q.get("user").filter(|s| !s.is_empty());
     let mut h = String::from("<h2>Jobs</h2><p>State: <a href=\"/jobs\">all</a>");
     for s in ["pending", "running", "succeeded", "failed", "cancelled"] {
         let _ = write!(h, " · <a href=\"/jobs?state={s}\">{s}</a>");
     }
-    h.push_str("</p><table><tr><th>job</th><th>queue</th><th>state</th><th>tasks</th><th>nodes</th><th>why / how it ended</th></tr>");
+    h.push_str("</p><table><tr><th>job</th><th>queue</th><th>user</th><th>state</th><th>tasks</th><th>nodes</th><th>why / how it ended</th></tr>");
     let mut shown = 0;
     for name in st.order.values().rev() {
         let Some(e) = st.jobs.get(name) else { continue };
@@ -878,6 +887,7 @@ fn jobs(st: &State, q: &BTreeMap<String, String>, visible: &dyn Fn(&str) -> bool
         if !visible(&r.spec.queue)
             || queue.is_some_and(|q| &r.spec.queue != q)
             || state.is_some_and(|s| state_name(r.state) != s)
+            || user.is_some_and(|u| &r.user != u)
         {
             continue;
         }
@@ -899,13 +909,14 @@ fn jobs(st: &State, q: &BTreeMap<String, String>, visible: &dyn Fn(&str) -> bool
         };
         let _ = write!(
             h,
-            "<tr><td><a href=\"/jobs/{n}\">{n}</a></td><td>{}</td><td>{}</td><td>{}/{wanted}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><a href=\"/jobs/{n}\">{n}</a></td><td>{}</td><td><a href=\"/jobs?user={u}\">{u}</a></td><td>{}</td><td>{}/{wanted}</td><td>{}</td><td>{}</td></tr>",
             esc(&r.spec.queue),
             state_name(r.state),
             r.tasks.len(),
             esc(&nodes.into_iter().collect::<Vec<_>>().join(" ")),
             esc(&reason),
-            n = esc(name)
+            n = esc(name),
+            u = esc(&r.user)
         );
     }
     h.push_str("</table>");
