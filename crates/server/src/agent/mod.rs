@@ -281,12 +281,7 @@ fn start(
     out: &(output::OutputConfig, output::Shipper),
     reports: &probe::Reports,
 ) -> Task {
-    let key = TaskKey {
-        job: a.job.clone(),
-        group: a.group as u16,
-        index: a.index,
-        attempt: a.attempt,
-    };
+    let key = key_of_assignment(a);
     let (stop_tx, stop_rx) = oneshot::channel::<Duration>();
     let visible = if a.devices.is_empty() {
         "void".to_string()
@@ -408,12 +403,7 @@ fn start(
     let port = u16::try_from(a.port).unwrap_or(0);
     let probe = match (&a.probe, pgid) {
         (Some(p), Some(_)) if port != 0 => Some(probe::spawn(
-            TaskKey {
-                job: a.job.clone(),
-                group: a.group as u16,
-                index: a.index,
-                attempt: a.attempt,
-            },
+            key_of_assignment(a),
             port,
             p.clone(),
             reports.clone(),
