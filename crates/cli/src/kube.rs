@@ -78,7 +78,7 @@ pub struct ControllerArgs {
     /// Engine profile: gantry, best-fit or fifo.
     #[arg(long, default_value = "gantry")]
     profile: String,
-    /// Where `/metrics`, `/healthz` and `/readyz` listen.
+    /// Where `/metrics`, `/healthz`, `/readyz` and the read-only web dashboard (`/`) listen.
     #[arg(long, default_value = "0.0.0.0:7071")]
     metrics_listen: String,
 }
@@ -164,9 +164,18 @@ fn controller(a: ControllerArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&a.metrics_listen)
             .await
             .with_context(|| format!("--metrics-listen {}", a.metrics_listen))?;
-        tokio::spawn(gantry_kube::metrics::serve(listener, metrics.clone()));
-        tracing::info!(scheduler = %cfg.scheduler_name, identity = %cfg.identity, qps = cfg.qps, "gantry kube controller starting");
-        gantry_kube::run(client, cfg, metrics, async {
+        let (pages, publisher) = gantry_kube::dashboard::channel();
+        let web = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| a.metrics_listen.clone());
+        tokio::spawn(gantry_kube::metrics::serve_with(
+            listener,
+            metrics.clone(),
+            gantry_kube::dashboard::router(pages),
+        ));
+        tracing::info!(scheduler = %cfg.scheduler_name, identity = %cfg.identity, qps = cfg.qps, dashboard = %format!("http://{web}/"), "gantry kube controller starting");
+        gantry_kube::run_with(client, cfg, metrics, Some(publisher), async {
             let sig = crate::signal::terminated().await;
             tracing::info!(signal = sig, "stopping; releasing the lease");
         })

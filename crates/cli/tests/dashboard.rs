@@ -7,59 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{client_json, gantry, serve, Proc};
-
-fn chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find_map(|b| {
-            std::env::var_os("PATH")?
-                .to_str()?
-                .split(':')
-                .map(|d| Path::new(d).join(b))
-                .find(|p| p.exists())
-        })
-}
-
-/// The page's DOM after its scripts ran (`live` long polls first).
-fn dom(browser: &Path, url: &str) -> String {
-    // Bounded: a page that kept its long poll open would otherwise hold the browser.
-    let out = Command::new("timeout")
-        .arg("90")
-        .arg(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=30000",
-            "--dump-dom",
-            url,
-        ])
-        .output()
-        .expect("run chromium");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn screenshot(browser: &Path, url: &str, name: &str) {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../dashboard-screenshots");
-    std::fs::create_dir_all(&dir).expect("screenshots dir");
-    let file = dir.join(format!("{name}.png"));
-    let _ = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-        ])
-        .arg("--window-size=1280,800")
-        .arg(format!("--screenshot={}", file.display()))
-        .arg(url)
-        .output();
-}
+use common::{chromium, client_json, dom, gantry, screenshot, serve, Proc};
 
 fn metrics_addr(p: &mut Proc) -> String {
     p.wait_line("the dashboard address", |l| {
@@ -306,4 +258,83 @@ fn the_gpu_map_draws_mig_instances_at_their_real_starts() {
     assert!(html.contains("1g.10gb at memory slice"), "{html}");
     assert!(html.contains("used by mig-job"), "{html}");
     screenshot(&browser, &url, "gpus-mig");
+}
+
+#[test]
+fn the_queue_tree_shows_borrowing_lending_and_share_and_a_job_its_events() {
+    let Some(browser) = chromium() else {
+        eprintln!("SKIPPED: no headless Chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let data = tempfile::tempdir().expect("tmp");
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut server, addr) = serve(data.path(), &["--fake-gpus", "4xH100-80GB"]);
+    let web = metrics_addr(&mut server);
+    let queues = dir.path().join("queues.yaml");
+    std::fs::write(
+        &queues,
+        "queues:\n  - {name: lab}\n  - {name: team-a, parent: lab, quotas: {h100-80gb: {nominal: 1}}}\n  - {name: team-b, parent: lab, weight: 2, quotas: {h100-80gb: {nominal: 3}}}\n",
+    )
+    .expect("write");
+    client_json(
+        &addr,
+        &["queues", "--apply", queues.to_str().expect("utf-8")],
+    );
+    for (name, gpus) in [("borrower", 3), ("second", 2)] {
+        let f = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &f,
+            format!("name: {name}\nqueue: team-a\ntasks: [{{count: 1, gpus: {gpus}}}]\ncommand: [sleep, '60']\n"),
+        )
+        .expect("write");
+        client_json(&addr, &["submit", f.to_str().expect("utf-8")]);
+    }
+    common::poll("borrower running", || {
+        let j = common::job(&addr, "borrower").ok_or(serde_json::Value::Null)?;
+        (j["state"] == "running").then_some(()).ok_or(j)
+    });
+    let url = format!("http://{web}/queues?live=0");
+    let html = dom(&browser, &url);
+    let row = |q: &str| -> String {
+        html.split(&format!("<tr data-queue=\"{q}\">"))
+            .nth(1)
+            .and_then(|r| r.split("</tr>").next())
+            .unwrap_or_else(|| panic!("no row for {q}:\n{html}"))
+            .to_string()
+    };
+    // team-a uses 3 of its 1: 2 borrowed, which team-b (3 unused) lends; share 3.00.
+    let a = row("team-a");
+    assert!(a.contains("3 / 1 · 2 · 0") && a.contains("3.00"), "{a}");
+    let b = row("team-b");
+    assert!(b.contains("0 / 3 · 0 · 2") && b.contains("0.00"), "{b}");
+    assert!(row("lab").contains("cohort"), "the tree's cohort row");
+    assert!(
+        html.find("data-queue=\"lab\"") < html.find("data-queue=\"team-a\""),
+        "parents first"
+    );
+    screenshot(&browser, &url, "queues-tree");
+    // The job's page: its events, tasks and devices.
+    let url = format!("http://{web}/jobs/borrower?live=0");
+    let html = dom(&browser, &url);
+    let events = html
+        .split("<table class=\"events\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no events table:\n{html}"));
+    assert!(
+        events.contains("submitted") && events.contains("started"),
+        "{events}"
+    );
+    assert!(html.contains("1 of 1 placed"), "{html}");
+    // The waiting one: its reason and place.
+    let html = dom(&browser, &format!("http://{web}/jobs?queue=team-a&live=0"));
+    let second = html
+        .split("<tr data-job=\"second\">")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no row for second:\n{html}"))
+        .to_string();
+    assert!(
+        second.contains("1 of 1") && second.contains("pending"),
+        "{second}"
+    );
 }

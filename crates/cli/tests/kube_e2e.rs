@@ -18,7 +18,9 @@
 //!    finds them (by the object's uid).
 //! 5. A PodDisruptionBudget refuses the eviction a higher-priority gang needs: the preemptor's
 //!    PodGroup says it waits on the budget, a `PreemptionBlocked` event is written, and an
-//!    unrelated pod is still bound meanwhile. Once the budget is gone the preemptor runs.
+//!    unrelated pod is still bound meanwhile. The leader's read-only dashboard, opened in a
+//!    real headless Chromium, shows the gang's GPUs, the MIG slices, the queue tree and the
+//!    preemptor's reason and events. Once the budget is gone the preemptor runs.
 //! 6. The leader is killed (`kill -9`) in the middle of a throttled batch; the standby takes the
 //!    Lease and finishes the batch; the killed one is restarted, the new leader is killed in
 //!    turn, and the restarted one schedules. No device is ever held by two live pods.
@@ -697,6 +699,99 @@ async fn kubernetes_mode_as_deployed() {
             .ok_or(ev.iter().map(|e| e.reason.clone()).collect::<Vec<_>>())
     })
     .await;
+    // The read-only dashboard on the leader's metrics port, in a real headless Chromium: the
+    // gang's GPUs, the MIG slices, the queue tree, the preemptor's reason and events.
+    let leader_now = holder(&leases).await.expect("a leader");
+    let web = ctl
+        .iter_mut()
+        .find(|c| c.identity == leader_now)
+        .expect("the leader's process")
+        .proc
+        .wait_line("the dashboard address", |l| {
+            l.split("dashboard=http://")
+                .nth(1)
+                .and_then(|r| r.split('/').next())
+                .map(str::to_string)
+        });
+    let urgent_key = format!("pg_{ns}_urgent");
+    // The first look asks the loop for boards; wait until the preemptor's reason is on one.
+    until("the dashboard showing the preemptor", || async {
+        let page = common::http_get(&web, &format!("/jobs/{urgent_key}"));
+        if page.contains("PodDisruptionBudget") && page.contains("PreemptionBlocked") {
+            Ok(())
+        } else {
+            Err(page.chars().take(400).collect::<String>())
+        }
+    })
+    .await;
+    match common::chromium() {
+        None => eprintln!("SKIPPED the dashboard in a browser: no Chromium on PATH"),
+        Some(browser) => {
+            let gang_uuids: Vec<String> = bound
+                .iter()
+                .filter(|p| p.name_any().starts_with("llm-pretrain-"))
+                .flat_map(devices)
+                .collect();
+            let pages = [
+                (
+                    "kube-overview",
+                    "/".to_string(),
+                    vec![
+                        "gantry kube controller · read-only".to_string(),
+                        "h100-80gb GPUs allocated".into(),
+                    ],
+                ),
+                ("kube-gpus", "/gpus".into(), {
+                    let mut w = vec![
+                        format!("used by pg_{ns}_llm-pretrain"),
+                        "1g.10gb at memory slice".into(),
+                        A100_NODE.to_string(),
+                    ];
+                    w.extend(gang_uuids.iter().take(3).cloned());
+                    w
+                }),
+                (
+                    "kube-queues",
+                    "/queues".into(),
+                    vec![
+                        "data-queue=\"team-a\"".into(),
+                        "data-queue=\"team-b\"".into(),
+                        "cohort".into(),
+                    ],
+                ),
+                (
+                    "kube-jobs",
+                    "/jobs".into(),
+                    vec![
+                        format!("{ns}/urgent"),
+                        format!("{ns}/llm-pretrain"),
+                        "PodDisruptionBudget".into(),
+                    ],
+                ),
+                (
+                    "kube-job",
+                    format!("/jobs/{urgent_key}"),
+                    vec![
+                        "Why it waits:".into(),
+                        "PreemptionBlocked".into(),
+                        "urgent-0".into(),
+                    ],
+                ),
+            ];
+            for (name, path, want) in &pages {
+                let url = format!("http://{web}{path}?live=0");
+                let html = tokio::task::block_in_place(|| common::dom(&browser, &url));
+                for w in want {
+                    assert!(html.contains(w.as_str()), "{path}: no {w:?} in\n{html}");
+                }
+                assert!(
+                    !html.contains("/services"),
+                    "no Services page in Kubernetes mode"
+                );
+                tokio::task::block_in_place(|| common::screenshot(&browser, &url, name));
+            }
+        }
+    }
     // An unrelated pod is bound while the preemptor waits.
     let mut side = pod_from(
         &docs(&read("deploy/examples/kube/inference-mig.yaml"))[0]["spec"]["template"],

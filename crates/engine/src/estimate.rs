@@ -23,22 +23,62 @@ impl Snapshot {
         now: Time,
         max_cycles: usize,
     ) -> Option<Time> {
-        let j = self.jobs.get(job.idx())?;
-        if j.phase != JobPhase::Pending {
-            return j.start;
+        self.estimate_starts(&[job], profile, now, max_cycles)
+            .pop()
+            .flatten()
+    }
+
+    /// [`Snapshot::estimate_start`] for several jobs at once, in one replay: the answer for
+    /// each, in order (`None` for unknown jobs too).
+    pub fn estimate_starts(
+        &self,
+        jobs: &[JobId],
+        profile: &Profile,
+        now: Time,
+        max_cycles: usize,
+    ) -> Vec<Option<Time>> {
+        let mut out: Vec<Option<Time>> = jobs
+            .iter()
+            .map(|j| {
+                self.jobs.get(j.idx()).and_then(|s| {
+                    if s.phase == JobPhase::Pending {
+                        None
+                    } else {
+                        s.start
+                    }
+                })
+            })
+            .collect();
+        let mut waiting: Vec<usize> = (0..jobs.len())
+            .filter(|&i| {
+                self.jobs
+                    .get(jobs[i].idx())
+                    .is_some_and(|s| s.phase == JobPhase::Pending)
+            })
+            .collect();
+        if waiting.is_empty() {
+            return out;
         }
         let mut s = self.clone();
         let mut t = now;
         for _ in 0..max_cycles {
             schedule(&mut s, profile, t);
-            if s.jobs[job.idx()].phase != JobPhase::Pending {
-                return Some(t);
+            waiting.retain(|&i| {
+                let started = s.jobs[jobs[i].idx()].phase != JobPhase::Pending;
+                if started {
+                    out[i] = Some(t);
+                }
+                !started
+            });
+            if waiting.is_empty() {
+                break;
             }
             // Jump to the next expected end of a running job, and complete what is due then.
-            t = s.next_end(now)?;
+            let Some(next) = s.next_end(now) else { break };
+            t = next;
             s.finish_due(t, now);
         }
-        None
+        out
     }
 
     /// The earliest expected end (start + runtime, not before `floor`) among running jobs.
@@ -95,6 +135,15 @@ mod tests {
         assert_eq!(est(&h, "b"), Some(100_000), "when a ends");
         assert_eq!(est(&h, "c"), Some(100_000), "alongside b");
         assert_eq!(est(&h, "d"), Some(150_000), "when b (the longer) ends");
+        let ids: Vec<_> = ["d", "a", "b", "c"]
+            .iter()
+            .map(|n| h.snap.job_by_name(n).expect("j"))
+            .collect();
+        assert_eq!(
+            h.snap.estimate_starts(&ids, &p, h.now, 100),
+            [Some(150_000), Some(0), Some(100_000), Some(100_000)],
+            "one replay answers for all, running jobs with their start"
+        );
         // Work without an expected runtime blocks any estimate.
         let mut h2 = Harness::new(&cluster(1, 8, "h100-80gb"), &queues(&[("team-a", 64)]));
         h2.submit(q("forever").gpus(8));

@@ -75,6 +75,7 @@ pub mod plan;
 mod preempt;
 pub mod profile;
 mod quota;
+pub mod report;
 mod score;
 pub mod snapshot;
 #[cfg(any(test, feature = "testing"))]
@@ -86,6 +87,7 @@ pub use explain::{fmt_time, Explanation, Reason, Why};
 pub use named::{NamedAlloc, NamedGpu};
 pub use plan::{Bind, CycleStats, Plan, PreemptCause, Preemption, Reservation};
 pub use profile::{History, Ordering, Packing, Profile};
+pub use report::{DeviceReport, FlavorReport, NodeReport, QueueReport, SliceReport};
 pub use snapshot::{
     DeviceId, FlavorId, GpuAlloc, GpuTotals, JobId, JobPhase, NodeId, QueueId, Snapshot, TaskAlloc,
     Time,

@@ -186,6 +186,25 @@ impl QuotaTree {
         self.cells[q as usize][f as usize].nominal
     }
 
+    pub fn lending_limit(&self, q: u32, f: u32) -> Option<u64> {
+        self.cells[q as usize][f as usize].lending_limit
+    }
+
+    /// Whether queue `q`'s quotas list flavor `f` (with any nominal, 0 included).
+    pub fn is_listed(&self, q: u32, f: u32) -> bool {
+        self.cells[q as usize]
+            .get(f as usize)
+            .is_some_and(|c| c.listed)
+    }
+
+    pub fn parent(&self, q: u32) -> Option<u32> {
+        self.parent[q as usize]
+    }
+
+    pub fn children(&self, q: u32) -> &[u32] {
+        &self.children[q as usize]
+    }
+
     pub fn borrowing_limit(&self, q: u32, f: u32) -> Option<u64> {
         self.cells[q as usize][f as usize].borrowing_limit
     }

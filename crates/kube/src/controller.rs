@@ -359,6 +359,21 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), KubeError> {
+    run_with(client, cfg, metrics, None, shutdown).await
+}
+
+/// [`run`], also feeding the read-only web dashboard (`dashboard::channel`) with boards built
+/// from the mirror while someone looks.
+///
+/// # Errors
+/// The engine refused an empty cluster (not expected).
+pub async fn run_with(
+    client: Client,
+    cfg: ControllerConfig,
+    metrics: Metrics,
+    mut dashboard: Option<crate::dashboard::Publisher>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), KubeError> {
     let mut mirror = Mirror::new(cfg.profile.clone())?;
     mirror.set_inventory_stale_after(cfg.inventory_stale_after);
     metrics.set_stall_after(cfg.stall_after);
@@ -424,6 +439,9 @@ pub async fn run(
                     apply_change(&mut mirror, c);
                     next = rx.try_recv().ok();
                 }
+                if let Some(d) = dashboard.as_mut() {
+                    d.touch();
+                }
                 pending_change = true;
                 due = Some(tokio::time::Instant::now() + cfg.debounce);
             }
@@ -432,6 +450,10 @@ pub async fn run(
                 let mut next = Some(o);
                 while let Some(o) = next {
                     let follow = mirror.outcome(o, now_ms());
+                    if let Some(d) = dashboard.as_mut() {
+                        d.record_events(&mirror, &follow.events, now_ms());
+                        d.touch();
+                    }
                     if !follow.is_empty() {
                         writer.submit(follow);
                     }
@@ -450,6 +472,9 @@ pub async fn run(
                     next_tick = tokio::time::Instant::now() + cfg.tick;
                 }
                 due = None;
+                if let Some(d) = dashboard.as_mut() {
+                    d.publish(&mirror, &cfg.profile, leader, now_ms());
+                }
                 if !(leader && metrics.is_ready() && (pending_change || ticked)) {
                     metrics.observe(&mirror);
                     continue;
@@ -460,6 +485,12 @@ pub async fn run(
                 let elapsed = t0.elapsed();
                 metrics.cycle.observe(elapsed.as_secs_f64());
                 let (binds, evictions) = (actions.binds.len(), actions.evictions.len());
+                if let Some(d) = dashboard.as_mut() {
+                    d.record_events(&mirror, &actions.events, now_ms());
+                    if binds + evictions > 0 {
+                        d.touch();
+                    }
+                }
                 if !actions.is_empty() {
                     writer.submit(actions);
                 }

@@ -18,10 +18,13 @@
 //! - [`events`]: Events `kubectl describe` shows, written off the critical path.
 //! - [`leader`]: Lease-based leader election.
 //! - [`controller`]: the watches, the cycle loop and the leader's hand-over.
+//! - [`dashboard`]: the read-only web dashboard, fed with boards the loop builds from the
+//!   mirror while someone looks.
 //! - [`metrics`]: Prometheus metrics and `/healthz`, `/readyz`.
 //! - [`error`]: the crate's typed errors.
 pub mod apply;
 pub mod controller;
+pub mod dashboard;
 /// The custom resources, from `gantry-crd` (shared with the device plugin).
 pub use gantry_crd as crd;
 pub mod error;
@@ -32,7 +35,7 @@ pub mod mirror;
 pub mod status;
 pub mod translate;
 
-pub use controller::{run, ControllerConfig};
+pub use controller::{run, run_with, ControllerConfig};
 pub use error::KubeError;
 pub use metrics::Metrics;
 pub use mirror::{Actions, Mirror};

@@ -168,12 +168,24 @@ impl Metrics {
 /// # Errors
 /// The listener failed.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> std::io::Result<()> {
+    serve_with(listener, metrics, axum::Router::new()).await
+}
+
+/// [`serve`] with `pages` beside the endpoints (the dashboard's routes).
+///
+/// # Errors
+/// The listener failed.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    pages: axum::Router,
+) -> std::io::Result<()> {
     let m = metrics.clone();
     gantry_metrics::serve(
         listener,
         move || m.render(),
         move || metrics.is_healthy(),
-        axum::Router::new(),
+        pages,
     )
     .await
 }

@@ -1476,12 +1476,12 @@ pub fn stale_taint() -> gantry_model::Taint {
 pub const STALE_TAINT_KEY: &str = "gantry.dev/inventory-stale";
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crd::PodGroupPhase;
     use serde_json::json;
 
-    fn node(name: &str) -> KubeNode {
+    pub(crate) fn node(name: &str) -> KubeNode {
         serde_json::from_value(json!({
             "metadata": {"name": name},
             "status": {"allocatable": {"cpu": "96", "memory": "1Ti"},
@@ -1490,7 +1490,7 @@ mod tests {
         .unwrap()
     }
 
-    fn inventory(node: &str, gpus: u32) -> NodeInventorySpec {
+    pub(crate) fn inventory(node: &str, gpus: u32) -> NodeInventorySpec {
         let devices = (0..gpus)
             .map(|i| {
                 serde_json::from_value(
@@ -1502,7 +1502,7 @@ mod tests {
         NodeInventorySpec::new(devices, None)
     }
 
-    fn pod(
+    pub(crate) fn pod(
         name: &str,
         gpus: u32,
         labels: serde_json::Value,
@@ -1517,7 +1517,7 @@ mod tests {
         .unwrap()
     }
 
-    fn mirror(nodes: &[(&str, u32)]) -> Mirror {
+    pub(crate) fn mirror(nodes: &[(&str, u32)]) -> Mirror {
         let mut m = Mirror::new(Profile::gantry()).unwrap();
         for (n, g) in nodes {
             m.upsert_node(node(n));

@@ -127,7 +127,12 @@ struct Shared {
     /// The server's copy of task output.
     logs: Arc<crate::logs::LogStore>,
     /// The dashboard's history: one sample a minute for a day.
-    history: Mutex<std::collections::VecDeque<dashboard::Sample>>,
+    history: gantry_dashboard::History,
+    /// Recent job events, for the dashboard.
+    recent_events: Mutex<std::collections::VecDeque<Event>>,
+    /// Bumped after every durable change (and replica readiness): held dashboard requests
+    /// look again.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The server: cheap to clone; every clone serves the same state.
@@ -303,7 +308,9 @@ impl Server {
                 stats,
                 metrics: crate::metrics::Metrics::new(),
                 logs: Arc::new(crate::logs::LogStore::new(config_logs_dir, config_log_cap)),
-                history: Mutex::new(std::collections::VecDeque::new()),
+                history: gantry_dashboard::History::default(),
+                recent_events: Mutex::new(std::collections::VecDeque::new()),
+                changes: tokio::sync::watch::Sender::new(0),
             }),
         };
         let mut metrics_addr = None;
@@ -412,7 +419,9 @@ impl Server {
         }
         if changed {
             self.shared.work.notify_waiters();
+            self.shared.changes.send_modify(|v| *v += 1);
         }
+        self.keep_events(&events);
         for e in events {
             let _ = self.shared.events.send(e);
         }
@@ -485,7 +494,7 @@ impl Server {
         let mut sampled: Option<std::time::Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            if sampled.is_none_or(|t| t.elapsed() >= dashboard::SAMPLE_EVERY) {
+            if sampled.is_none_or(|t| t.elapsed() >= gantry_dashboard::history::SAMPLE_EVERY) {
                 sampled = Some(std::time::Instant::now());
                 self.sample_history();
             }
@@ -590,9 +599,11 @@ impl Server {
             std::mem::take(&mut st.events)
         };
         result?;
+        self.keep_events(&events);
         for e in events {
             let _ = self.shared.events.send(e);
         }
+        self.shared.changes.send_modify(|v| *v += 1);
         self.shared.kick.notify_one();
         Ok(seq)
     }
@@ -1281,9 +1292,14 @@ impl pb::nodes_server::Nodes for Server {
                     Some((key, r.ready, r.measured.then_some(r.value)))
                 })
                 .collect::<Vec<_>>();
-            let mut st = self.lock();
-            st.check_instance(&req.node, &req.instance)?;
-            st.record_replicas(&req.node, reports, now_ms());
+            let flipped = {
+                let mut st = self.lock();
+                st.check_instance(&req.node, &req.instance)?;
+                st.record_replicas(&req.node, reports, now_ms())
+            };
+            if flipped {
+                self.shared.changes.send_modify(|v| *v += 1);
+            }
         }
         let beat = |s: &Self| -> Result<_, ServerError> {
             let mut st = s.lock();

@@ -196,13 +196,14 @@ impl State {
     }
 
     /// Keep what `node`'s agent found on its replicas (reports about other nodes' tasks, or
-    /// tasks the server does not know, are ignored).
+    /// tasks the server does not know, are ignored). True when a replica's readiness changed.
     pub fn record_replicas(
         &mut self,
         node: &str,
         reports: impl IntoIterator<Item = (TaskKey, bool, Option<f64>)>,
         now: u64,
-    ) {
+    ) -> bool {
+        let mut flipped = false;
         for (key, ready, value) in reports {
             let known = self.jobs.get(&key.job).is_some_and(|e| {
                 e.rec.attempt == key.attempt
@@ -215,6 +216,7 @@ impl State {
                 if ready {
                     self.replica_exits.remove(&key.job);
                 }
+                flipped |= self.replicas.get(&key).is_none_or(|r| r.ready != ready);
                 self.replicas.insert(
                     key,
                     ReplicaLoad {
@@ -225,6 +227,7 @@ impl State {
                 );
             }
         }
+        flipped
     }
 
     /// Ready replicas of a service and their summed load (none when no ready replica reported

@@ -5,7 +5,7 @@
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -213,4 +213,71 @@ pub fn alive(pid: u32) -> bool {
             .rsplit_once(')')
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
     }
+}
+
+// ------------------------------------------------------------------ the dashboard in a browser
+
+/// Debian's `chromium` (or another Chromium) on PATH.
+pub fn chromium() -> Option<PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|b| {
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|d| Path::new(d).join(b))
+                .find(|p| p.exists())
+        })
+}
+
+/// The page's DOM after its scripts ran (`live` long polls first).
+pub fn dom(browser: &Path, url: &str) -> String {
+    // Bounded: a page that kept its long poll open would otherwise hold the browser.
+    let out = Command::new("timeout")
+        .arg("90")
+        .arg(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .expect("run chromium");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A 1280×800 screenshot of `url` into `target/dashboard-screenshots/NAME.png`.
+pub fn screenshot(browser: &Path, url: &str, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("../dashboard-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshots dir");
+    let file = dir.join(format!("{name}.png"));
+    let _ = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .arg("--window-size=1280,800")
+        .arg(format!("--screenshot={}", file.display()))
+        .arg(url)
+        .output();
+}
+
+/// A plain HTTP/1.0 GET of `path` on `addr` (`host:port`): the body ("" when it fails).
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
