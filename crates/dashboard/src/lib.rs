@@ -268,11 +268,19 @@ impl Board {
 /// Per model: (GPUs, GPUs held at all, capacity left on partly used GPUs in thousandths:
 /// fractions of shared GPUs and free memory slices of MIG GPUs, which a whole-GPU job cannot
 /// use). Only healthy GPUs of ready nodes count.
-pub fn gpu_totals(nodes: &[NodeView]) -> BTreeMap<String, GpuTotal> {
+pub fn gpu_totals<'a>(nodes: impl IntoIterator<Item = &'a NodeView>) -> BTreeMap<String, GpuTotal> {
     let mut out: BTreeMap<String, GpuTotal> = BTreeMap::new();
     for n in nodes {
+        let mut models: Vec<&str> = Vec::new();
         for d in &n.devices {
-            let t = out.entry(d.model.clone()).or_default();
+            let t = match out.get_mut(d.model.as_str()) {
+                Some(t) => t,
+                None => out.entry(d.model.clone()).or_default(),
+            };
+            if !models.contains(&d.model.as_str()) {
+                models.push(&d.model);
+                t.nodes += 1;
+            }
             t.gpus += 1;
             if !n.ready || !d.healthy {
                 t.unavailable += 1;
@@ -310,6 +318,8 @@ pub fn gpu_totals(nodes: &[NodeView]) -> BTreeMap<String, GpuTotal> {
 /// GPUs of one model, counted by [`gpu_totals`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GpuTotal {
+    /// Nodes with at least one.
+    pub nodes: u32,
     /// All of them.
     pub gpus: u32,
     /// Held in whole or in part.

@@ -404,12 +404,8 @@ fn gpu_map(b: &Board, q: &Query) -> String {
     let mut h = String::from("<h2>GPU map</h2>");
     // The aggregate first: at thousands of nodes this is the view, the rows are for drilling.
     h.push_str("<table class=\"aggregate\"><tr><th>model</th><th class=\"num\">nodes</th><th class=\"num\">GPUs</th><th class=\"num\">free</th><th class=\"num\">held</th><th class=\"num\">fragmented</th><th class=\"num\">unavailable</th></tr>");
-    let owned: Vec<NodeView> = nodes.iter().map(|n| (*n).clone()).collect();
-    for (m, t) in gpu_totals(&owned) {
-        let count = nodes
-            .iter()
-            .filter(|n| n.devices.iter().any(|d| d.model == m))
-            .count();
+    for (m, t) in gpu_totals(nodes.iter().copied()) {
+        let count = t.nodes;
         let _ = write!(
             h,
             "<tr><td><a href=\"/gpus?model={m}\">{m}</a></td><td class=\"num\">{count}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
