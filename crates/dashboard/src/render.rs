@@ -111,7 +111,7 @@ th{background:#eef1f4}.num{text-align:right;font-variant-numeric:tabular-nums}
 .bar .over{background:repeating-linear-gradient(45deg,#e0a526,#e0a526 3px,#f6d68a 3px,#f6d68a 6px)}
 .bar .lent{background:repeating-linear-gradient(-45deg,#8b949e,#8b949e 2px,#fff 2px,#fff 5px)}
 .bar .mark{width:2px;background:#1b1f24;height:18px;top:-2px}
-.muted{color:#5b6470}.tree1{padding-left:22px}.tree2{padding-left:44px}.tree3{padding-left:66px}
+.muted{color:#5b6470}.flavor .fl{display:inline-block;min-width:150px}.tree1{padding-left:22px}.tree2{padding-left:44px}.tree3{padding-left:66px}
 .card{display:inline-block;background:#fff;border:1px solid #dde1e6;padding:10px 14px;margin:0 10px 10px 0;min-width:150px;vertical-align:top}
 .card b{font-size:22px;display:block}.box{background:#fff;border:1px solid #dde1e6;padding:4px 14px;margin:0 0 10px 0}.node{display:flex;align-items:center;margin:2px 0}
 .node .name{width:190px;font-size:13px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
@@ -439,7 +439,7 @@ fn gpu_map(b: &Board, q: &Query) -> String {
     h.push_str("<p class=\"legend\">");
     for (class, letter, text) in [
         ("free", "", "free"),
-        ("used", "", "whole GPU in use (hover: job)"),
+        ("used", "", "whole GPU in use (hover: job; click: its page)"),
         ("shared", "", "shared by fractions"),
         (
             "mig",
@@ -515,9 +515,15 @@ fn gpu_map(b: &Board, q: &Query) -> String {
                             (Some(hd), _) => ("used", format!("used by {}", holder_name(hd))),
                             (None, _) => ("free", "free".to_string()),
                         };
+                        let (tag, href) = match &s.holder {
+                            Some(hd) if s.healthy && !hd.job.is_empty() => {
+                                ("a", format!(" href=\"/jobs/{}\"", esc(&hd.job)))
+                            }
+                            _ => ("span", String::new()),
+                        };
                         let _ = write!(
                             h,
-                            "<span class=\"slice {class}\" style=\"left:{}px;width:{}px\" title=\"{} at memory slice {}: {}\"></span>",
+                            "<{tag}{href} class=\"slice {class}\" style=\"left:{}px;width:{}px\" title=\"{} at memory slice {}: {}\"></{tag}>",
                             u32::from(s.start) * 8,
                             u32::from(s.size) * 8,
                             esc(&s.profile),
@@ -529,9 +535,16 @@ fn gpu_map(b: &Board, q: &Query) -> String {
                 }
                 _ => {
                     let (class, letter, title) = device_cell(n, d);
+                    // A GPU held by one job the viewer may see links to that job's page.
+                    let (tag, href) = match d.holders.as_slice() {
+                        [one] if n.ready && d.healthy && !one.job.is_empty() => {
+                            ("a", format!(" href=\"/jobs/{}\"", esc(&one.job)))
+                        }
+                        _ => ("span", String::new()),
+                    };
                     let _ = write!(
                         h,
-                        "<span class=\"dev {class}\" title=\"{}\" data-uuid=\"{}\">{letter}</span>",
+                        "<{tag}{href} class=\"dev {class}\" title=\"{}\" data-uuid=\"{}\">{letter}</{tag}>",
                         esc(&title),
                         esc(&d.uuid)
                     );
@@ -608,7 +621,7 @@ fn queues(b: &Board) -> String {
             };
             let _ = write!(
                 cells,
-                "<div class=\"flavor\" data-flavor=\"{fl}\">{fl} {} {} / {} · {} · {}{limits}</div>",
+                "<div class=\"flavor\" data-flavor=\"{fl}\"><span class=\"fl\">{fl}</span> {} {} / {} · {} · {}{limits}</div>",
                 quota_bar(f),
                 fmt_milli(f.used),
                 fmt_milli(f.subtree_nominal),

@@ -112,6 +112,12 @@ fn the_gpu_map_shows_every_device_and_its_holder() {
         }
     }
     assert_eq!(page.matches("used by whole").count(), 8, "{page}");
+    assert_eq!(
+        page.matches("<a href=\"/jobs/whole\" class=\"dev used\"")
+            .count(),
+        8,
+        "each of its GPUs links to the job: {page}"
+    );
     assert!(page.contains("shared, 50% used: half 50%"), "{page}");
     let slice = h.snap.job_by_name("slice").expect("slice");
     let start = match &h.snap.job_tasks(slice)[0].gpu {
@@ -150,6 +156,10 @@ fn a_member_sees_other_teams_devices_but_not_their_jobs() {
     assert!(page.contains("used by whole"));
     assert!(page.contains("another team 50%"), "{page}");
     assert!(!page.contains("half"), "{page}");
+    assert!(
+        page.contains("<span class=\"dev shared\"") && !page.contains("href=\"/jobs/half"),
+        "no link to another team's job"
+    );
     let jobs = content(&Page::Jobs, &b, &Query::new());
     assert!(!jobs.contains("huge") && jobs.contains("slice"), "{jobs}");
 }
