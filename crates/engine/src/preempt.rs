@@ -4,9 +4,10 @@
 //! can use):
 //! - in `Q` itself: jobs of lower priority;
 //! - in another queue `V`: only while `V` is borrowing (uses more than its nominal quota).
-//!   When `Q` stays within its own nominal quota after admitting `J`, this is **reclaim** and any
-//!   priority goes; otherwise the victim must have lower priority, and evicting it must not push
-//!   `V` below its nominal quota (a queue is never pushed below nominal so another can borrow).
+//!   When `V` is in `Q`'s quota tree and `Q` stays within its own nominal quota (of a flavor
+//!   quota manages) after admitting `J`, this is **reclaim** and any priority goes; otherwise
+//!   the victim must have lower priority, and evicting it must not push `V` below its nominal
+//!   quota (a queue is never pushed below nominal so another can borrow).
 //!
 //! The search is greedy then minimal: candidates in order (lowest priority, then most recently
 //! started, so the least work is lost) are
@@ -65,11 +66,22 @@ impl Cycle<'_> {
     }
 
     /// Whether queue `q` stays within nominal quota for every wanted flavor after admitting.
+    /// A flavor quota does not manage has no nominal quota to take back: never reclaim (a queue
+    /// without quota that "reclaimed" from a borrower, which then outranked it back, would
+    /// evict the two in turn every cycle).
     fn within_nominal(&self, q: u32, wanted: &[(FlavorId, u64)]) -> bool {
         wanted.iter().take(1).all(|&(f, amt)| {
-            !self.s.quota.is_managed(q, f.0)
-                || self.s.quota.usage(q, f.0) + amt <= self.s.quota.nominal(q, f.0)
+            self.s.quota.is_managed(q, f.0)
+                && self.s.quota.usage(q, f.0) + amt <= self.s.quota.nominal(q, f.0)
         })
+    }
+
+    /// Whether `job` may take back quota from a borrower in queue `vq`: it reclaims, and the
+    /// borrower is in the same quota tree (borrowing in another tree took nothing of this
+    /// one's).
+    pub(crate) fn reclaims_from(&self, job: u32, vq: u32) -> bool {
+        let q = self.s.jobs[job as usize].queue;
+        self.s.quota.root(q) == self.s.quota.root(vq) && self.reclaims(job)
     }
 
     /// Stage `job`'s placement in `tx` with this cycle's reservations.
@@ -200,10 +212,11 @@ impl Cycle<'_> {
                     .tasks
                     .iter()
                     .any(|t| t.flavor.0 != NONE && self.s.quota.is_borrowing(vq, t.flavor.0));
+                let reclaim_here = reclaim && self.s.quota.root(vq) == self.s.quota.root(q);
                 let ok = if vq == q {
                     vj.priority < prio
                 } else {
-                    borrowing && (reclaim || vj.priority < prio)
+                    borrowing && (reclaim_here || vj.priority < prio)
                 };
                 if ok && self.admitted.contains(&v) {
                     // Admitted in this cycle: a plan never starts a job and evicts it. But when
@@ -214,7 +227,7 @@ impl Cycle<'_> {
                     // arrive before the job. With runtimes, the next cycle's reclaim patience
                     // decides, as before: on the Philly trace, taking those binds back too
                     // costs 10 hours of p95 wait.
-                    let take_back = reclaim
+                    let take_back = reclaim_here
                         && vq != q
                         && self.started.contains(&v)
                         && !self.preemptors.contains(&v)
@@ -260,7 +273,8 @@ impl Cycle<'_> {
                 tx.release(self.s, v, t);
             }
             // Never push another queue below its nominal quota so this one can borrow.
-            if vq != q && !reclaim {
+            let reclaim_here = reclaim && self.s.quota.root(vq) == self.s.quota.root(q);
+            if vq != q && !reclaim_here {
                 let below = self.s.jobs[v as usize].tasks.iter().any(|t| {
                     t.flavor.0 != NONE
                         && self.s.quota.usage(vq, t.flavor.0) < self.s.quota.nominal(vq, t.flavor.0)
@@ -302,7 +316,7 @@ impl Cycle<'_> {
                 continue;
             }
             let vq = self.s.jobs[v as usize].queue;
-            let cause = if vq != q && reclaim {
+            let cause = if vq != q && reclaim && self.s.quota.root(vq) == self.s.quota.root(q) {
                 PreemptCause::Reclaim
             } else {
                 PreemptCause::Priority

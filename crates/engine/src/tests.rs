@@ -394,6 +394,43 @@ fn a_queue_reclaims_what_others_borrowed() {
     h.snap.audit().expect("audit");
 }
 
+/// Found by a user: a job in a queue without quota "reclaimed" from a borrower of another
+/// quota tree, which outranked it and took its GPUs back: the two evicted each other every
+/// cycle (336 times each in 15 s).
+#[test]
+fn a_queue_without_quota_never_reclaims_and_two_jobs_never_evict_each_other_in_turn() {
+    let q = QueueBuilder::new()
+        .cohort("lab")
+        .queue_with("team-a", "lab", 1.0, &[("h100-80gb", 2.0, Some(2.0), None)])
+        .queue_with("team-b", "lab", 1.0, &[("h100-80gb", 3.0, None, Some(1.0))])
+        .cohort("default")
+        .allow_unlisted()
+        .build();
+    let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &q);
+    h.submit(job("a-train").gpus(3).priority("training"));
+    h.cycle();
+    assert!(h.running("a-train"), "team-a borrows one of team-b's");
+    h.advance(1);
+    h.submit(
+        JobBuilder::new("cap-wait")
+            .queue("default")
+            .tasks(3)
+            .gpus(2)
+            .priority("batch"),
+    );
+    let mut preemptions = 0;
+    for _ in 0..10 {
+        h.advance(1);
+        preemptions += h.cycle().preemptions.len();
+    }
+    assert_eq!(
+        preemptions, 0,
+        "a batch job without quota outranks no training job"
+    );
+    assert!(h.running("a-train") && !h.running("cap-wait"));
+    h.snap.audit().expect("audit");
+}
+
 #[test]
 fn priority_preemption_takes_the_smallest_victim_set_and_whole_gangs() {
     let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &queues(&[("team-a", 8)]));
