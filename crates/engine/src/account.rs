@@ -155,11 +155,16 @@ impl Snapshot {
         for node in nodes {
             a.nodes += 1;
             let n = &self.nodes[node as usize];
-            if !n.ready {
+            // A node that is not ready takes nothing now, but may come back: it still counts
+            // for whether the job could ever run.
+            let ready = n.ready;
+            if !ready {
                 a.not_ready += 1;
-                continue;
             }
             if let Err(e) = self.admits(con, node) {
+                if !ready {
+                    continue;
+                }
                 let slot = match e {
                     gantry_model::Exclusion::Taint(_) => &mut a.tainted,
                     gantry_model::Exclusion::Selector { .. } => &mut a.selector,
@@ -181,7 +186,7 @@ impl Snapshot {
                 .filter(|&d| of_model(d) && self.devices[d as usize].healthy)
                 .collect();
             if flavor != NONE && healthy.is_empty() {
-                a.unhealthy += 1;
+                a.unhealthy += u32::from(ready);
                 continue;
             }
             let cpu_mem_now = per(n.cpu_free() as u64, cpu as u64).min(per(n.mem_free(), mem));
@@ -289,6 +294,12 @@ impl Snapshot {
                     (now, ever, 0, healthy.len() as u32)
                 }
             };
+            if gpu_ever.min(cpu_mem_ever) > 0 {
+                a.never = false;
+            }
+            if !ready {
+                continue;
+            }
             a.fit_gpu = a
                 .fit_gpu
                 .saturating_add(if gpu_now == u64::MAX { 0 } else { gpu_now });
@@ -297,9 +308,6 @@ impl Snapshot {
                 .saturating_add(gpu_now.min(cpu_mem_now).min(u32::MAX as u64));
             a.largest = a.largest.max(free_whole);
             a.largest_cap = a.largest_cap.max(cap);
-            if gpu_ever.min(cpu_mem_ever) > 0 {
-                a.never = false;
-            }
         }
         a
     }

@@ -179,7 +179,10 @@ fn gpus(milli: u64) -> String {
     if milli.is_multiple_of(1000) {
         format!("{}", milli / 1000)
     } else {
+        // 0.5, not 0.500: as `gantry queues` prints it.
         format!("{:.3}", milli as f64 / 1000.0)
+            .trim_end_matches('0')
+            .to_string()
     }
 }
 
@@ -248,13 +251,18 @@ impl Snapshot {
                 } else {
                     format!("{} is available", gpus(available))
                 };
+                // A queue at the root of its tree has no cohort to borrow from.
+                let lend = if self.quota.parent(queue).is_some() {
+                    format!("; cohort has {} to lend", gpus(cohort))
+                } else {
+                    String::new()
+                };
                 format!(
-                    "queue {}: quota {} {}/{} used{limit}, {need}; cohort has {} to lend",
+                    "queue {}: quota {} {}/{} used{limit}, {need}{lend}",
                     self.quota.name(queue),
                     flavor(f),
                     gpus(used),
                     gpus(nominal),
-                    gpus(cohort)
                 )
             }
             Reason::Capacity {
@@ -405,6 +413,29 @@ impl Snapshot {
         w
     }
 
+    /// What a job's unplaced tasks would charge to flavor `f` (thousandths).
+    fn unplaced_need(&self, id: JobId, f: u32) -> u64 {
+        use crate::snapshot::GpuNeed;
+        let j = &self.jobs[id.idx()];
+        j.groups
+            .iter()
+            .map(|g| {
+                let per = match &self.demands[g.demand as usize].gpu {
+                    GpuNeed::None => 0,
+                    GpuNeed::Whole { count, models } if models.iter().any(|m| m.0 == f) => {
+                        u64::from(*count) * 1000
+                    }
+                    GpuNeed::Shared { milli, models } if models.iter().any(|m| m.0 == f) => {
+                        u64::from(*milli)
+                    }
+                    GpuNeed::Mig { options } if options.iter().any(|o| o.0 .0 == f) => 1000,
+                    _ => 0,
+                };
+                per * u64::from(g.count - g.running)
+            })
+            .sum()
+    }
+
     fn render_why(&self, id: JobId, r: Reason) -> Why {
         let capacity = matches!(
             r,
@@ -425,10 +456,23 @@ impl Snapshot {
                 };
             }
         }
+        // Beyond everything its quota tree could ever give it: no waiting helps.
+        let mut text = self.describe(&r);
+        let mut over_ceiling = false;
+        if let Reason::Quota { queue, flavor, .. } = r {
+            let ceiling = self.quota.ceiling(queue, flavor);
+            if self.unplaced_need(id, flavor) > ceiling {
+                over_ceiling = true;
+                text.push_str(&format!(
+                    "; it can never have more than {} of it, so this job cannot run as asked",
+                    gpus(ceiling)
+                ));
+            }
+        }
         Why {
             reason: r,
-            text: self.describe(&r),
-            unresolvable: r.is_unresolvable(),
+            text,
+            unresolvable: r.is_unresolvable() || over_ceiling,
         }
     }
 

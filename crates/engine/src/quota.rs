@@ -229,6 +229,32 @@ impl QuotaTree {
         self.available_at(q, f)
     }
 
+    /// The most of `f` queue `q` could ever use: what `available` would say with every queue
+    /// idle (its nominal quota plus all its tree could lend it, within borrowing limits).
+    pub fn ceiling(&self, q: u32, f: u32) -> u64 {
+        if !self.may_use(q, f) {
+            return 0;
+        }
+        if !self.is_managed(q, f) {
+            return u64::MAX;
+        }
+        self.ceiling_at(q, f)
+    }
+
+    fn ceiling_at(&self, n: u32, f: u32) -> u64 {
+        let c = self.cells[n as usize][f as usize];
+        match self.parent[n as usize] {
+            None => c.subtree,
+            Some(p) => {
+                let mut from_parent = self.ceiling_at(p, f);
+                if let Some(bl) = c.borrowing_limit {
+                    from_parent = from_parent.min(c.subtree - c.guaranteed + bl);
+                }
+                c.guaranteed.saturating_add(from_parent)
+            }
+        }
+    }
+
     fn available_at(&self, n: u32, f: u32) -> u64 {
         let c = self.cells[n as usize][f as usize];
         match self.parent[n as usize] {

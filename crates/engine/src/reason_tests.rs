@@ -182,6 +182,18 @@ fn nodes_that_are_not_ready_are_named_and_a_task_too_big_for_any_node_is_unresol
             true
         )
     );
+    // Every node lost (an agent restarting): waiting helps, the nodes may come back. Found by
+    // a user whose job was called hopeless and ran 3 s later.
+    h.snap.set_node_ready(NodeId(0), false);
+    h.submit(job("later").gpus(8));
+    h.cycle();
+    let (text, unresolvable) = why(&h, "later");
+    assert!(!unresolvable, "{text}");
+    assert!(text.contains("2 not ready"), "{text}");
+    assert!(
+        why(&h, "nine").1,
+        "still too big for any node, ready or not"
+    );
 }
 
 #[test]

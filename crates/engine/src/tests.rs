@@ -323,8 +323,25 @@ fn quota_blocks_with_a_reason_that_has_numbers() {
         text.starts_with("queue team-a: quota h100-80gb 16/16 used"),
         "{text}"
     );
-    assert!(text.contains("cohort has 0 to lend"), "{text}");
+    assert!(
+        !text.contains("cohort"),
+        "a queue at the root has no cohort: {text}"
+    );
     assert_eq!(x.position, Some(1));
+    assert!(!x.unresolvable, "b runs once a ends");
+    // More than the queue's whole tree could ever give it: waiting does not help.
+    h.submit(job("c").tasks(3).gpus(8));
+    h.cycle();
+    let x = h
+        .snap
+        .explain(h.snap.job_by_name("c").expect("c"))
+        .expect("x");
+    assert!(x.unresolvable, "{x:?}");
+    assert!(
+        x.reason.as_deref().is_some_and(|r| r
+            .ends_with("it can never have more than 16 of it, so this job cannot run as asked")),
+        "{x:?}"
+    );
 }
 
 #[test]
