@@ -192,8 +192,10 @@ pub struct JobView {
     pub finished_ms: Option<u64>,
     /// Tasks it asks for.
     pub tasks_wanted: u32,
-    /// GPUs it asks for (whole GPUs, fractions and slices counted as one each).
-    pub gpus_wanted: u32,
+    /// GPUs it asks for, in thousandths (a fraction as its share, a MIG slice as one).
+    pub gpu_milli: u64,
+    /// What it asks for, in words (`2 tasks × 8 GPUs (h100-80gb), all or nothing`).
+    pub request: String,
     /// Its tasks (placed ones at least).
     pub tasks: Vec<TaskView>,
     /// Its events, oldest first.

@@ -86,6 +86,17 @@ pub fn frame(page: &Page, b: &Board, body: &str, etag: &str, viewer: Option<&str
     html
 }
 
+/// The page for a path the dashboard does not have.
+pub fn not_found(path: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>gantry: not found</title>\
+         <style>{STYLE}</style></head><body><header><b>gantry</b><a href=\"/\">Overview</a>\
+         <a href=\"/gpus\">GPU map</a><a href=\"/queues\">Queues</a><a href=\"/jobs\">Jobs</a></header><main>\
+         <h2>Not found</h2><p>There is no page {}.</p></main></body></html>",
+        esc(path)
+    )
+}
+
 /// The sign-in page.
 pub fn login(why: &str) -> String {
     format!(
@@ -111,13 +122,13 @@ th{background:#eef1f4}.num{text-align:right;font-variant-numeric:tabular-nums}
 .bar .over{background:repeating-linear-gradient(45deg,#e0a526,#e0a526 3px,#f6d68a 3px,#f6d68a 6px)}
 .bar .lent{background:repeating-linear-gradient(-45deg,#8b949e,#8b949e 2px,#fff 2px,#fff 5px)}
 .bar .mark{width:2px;background:#1b1f24;height:18px;top:-2px}
-.muted{color:#5b6470}.flavor .fl{display:inline-block;min-width:150px}.tree1{padding-left:22px}.tree2{padding-left:44px}.tree3{padding-left:66px}
+.muted{color:#5b6470}.nowrap{white-space:nowrap}.flavor{white-space:nowrap}.legend .rel{display:inline;margin:0}.flavor .fl{display:inline-block;min-width:150px}.tree1{padding-left:22px}.tree2{padding-left:44px}.tree3{padding-left:66px}
 .card{display:inline-block;background:#fff;border:1px solid #dde1e6;padding:10px 14px;margin:0 10px 10px 0;min-width:150px;vertical-align:top}
 .card b{font-size:22px;display:block}.box{background:#fff;border:1px solid #dde1e6;padding:4px 14px;margin:0 0 10px 0}.node{display:flex;align-items:center;margin:2px 0}
 .node .name{width:190px;font-size:13px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.dev{width:22px;height:22px;margin-right:3px;border:1px solid #8b949e;font-size:11px;text-align:center;line-height:22px;display:inline-block;box-sizing:border-box}
+.dev{width:22px;height:22px;margin-right:3px;border:1px solid #8b949e;font-size:10px;text-align:center;line-height:22px;display:inline-block;box-sizing:border-box}
 .free{background:#fff}.used{background:#2f6db5;color:#fff}
-.shared{background:repeating-linear-gradient(45deg,#7fa7d6,#7fa7d6 4px,#fff 4px,#fff 8px)}
+.shared{background:repeating-linear-gradient(45deg,#b9cfe9,#b9cfe9 4px,#fff 4px,#fff 8px);color:#1b1f24;font-weight:700}
 .mig{background:#e0a526}.down{background:#6b7280;color:#fff}.sick{background:#fbe3e3;color:#9b1c1c;font-weight:700}
 .migdev{position:relative;display:inline-block;width:66px;height:22px;margin-right:3px;border:1px solid #e0a526;background:#fdf3dc;box-sizing:border-box}
 .slice{position:absolute;top:2px;height:16px;border:1px solid #8b949e;box-sizing:border-box}.slice.used{background:#e0a526}.slice.free{background:#fff}
@@ -227,13 +238,36 @@ fn overview(b: &Board) -> String {
     );
     h.push_str(&history_svg(&b.history));
     h.push_str("<h3>Latest events</h3>");
-    h.push_str(&events_table(b, b.events.iter().take(15), true));
+    h.push_str(&events_table(
+        b,
+        fold(b.events.iter()).into_iter().take(15),
+        true,
+    ));
     h
+}
+
+/// Runs of the same event (kind and message) folded into one row: (first, last, count).
+fn fold<'a>(
+    events: impl Iterator<Item = &'a crate::EventView>,
+) -> Vec<(&'a crate::EventView, u64, usize)> {
+    let mut out: Vec<(&crate::EventView, u64, usize)> = Vec::new();
+    for e in events {
+        match out.last_mut() {
+            Some((first, last, n))
+                if first.kind == e.kind && first.message == e.message && first.job == e.job =>
+            {
+                *last = e.at_ms;
+                *n += 1;
+            }
+            _ => out.push((e, e.at_ms, 1)),
+        }
+    }
+    out
 }
 
 fn events_table<'a>(
     b: &Board,
-    events: impl Iterator<Item = &'a crate::EventView>,
+    events: impl Iterator<Item = (&'a crate::EventView, u64, usize)>,
     with_job: bool,
 ) -> String {
     let mut h = String::from("<table class=\"events\"><tr><th>when</th>");
@@ -242,7 +276,7 @@ fn events_table<'a>(
     }
     h.push_str("<th>what</th><th>details</th></tr>");
     let mut any = false;
-    for e in events {
+    for (e, last, n) in events {
         any = true;
         let _ = write!(h, "<tr><td>{}</td>", when(e.at_ms));
         if with_job {
@@ -253,9 +287,17 @@ fn events_table<'a>(
                 esc(&e.queue)
             );
         }
+        let times = if n > 1 {
+            format!(
+                " <b>×{n}</b> <span class=\"muted\">(until {})</span>",
+                when(last)
+            )
+        } else {
+            String::new()
+        };
         let _ = write!(
             h,
-            "<td>{}{}</td><td>{}</td></tr>",
+            "<td>{}{}{times}</td><td>{}</td></tr>",
             if e.warning { "⚠ " } else { "" },
             esc(&e.kind),
             esc(&e.message)
@@ -340,26 +382,39 @@ fn history_svg(h: &[crate::Sample]) -> String {
     out
 }
 
-/// How a whole (non-MIG) device is drawn: class, letter, title.
-fn device_cell(n: &NodeView, d: &DeviceView) -> (&'static str, &'static str, String) {
+/// How a whole (non-MIG) device is drawn: class, text in the cell, title.
+fn device_cell(n: &NodeView, d: &DeviceView) -> (&'static str, String, String) {
     if !n.ready {
-        return ("down", "×", format!("{} (node not ready)", d.uuid));
+        return ("down", "×".into(), format!("{} (node not ready)", d.uuid));
     }
     if !d.healthy {
-        return ("sick", "!", format!("{} unhealthy", d.uuid));
+        return ("sick", "!".into(), format!("{} unhealthy", d.uuid));
     }
     match d.holders.as_slice() {
-        [] => ("free", "", format!("{} free", d.uuid)),
-        [h] if h.milli >= 1000 => ("used", "", format!("{} used by {}", d.uuid, holder_name(h))),
+        [] => ("free", String::new(), format!("{} free", d.uuid)),
+        [h] if h.milli >= 1000 => (
+            "used",
+            String::new(),
+            format!("{} used by {}", d.uuid, holder_name(h)),
+        ),
         hs => {
-            let total: u32 = hs.iter().map(|h| u32::from(h.milli)).sum();
-            let who: Vec<String> = hs
+            // Per job, its tasks' shares added up; the cell shows how full the GPU is.
+            let mut by_job: Vec<(String, u32)> = Vec::new();
+            for h in hs {
+                let name = holder_name(h);
+                match by_job.iter_mut().find(|(j, _)| *j == name) {
+                    Some((_, m)) => *m += u32::from(h.milli),
+                    None => by_job.push((name, u32::from(h.milli))),
+                }
+            }
+            let total: u32 = by_job.iter().map(|(_, m)| m).sum();
+            let who: Vec<String> = by_job
                 .iter()
-                .map(|h| format!("{} {}%", holder_name(h), h.milli / 10))
+                .map(|(j, m)| format!("{j} {}%", m / 10))
                 .collect();
             (
                 "shared",
-                "",
+                format!("{}", total / 10),
                 format!(
                     "{} shared, {}% used: {}",
                     d.uuid,
@@ -373,13 +428,13 @@ fn device_cell(n: &NodeView, d: &DeviceView) -> (&'static str, &'static str, Str
 
 fn gpu_map(b: &Board, q: &Query) -> String {
     let model = q.get("model").filter(|m| !m.is_empty());
-    let label = q
-        .get("label")
+    let label_raw = q.get("label").filter(|l| !l.is_empty());
+    let label = label_raw
         .and_then(|l| l.split_once('='))
         .filter(|(k, _)| !k.is_empty());
     let name = q.get("node").filter(|s| !s.is_empty());
     let free_only = q.get("free").is_some_and(|v| v == "1");
-    let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let page = page_of(q);
     let models: BTreeSet<&str> = b
         .nodes
         .iter()
@@ -402,6 +457,19 @@ fn gpu_map(b: &Board, q: &Query) -> String {
     let pages = nodes.len().div_ceil(NODES_PER_PAGE).max(1);
     let page = page.min(pages - 1);
     let mut h = String::from("<h2>GPU map</h2>");
+    if label_raw.is_some() && label.is_none() {
+        h.push_str(
+            "<p class=\"warn\">The label filter takes <code>key=value</code>; it was ignored.</p>",
+        );
+    }
+    if let Some(m) = model.filter(|m| !models.contains(m.as_str())) {
+        let _ = write!(
+            h,
+            "<p class=\"warn\">No GPU of model {} here; the models are: {}.</p>",
+            esc(m),
+            esc(&models.iter().copied().collect::<Vec<_>>().join(", "))
+        );
+    }
     // The aggregate first: at thousands of nodes this is the view, the rows are for drilling.
     h.push_str("<table class=\"aggregate\"><tr><th>model</th><th class=\"num\">nodes</th><th class=\"num\">GPUs</th><th class=\"num\">free</th><th class=\"num\">held</th><th class=\"num\">fragmented</th><th class=\"num\">unavailable</th></tr>");
     for (m, t) in gpu_totals(nodes.iter().copied()) {
@@ -440,7 +508,7 @@ fn gpu_map(b: &Board, q: &Query) -> String {
     for (class, letter, text) in [
         ("free", "", "free"),
         ("used", "", "whole GPU in use (hover: job; click: its page)"),
-        ("shared", "", "shared by fractions"),
+        ("shared", "50", "shared by fractions (the % used)"),
         (
             "mig",
             "",
@@ -462,7 +530,7 @@ fn gpu_map(b: &Board, q: &Query) -> String {
         }
     }
     let link = |p: usize| -> String {
-        let mut s = format!("/gpus?page={p}");
+        let mut s = format!("/gpus?page={}", p + 1);
         for (k, v) in &keep {
             let _ = write!(s, "&{k}={}", esc(&pct(v)));
         }
@@ -536,9 +604,13 @@ fn gpu_map(b: &Board, q: &Query) -> String {
                 _ => {
                     let (class, letter, title) = device_cell(n, d);
                     // A GPU held by one job the viewer may see links to that job's page.
-                    let (tag, href) = match d.holders.as_slice() {
-                        [one] if n.ready && d.healthy && !one.job.is_empty() => {
-                            ("a", format!(" href=\"/jobs/{}\"", esc(&one.job)))
+                    let first = d.holders.first();
+                    let one_job = first.is_some_and(|f| {
+                        !f.job.is_empty() && d.holders.iter().all(|h| h.job == f.job)
+                    });
+                    let (tag, href) = match first {
+                        Some(f) if n.ready && d.healthy && one_job => {
+                            ("a", format!(" href=\"/jobs/{}\"", esc(&f.job)))
                         }
                         _ => ("span", String::new()),
                     };
@@ -554,6 +626,14 @@ fn gpu_map(b: &Board, q: &Query) -> String {
         h.push_str("</div>");
     }
     h
+}
+
+/// `?page=N`, 1-based in the URL (as shown), 0-based here.
+fn page_of(q: &Query) -> usize {
+    q.get("page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(1)
+        .saturating_sub(1)
 }
 
 /// Percent-encode a query value.
@@ -600,7 +680,7 @@ fn queues(b: &Board) -> String {
          <span><span class=\"bar\" style=\"width:30px\"><span class=\"over\" style=\"width:30px\"></span></span> borrowed beyond it</span>\
          <span><span class=\"bar\" style=\"width:30px\"><span class=\"lent\" style=\"width:30px\"></span></span> lent to its cohort</span>\
          <span>▏ nominal quota (a cohort's: its members' together)</span></p>\
-         <table class=\"queues\"><tr><th>queue</th><th class=\"num\">weight</th><th class=\"num\">waiting</th><th class=\"num\">admitted</th>\
+         <table class=\"queues\"><tr><th>queue</th><th class=\"num\">weight</th><th class=\"num\">waiting</th><th class=\"num\">running</th>\
          <th>fair share</th><th>per flavor: used / quota · borrowed · lent</th></tr>",
     );
     for v in &b.queues {
@@ -685,8 +765,15 @@ fn eta_cell(j: &JobView, now_ms: u64) -> String {
 fn jobs(b: &Board, q: &Query) -> String {
     let queue = q.get("queue").filter(|s| !s.is_empty());
     let state = q.get("state").filter(|s| !s.is_empty());
+    let states: Vec<String> = state
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_ascii_lowercase())
+                .collect()
+        })
+        .unwrap_or_default();
     let user = q.get("user").filter(|s| !s.is_empty());
-    let page: usize = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let page = page_of(q);
     let mut h = String::from("<h2>Jobs</h2>");
     let queues: BTreeSet<&str> = b
         .queues
@@ -700,20 +787,24 @@ fn jobs(b: &Board, q: &Query) -> String {
         .map(|j| j.user.as_str())
         .filter(|u| !u.is_empty())
         .collect();
+    const STATES: [&str; 5] = ["pending", "running", "succeeded", "failed", "cancelled"];
     let select = |name: &str, all: &mut dyn Iterator<Item = &str>, cur: Option<&String>| {
         let mut s =
             format!("<label>{name} <select name=\"{name}\"><option value=\"\">all</option>");
+        let mut found = cur.is_none();
         for v in all {
+            let on = cur.is_some_and(|c| c.eq_ignore_ascii_case(v));
+            found |= on;
             let _ = write!(
                 s,
                 "<option{}>{}</option>",
-                if cur.is_some_and(|c| c == v) {
-                    " selected"
-                } else {
-                    ""
-                },
+                if on { " selected" } else { "" },
                 esc(v)
             );
+        }
+        if let (false, Some(c)) = (found, cur) {
+            // Keep what was asked for visible, even when nothing matches it.
+            let _ = write!(s, "<option selected>{}</option>", esc(c));
         }
         s.push_str("</select></label>");
         s
@@ -722,22 +813,45 @@ fn jobs(b: &Board, q: &Query) -> String {
         h,
         "<form class=\"filters\" method=\"get\" action=\"/jobs\">{}{}{}<button>Filter</button></form>",
         select("queue", &mut queues.iter().copied(), queue),
-        select(
-            "state",
-            &mut ["pending", "running", "succeeded", "failed", "cancelled"].into_iter(),
-            state
-        ),
-        select("user", &mut users.iter().copied(), user),
+        select("state", &mut STATES.into_iter(), state),
+        if users.is_empty() {
+            String::new()
+        } else {
+            select("user", &mut users.iter().copied(), user)
+        },
     );
-    let shown: Vec<&JobView> = b
+    if let Some(qn) = queue.filter(|q| !queues.contains(q.as_str())) {
+        let _ = write!(
+            h,
+            "<p class=\"warn\">No queue named {} that you may see.</p>",
+            esc(qn)
+        );
+    }
+    if let Some(bad) = states.iter().find(|s| !STATES.contains(&s.as_str())) {
+        let _ = write!(
+            h,
+            "<p class=\"warn\">Unknown state {}: the states are {}.</p>",
+            esc(bad),
+            STATES.join(", ")
+        );
+    }
+    let mut shown: Vec<&JobView> = b
         .jobs
         .iter()
         .filter(|j| {
             queue.is_none_or(|q| &j.queue == q)
-                && state.is_none_or(|s| &j.state == s)
+                && (states.is_empty() || states.contains(&j.state))
                 && user.is_none_or(|u| &j.user == u)
         })
         .collect();
+    if queue.is_some() {
+        // One queue: its waiting line in order first, then the rest, newest first.
+        shown.sort_by_key(|j| {
+            j.waiting
+                .as_ref()
+                .map_or(usize::MAX, |w| w.position.unwrap_or(usize::MAX - 1))
+        });
+    }
     let pages = shown.len().div_ceil(JOBS_PER_PAGE).max(1);
     let page = page.min(pages - 1);
     let _ = write!(h, "<p>{} jobs, page {} of {pages}", shown.len(), page + 1);
@@ -748,16 +862,17 @@ fn jobs(b: &Board, q: &Query) -> String {
         }
     }
     if page > 0 {
-        let _ = write!(
-            h,
-            " · <a href=\"/jobs?page={}{keep}\">previous</a>",
-            page - 1
-        );
+        let _ = write!(h, " · <a href=\"/jobs?page={page}{keep}\">previous</a>");
     }
     if page + 1 < pages {
-        let _ = write!(h, " · <a href=\"/jobs?page={}{keep}\">next</a>", page + 1);
+        let _ = write!(h, " · <a href=\"/jobs?page={}{keep}\">next</a>", page + 2);
     }
-    h.push_str("</p><table class=\"jobs\"><tr><th>job</th><th>queue</th><th>user</th><th>state</th><th class=\"num\">tasks</th><th class=\"num\">GPUs</th><th class=\"num\">position</th><th>estimated start</th><th>why it waits / how it ended</th></tr>");
+    let with_user = !users.is_empty();
+    let _ = write!(
+        h,
+        "</p><table class=\"jobs\"><tr><th>job</th><th>queue</th>{}<th>state</th><th class=\"num\">tasks</th><th class=\"num\">GPUs</th><th class=\"num\">position</th><th>estimated start</th><th>why it waits / how it ended</th></tr>",
+        if with_user { "<th>user</th>" } else { "" }
+    );
     for j in shown.iter().skip(page * JOBS_PER_PAGE).take(JOBS_PER_PAGE) {
         let placed = j.tasks.iter().filter(|t| !t.node.is_empty()).count();
         let (position, why) = match (&j.waiting, j.state.as_str()) {
@@ -783,19 +898,26 @@ fn jobs(b: &Board, q: &Query) -> String {
             ),
             (None, _) => (String::new(), j.reason.clone()),
         };
+        let user_cell = if with_user {
+            format!(
+                "<td>{}</td>",
+                if j.user.is_empty() {
+                    String::new()
+                } else {
+                    format!("<a href=\"/jobs?user={u}\">{u}</a>", u = esc(&j.user))
+                }
+            )
+        } else {
+            String::new()
+        };
         let _ = write!(
             h,
-            "<tr data-job=\"{k}\"><td><a href=\"/jobs/{k}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{placed}/{}</td><td class=\"num\">{}</td><td class=\"num\">{position}</td><td>{}</td><td>{}</td></tr>",
+            "<tr data-job=\"{k}\"><td><a href=\"/jobs/{k}\">{}</a></td><td class=\"nowrap\">{}</td>{user_cell}<td>{}</td><td class=\"num\">{placed}/{}</td><td class=\"num\">{}</td><td class=\"num nowrap\">{position}</td><td>{}</td><td>{}</td></tr>",
             esc(&j.name),
             esc(&j.queue),
-            if j.user.is_empty() {
-                String::new()
-            } else {
-                format!("<a href=\"/jobs?user={u}\">{u}</a>", u = esc(&j.user))
-            },
             esc(&j.state),
             j.tasks_wanted,
-            j.gpus_wanted,
+            fmt_milli(j.gpu_milli),
             eta_cell(j, b.now_ms),
             esc(&why),
             k = esc(&j.key),
@@ -814,9 +936,8 @@ fn job(b: &Board, key: &str) -> String {
         );
     };
     let mut h = format!(
-        "<h2>{}</h2><p>queue <b>{}</b> · {} · state <b>{}</b>{}{} · submitted {}{}{}</p>",
+        "<h2>{}</h2><p>queue <b><a href=\"/jobs?queue={q}\">{q}</a></b> · {} · state <b>{}</b>{}{} · submitted {}{}{}</p>",
         esc(&j.name),
-        esc(&j.queue),
         esc(&j.kind),
         esc(&j.state),
         if j.attempt > 0 {
@@ -831,7 +952,11 @@ fn job(b: &Board, key: &str) -> String {
             .map_or(String::new(), |t| format!(" · started {}", when(t))),
         j.finished_ms
             .map_or(String::new(), |t| format!(" · ended {}", when(t))),
+        q = esc(&j.queue),
     );
+    if !j.request.is_empty() {
+        let _ = write!(h, "<p class=\"request\">asks for {}</p>", esc(&j.request));
+    }
     if !j.user.is_empty() {
         let _ = write!(h, "<p>submitted by <b>{}</b></p>", esc(&j.user));
     }
@@ -879,7 +1004,20 @@ fn job(b: &Board, key: &str) -> String {
         );
     }
     h.push_str("</table><h3>Events</h3>");
-    h.push_str(&events_table(b, j.events.iter(), false));
+    // The latest 100 rows, repeats folded.
+    let rows = fold(j.events.iter());
+    if rows.len() > 100 {
+        let _ = write!(
+            h,
+            "<p class=\"muted\">{} earlier rows not shown.</p>",
+            rows.len() - 100
+        );
+    }
+    h.push_str(&events_table(
+        b,
+        rows.iter().skip(rows.len().saturating_sub(100)).cloned(),
+        false,
+    ));
     if !j.output.is_empty() {
         h.push_str("<h3>Output (the last 4 KiB of each task)</h3>");
         for (task, text) in &j.output {
@@ -899,6 +1037,9 @@ fn services(b: &Board) -> String {
         "<h2>Inference services</h2><table class=\"services\"><tr><th>service</th><th>queue</th><th>state</th>\
          <th>min / desired / running / ready / max</th><th>load / target</th><th>last decision</th><th>endpoints</th></tr>",
     );
+    if b.services.as_ref().is_none_or(Vec::is_empty) {
+        h.push_str("<tr><td colspan=\"7\" class=\"muted\">No inference services (jobs of <code>kind: inference</code>) yet.</td></tr>");
+    }
     for v in b.services.iter().flatten() {
         let load = match (v.per_replica, v.target > 0.0) {
             (Some(l), true) => format!("{l:.2} / {} {}", v.target, esc(&v.metric)),

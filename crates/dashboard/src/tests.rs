@@ -267,3 +267,90 @@ fn times_are_absolute_utc() {
     assert!(render::when(1_796_047_323_000).contains("2026-11-30 14:02:03 UTC"));
     assert!(render::when(951_782_400_000).contains("2000-02-29 00:00:00 UTC"));
 }
+
+#[test]
+fn bad_filters_are_said_and_pages_count_from_one() {
+    let (h, names) = mixed();
+    let b = board_of(&h, &names);
+    let q = |pairs: &[(&str, &str)]| -> Query {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let page = content(&Page::Gpus, &b, &q(&[("label", "noequals")]));
+    assert!(page.contains("takes <code>key=value</code>"), "{page}");
+    let page = content(&Page::Gpus, &b, &q(&[("model", "b200")]));
+    assert!(page.contains("No GPU of model b200 here"), "{page}");
+    let page = content(&Page::Jobs, &b, &q(&[("queue", "nosuch")]));
+    assert!(page.contains("No queue named nosuch"), "{page}");
+    assert!(page.contains("<option selected>nosuch</option>"), "{page}");
+    // States: any case, several at once; an unknown one is said.
+    let page = content(&Page::Jobs, &b, &q(&[("state", "PENDING,Running")]));
+    assert!(page.contains("5 jobs"), "{page}");
+    let page = content(&Page::Jobs, &b, &q(&[("state", "waiting")]));
+    assert!(page.contains("Unknown state waiting"), "{page}");
+    // Markup in a parameter stays text.
+    let page = content(&Page::Gpus, &b, &q(&[("node", "<script>x</script>")]));
+    assert!(!page.contains("<script>x"), "{page}");
+    // Pages count from 1 in the URL, as shown; out of range is clamped.
+    let mut big = b.clone();
+    big.jobs = (0..250)
+        .map(|i| JobView {
+            key: format!("j{i}"),
+            name: format!("j{i}"),
+            state: "running".into(),
+            ..JobView::default()
+        })
+        .collect();
+    let first = content(&Page::Jobs, &big, &Query::new());
+    assert!(
+        first.contains("page 1 of 3") && first.contains("href=\"/jobs?page=2\""),
+        "{first}"
+    );
+    let second = content(&Page::Jobs, &big, &q(&[("page", "2")]));
+    assert!(second.contains("page 2 of 3"), "{second}");
+    assert!(
+        second.contains("href=\"/jobs?page=1\">previous"),
+        "{second}"
+    );
+    for bad in ["0", "-1", "abc", "99"] {
+        let p = content(&Page::Jobs, &big, &q(&[("page", bad)]));
+        assert!(p.contains("of 3"), "page={bad}");
+    }
+}
+
+#[test]
+fn repeated_events_fold_into_one_row() {
+    let ev = |at_ms, kind: &str| EventView {
+        at_ms,
+        job: "a".into(),
+        queue: "q".into(),
+        kind: kind.into(),
+        message: "m".into(),
+        warning: false,
+    };
+    let mut events = vec![ev(1_000, "submitted")];
+    for i in 0..300 {
+        events.push(ev(2_000 + i * 2, "started"));
+        events.push(ev(2_001 + i * 2, "requeued"));
+    }
+    events.push(ev(9_000, "requeued"));
+    events.push(ev(9_001, "requeued"));
+    let b = Board {
+        jobs: vec![JobView {
+            key: "a".into(),
+            name: "a".into(),
+            events,
+            ..JobView::default()
+        }],
+        ..Board::default()
+    };
+    let page = content(&Page::Job("a".into()), &b, &Query::new());
+    assert!(
+        page.contains("requeued <b>×3</b>"),
+        "the last run folds: {page}"
+    );
+    assert!(page.contains("501 earlier rows not shown"), "{page}");
+    assert!(page.len() < 40_000, "{} bytes", page.len());
+}

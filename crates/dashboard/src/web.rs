@@ -73,6 +73,13 @@ pub fn router<S: Source>(source: Arc<S>) -> axum::Router {
         .route("/jobs/{*key}", get(handler(false)))
         .route("/services", get(handler(false)))
         .route("/login", get(handler(true)))
+        .fallback(|uri: Uri| async move {
+            (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                render::not_found(uri.path()),
+            )
+        })
 }
 
 fn page_of(path: &str) -> Page {
@@ -188,7 +195,16 @@ async fn respond<S: Source>(s: &S, login: bool, uri: &Uri, headers: &HeaderMap) 
         }
     });
     let html = render::frame(&page, &board, &body, &etag, who.as_deref());
-    let mut r = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
+    let status = match &page {
+        Page::Job(k) if board.job(k).is_none() => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    };
+    let mut r = (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response();
     if let Some(c) = set_cookie.and_then(|c| c.parse().ok()) {
         r.headers_mut().insert(header::SET_COOKIE, c);
     }
@@ -251,6 +267,104 @@ fn etag_of(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The other side of the boundary: a driver with one board and two tokens.
+    struct Fixed(Arc<Board>);
+
+    impl Source for Fixed {
+        fn board(&self, _: &Page, viewer: Option<&Viewer>) -> Arc<Board> {
+            let mut b = (*self.0).clone();
+            if let Some(v) = viewer.filter(|v| !v.admin) {
+                b.restrict(&|q| v.teams.iter().any(|t| t == q));
+            }
+            Arc::new(b)
+        }
+        fn changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+            Box::pin(std::future::pending())
+        }
+        fn has_services(&self) -> bool {
+            false
+        }
+        fn needs_token(&self) -> bool {
+            true
+        }
+        fn viewer(&self, token: &str) -> Option<Viewer> {
+            (token == "tok-a").then(|| Viewer {
+                user: "alice".into(),
+                teams: vec!["team-a".into()],
+                admin: false,
+            })
+        }
+    }
+
+    /// A raw HTTP/1.0 exchange: status line and body.
+    async fn get(addr: std::net::SocketAddr, path: &str, cookie: &str) -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.0\r\nHost: x\r\nCookie: {cookie}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        (head.to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn sessions_not_found_pages_and_team_filtering_over_http() {
+        let job = |key: &str, queue: &str| crate::JobView {
+            key: key.into(),
+            name: key.into(),
+            queue: queue.into(),
+            state: "running".into(),
+            ..crate::JobView::default()
+        };
+        let board = Board {
+            jobs: vec![job("mine", "team-a"), job("theirs", "team-b")],
+            ..Board::default()
+        };
+        let app = router(Arc::new(Fixed(Arc::new(board))));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, app).await });
+        // No session: the sign-in form, 401, nothing else.
+        let (head, body) = get(addr, "/jobs", "").await;
+        assert!(head.contains(" 401 ") && body.contains("Sign in"), "{head}");
+        assert!(!body.contains("mine"));
+        // A known token sets an HttpOnly, SameSite=Strict cookie and goes where asked.
+        let (head, _) = get(addr, "/login?token=tok-a&next=%2Fjobs", "").await;
+        assert!(
+            head.contains(" 303 ") && head.contains("location: /jobs"),
+            "{head}"
+        );
+        assert!(head.contains("HttpOnly; SameSite=Strict"), "{head}");
+        // Off-site redirects are not followed.
+        let (head, _) = get(addr, "/login?token=tok-a&next=%2F%2Fevil.example", "").await;
+        assert!(
+            head.contains("location: /\r") || head.ends_with("location: /"),
+            "{head}"
+        );
+        let (head, body) = get(addr, "/jobs", "gantry_token=tok-a").await;
+        assert!(head.contains(" 200 "), "{head}");
+        assert!(body.contains("mine") && !body.contains("theirs"), "{body}");
+        // Another team's job, an unknown one and an unknown path: 404 with a page.
+        let (head, body) = get(addr, "/jobs/theirs", "gantry_token=tok-a").await;
+        assert!(
+            head.contains(" 404 ") && body.contains("No such job here"),
+            "{head}"
+        );
+        let (head, body) = get(addr, "/queues/team-a", "gantry_token=tok-a").await;
+        assert!(
+            head.contains(" 404 ") && body.contains("There is no page /queues/team-a"),
+            "{head}"
+        );
+        let (head, body) = get(addr, "/services", "gantry_token=tok-a").await;
+        assert!(
+            head.contains(" 404 ") && body.contains("no inference services"),
+            "{head}"
+        );
+    }
 
     #[test]
     fn queries_cookies_and_pages() {

@@ -527,7 +527,8 @@ impl<'a> Cycle<'a> {
                 } else {
                     let borrowing = (0..self.s.quota.flavors() as u32)
                         .any(|f| self.s.quota.is_borrowing(qv, f));
-                    borrowing && (pv < pj || self.reclaims_from(j, qv))
+                    // Conservative: this only asks for another look next cycle.
+                    borrowing && (pv < pj || self.reclaims(j))
                 }
             })
         })

@@ -4,8 +4,9 @@
 //! can use):
 //! - in `Q` itself: jobs of lower priority;
 //! - in another queue `V`: only while `V` is borrowing (uses more than its nominal quota).
-//!   When `V` is in `Q`'s quota tree and `Q` stays within its own nominal quota (of a flavor
-//!   quota manages) after admitting `J`, this is **reclaim** and any priority goes; otherwise
+//!   When `Q` stays within its own nominal quota (of a flavor quota manages) after admitting
+//!   `J`, and `V` is in `Q`'s quota tree or runs without quota, this is **reclaim** and any
+//!   priority goes; otherwise
 //!   the victim must have lower priority, and evicting it must not push `V` below its nominal
 //!   quota (a queue is never pushed below nominal so another can borrow).
 //!
@@ -76,12 +77,16 @@ impl Cycle<'_> {
         })
     }
 
-    /// Whether `job` may take back quota from a borrower in queue `vq`: it reclaims, and the
-    /// borrower is in the same quota tree (borrowing in another tree took nothing of this
-    /// one's).
-    pub(crate) fn reclaims_from(&self, job: u32, vq: u32) -> bool {
-        let q = self.s.jobs[job as usize].queue;
-        self.s.quota.root(q) == self.s.quota.root(vq) && self.reclaims(job)
+    /// Whether a reclaiming job of queue `q` may take back room from victim `v` of queue
+    /// `vq`: `v` borrows in `q`'s own quota tree, or runs on flavors no quota manages (work
+    /// without any quota uses capacity nobody guaranteed it). A borrower in another quota tree
+    /// took nothing of `q`'s: only priority decides there.
+    fn reclaimable(&self, q: u32, vq: u32, v: u32) -> bool {
+        self.s.quota.root(q) == self.s.quota.root(vq)
+            || self.s.jobs[v as usize]
+                .tasks
+                .iter()
+                .any(|t| t.flavor.0 != NONE && !self.s.quota.is_managed(vq, t.flavor.0))
     }
 
     /// Stage `job`'s placement in `tx` with this cycle's reservations.
@@ -212,7 +217,7 @@ impl Cycle<'_> {
                     .tasks
                     .iter()
                     .any(|t| t.flavor.0 != NONE && self.s.quota.is_borrowing(vq, t.flavor.0));
-                let reclaim_here = reclaim && self.s.quota.root(vq) == self.s.quota.root(q);
+                let reclaim_here = reclaim && self.reclaimable(q, vq, v);
                 let ok = if vq == q {
                     vj.priority < prio
                 } else {
@@ -273,7 +278,7 @@ impl Cycle<'_> {
                 tx.release(self.s, v, t);
             }
             // Never push another queue below its nominal quota so this one can borrow.
-            let reclaim_here = reclaim && self.s.quota.root(vq) == self.s.quota.root(q);
+            let reclaim_here = reclaim && self.reclaimable(q, vq, v);
             if vq != q && !reclaim_here {
                 let below = self.s.jobs[v as usize].tasks.iter().any(|t| {
                     t.flavor.0 != NONE
@@ -316,7 +321,7 @@ impl Cycle<'_> {
                 continue;
             }
             let vq = self.s.jobs[v as usize].queue;
-            let cause = if vq != q && reclaim && self.s.quota.root(vq) == self.s.quota.root(q) {
+            let cause = if vq != q && reclaim && self.reclaimable(q, vq, v) {
                 PreemptCause::Reclaim
             } else {
                 PreemptCause::Priority

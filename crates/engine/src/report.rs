@@ -20,6 +20,17 @@ pub struct NodeReport {
     pub devices: Vec<DeviceReport>,
 }
 
+impl NodeReport {
+    /// GPUs held in whole or in part, each counted once (two halves of one GPU are one; a MIG
+    /// GPU with any instance in use is one).
+    pub fn gpus_held(&self) -> u32 {
+        self.devices
+            .iter()
+            .filter(|d| !d.holders.is_empty() || d.mig.iter().flatten().any(|s| s.job.is_some()))
+            .count() as u32
+    }
+}
+
 /// One GPU and who holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceReport {
@@ -310,6 +321,18 @@ impl Snapshot {
             .collect()
     }
 
+    /// A queue's nominal quota of a flavor with its whole subtree's (a cohort: its members'
+    /// quotas with its own), in thousandths.
+    pub fn queue_quota_total(&self, q: crate::QueueId, f: crate::FlavorId) -> u64 {
+        let mut total = 0;
+        let mut stack = vec![q.0];
+        while let Some(n) = stack.pop() {
+            total += self.quota.nominal(n, f.0);
+            stack.extend_from_slice(self.quota.children(n));
+        }
+        total
+    }
+
     fn quota_children(&self, q: usize) -> &[u32] {
         self.quota.children(q as u32)
     }
@@ -317,6 +340,7 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
+    use super::NodeReport;
     use crate::testing::{cluster, Harness, JobBuilder, QueueBuilder};
 
     #[test]
@@ -371,6 +395,9 @@ mod tests {
             (of.used, of.borrowed, of.subtree_nominal, org.leaf),
             (20_000, 0, 32_000, false)
         );
+        let org_id = h.snap.queue_by_name("org").expect("org");
+        let f = h.snap.flavor_by_name("h100-80gb").expect("flavor");
+        assert_eq!(h.snap.queue_quota_total(org_id, f), 32_000);
     }
 
     #[test]
@@ -407,5 +434,10 @@ mod tests {
             1
         );
         assert!(r.iter().all(|n| n.ready && n.devices.len() == 8));
+        assert_eq!(
+            r.iter().map(NodeReport::gpus_held).sum::<u32>(),
+            9,
+            "the half counts as one GPU held"
+        );
     }
 }

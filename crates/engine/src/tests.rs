@@ -446,6 +446,26 @@ fn a_queue_without_quota_never_reclaims_and_two_jobs_never_evict_each_other_in_t
     );
     assert!(h.running("a-train") && !h.running("cap-wait"));
     h.snap.audit().expect("audit");
+
+    // The other way round stays: a queue within its quota takes back capacity from work that
+    // runs without any quota, once, and that work does not take it back.
+    let q = QueueBuilder::new()
+        .queue("team-a", "", "h100-80gb", 4)
+        .cohort("default")
+        .allow_unlisted()
+        .build();
+    let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &q);
+    h.submit(JobBuilder::new("bulk").queue("default").gpus(8));
+    h.cycle();
+    h.advance(1);
+    h.submit(job("mine").gpus(4));
+    let mut causes = Vec::new();
+    for _ in 0..10 {
+        h.advance(1);
+        causes.extend(h.cycle().preemptions.iter().map(|p| p.cause));
+    }
+    assert_eq!(causes, [PreemptCause::Reclaim], "one reclaim, no ping-pong");
+    assert!(h.running("mine") && !h.running("bulk"));
 }
 
 #[test]

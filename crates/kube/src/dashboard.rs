@@ -134,6 +134,32 @@ fn describe_gpu(a: &NamedAlloc) -> Vec<String> {
     }
 }
 
+/// What a job's pods ask for, in words: `3 pods × 8 GPUs (h100-80gb)`.
+fn request_of(pods: &[&crate::translate::PodInfo]) -> String {
+    let mut shapes: Vec<(String, u32)> = Vec::new();
+    for p in pods {
+        let d = &p.demand;
+        let mut t = match (&d.mig, d.gpus) {
+            (Some(m), _) => format!("MIG {m}"),
+            (None, 0) => "no GPU".to_string(),
+            (None, 1) => "1 GPU".to_string(),
+            (None, n) => format!("{n} GPUs"),
+        };
+        if !d.gpu_models.is_empty() {
+            t += &format!(" ({})", d.gpu_models.join(" or "));
+        }
+        match shapes.iter_mut().find(|(s, _)| *s == t) {
+            Some((_, n)) => *n += 1,
+            None => shapes.push((t, 1)),
+        }
+    }
+    shapes
+        .into_iter()
+        .map(|(t, n)| format!("{n} pod{} × {t}", if n == 1 { "" } else { "s" }))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Publisher {
     /// Keep the events the controller is about to write, by job.
     pub fn record_events(&mut self, mirror: &Mirror, events: &[EventAction], now_ms: u64) {
@@ -283,10 +309,13 @@ impl Publisher {
                     started_ms: id.and_then(|id| snap.job_times(id).1),
                     finished_ms: None,
                     tasks_wanted: wanted,
-                    gpus_wanted: pods
+                    gpu_milli: pods
                         .iter()
-                        .map(|p| p.demand.gpus.max(u32::from(p.demand.mig.is_some())))
+                        .map(|p| {
+                            u64::from(p.demand.gpus.max(u32::from(p.demand.mig.is_some()))) * 1000
+                        })
                         .sum(),
+                    request: request_of(&pods),
                     tasks: pods
                         .iter()
                         .map(|p| {

@@ -311,6 +311,78 @@ fn parse_scope(field: &str, s: &str, allow_domain: bool) -> Result<Placement, Mo
 }
 
 impl JobSpec {
+    /// What the job asks for, in words, as written: `2 tasks × 8 GPUs (h100-80gb), NVLink;
+    /// all or nothing`. For people (dashboards); not parsed back.
+    pub fn request_summary(&self) -> String {
+        let q = |v: &Quantity| match v {
+            Quantity::Number(n) => format!("{n}"),
+            Quantity::Text(t) => t.clone(),
+        };
+        let mut parts: Vec<String> = self
+            .tasks
+            .iter()
+            .map(|g| {
+                let plural = |n: u32, one: &str, many: &str| {
+                    format!("{n} {}", if n == 1 { one } else { many })
+                };
+                let mut t = plural(g.count, "task", "tasks");
+                match (g.gpus, g.gpu_fraction, &g.mig) {
+                    (Some(n), _, _) if n > 0 => t += &format!(" × {}", plural(n, "GPU", "GPUs")),
+                    (_, Some(f), _) => t += &format!(" × {f} of a GPU"),
+                    (_, _, Some(m)) => t += &format!(" × MIG {m}"),
+                    _ => {}
+                }
+                if !g.gpu_models.is_empty() {
+                    t += &format!(" ({})", g.gpu_models.join(" or "));
+                }
+                if g.nvlink {
+                    t += ", NVLink";
+                }
+                let mut more = Vec::new();
+                if let Some(c) = &g.cpu {
+                    more.push(format!("cpu {}", q(c)));
+                }
+                if let Some(m) = &g.memory {
+                    more.push(format!("memory {}", q(m)));
+                }
+                for (k, v) in &g.node_selector {
+                    more.push(format!("on {k}={v}"));
+                }
+                if !g.node_affinity.is_empty() {
+                    more.push("with node affinity".into());
+                }
+                if !g.tolerations.is_empty() {
+                    more.push(format!("tolerating {} taint(s)", g.tolerations.len()));
+                }
+                if !more.is_empty() {
+                    t += &format!(", {}", more.join(", "));
+                }
+                t
+            })
+            .collect();
+        let total: u32 = self.tasks.iter().map(|g| g.count).sum();
+        match self.min_available {
+            Some(m) if m < total => parts.push(format!("starts with {m} of {total} tasks")),
+            _ if total > 1 && self.kind != JobKind::Inference => {
+                parts.push("all or nothing".into())
+            }
+            _ => {}
+        }
+        if let Some(r) = &self.replicas {
+            parts.push(format!("{}–{} replicas", r.min, r.max));
+        }
+        if let Some(p) = &self.placement {
+            parts.push(format!("placement {p}"));
+        }
+        if let Some(c) = &self.priority_class {
+            parts.push(format!("priority {c}"));
+        }
+        if let Some(r) = &self.expected_runtime {
+            parts.push(format!("expected to run {}", q(r)));
+        }
+        parts.join("; ")
+    }
+
     /// Validate against the queue tree and, when given, what the cluster can offer.
     ///
     /// # Errors
@@ -800,6 +872,27 @@ pools:
     fn job(yaml: &str) -> Result<Vec<Job>, ModelError> {
         let (q, cat) = setup();
         from_yaml::<JobsSpec>(yaml, "jobs.yaml")?.validate(&q, Some(&cat))
+    }
+
+    #[test]
+    fn a_request_reads_as_written() {
+        let spec: JobsSpec = from_yaml(
+            r#"
+jobs:
+  - {name: g, queue: q, tasks: [{count: 2, gpus: 8, gpu_models: [h100-80gb], nvlink: true, node_selector: {disktype: ssd}}], expected_runtime: 2h}
+  - {name: f, queue: q, tasks: [{count: 2, gpu_fraction: 0.5}], min_available: 1}
+  - {name: m, queue: q, tasks: [{mig: 1g.10gb, cpu: 4}]}
+"#,
+            "j",
+        )
+        .expect("parse");
+        let s: Vec<String> = spec.jobs.iter().map(JobSpec::request_summary).collect();
+        assert_eq!(
+            s[0],
+            "2 tasks × 8 GPUs (h100-80gb), NVLink, on disktype=ssd; all or nothing; expected to run 2h"
+        );
+        assert_eq!(s[1], "2 tasks × 0.5 of a GPU; starts with 1 of 2 tasks");
+        assert_eq!(s[2], "1 task × MIG 1g.10gb, cpu 4");
     }
 
     #[test]

@@ -107,15 +107,19 @@ impl Metrics {
         for q in st.queues.keys() {
             self.running.with_label_values(&[q]).set(0);
         }
-        let mut used: std::collections::BTreeMap<&str, f64> = Default::default();
         for e in st.jobs.values() {
             if e.rec.state == JobState::Running {
                 self.running.with_label_values(&[&e.rec.spec.queue]).inc();
-                for t in &e.rec.tasks {
-                    *used.entry(t.node.as_str()).or_default() += f64::from(t.gpu.devices_held());
-                }
             }
         }
+        // GPUs held per node, each counted once, as `gantry nodes` and the dashboard count.
+        let used: std::collections::BTreeMap<String, f64> = st
+            .snap
+            .gpu_report()
+            .into_iter()
+            .map(|n| (n.gpus_held(), n))
+            .map(|(k, n)| (n.name, f64::from(k)))
+            .collect();
         let now = crate::server::now_ms();
         self.heartbeat_age.reset();
         self.node_gpus.reset();

@@ -862,7 +862,13 @@ fn pb_queue(spec: &QueueSpec, st: &State) -> pb::Queue {
             .filter_map(|f| {
                 st.snap.flavor_by_name(f).map(|fid| pb::QuotaUsage {
                     flavor: f.clone(),
-                    nominal_milli: st.snap.queue_nominal(q, fid),
+                    // A cohort's quota is its members' together (with its own), as the
+                    // dashboard shows it: its usage counts theirs too.
+                    nominal_milli: if leaf {
+                        st.snap.queue_nominal(q, fid)
+                    } else {
+                        st.snap.queue_quota_total(q, fid)
+                    },
                     used_milli: st.snap.queue_usage(q, fid),
                 })
             })
@@ -1422,10 +1428,22 @@ impl pb::nodes_server::Nodes for Server {
         for name in &st.running {
             if let Some(e) = st.jobs.get(name) {
                 for t in &e.rec.tasks {
-                    let u = used.entry(t.node.as_str()).or_default();
-                    u.1 += 1;
-                    u.0 += t.gpu.devices_held();
+                    used.entry(t.node.as_str()).or_default().1 += 1;
                 }
+            }
+        }
+        // GPUs held in whole or in part, each counted once (two halves of one GPU are one),
+        // from the snapshot as the dashboard counts them.
+        let held: BTreeMap<String, u32> = st
+            .snap
+            .gpu_report()
+            .into_iter()
+            .map(|n| (n.gpus_held(), n))
+            .map(|(k, n)| (n.name, k))
+            .collect();
+        for (node, k) in &held {
+            if let Some(u) = used.get_mut(node.as_str()) {
+                u.0 = *k;
             }
         }
         let nodes = st

@@ -787,7 +787,10 @@ impl State {
                     job: name.clone(),
                     queue: e.rec.spec.queue.clone(),
                     kind: "started",
-                    message: format!("{} tasks placed", e.rec.tasks.len()),
+                    message: match e.rec.tasks.len() {
+                        1 => "1 task placed".to_string(),
+                        n => format!("{n} tasks placed"),
+                    },
                     at_ms: now,
                     state: JobState::Running,
                 });

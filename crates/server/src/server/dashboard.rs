@@ -190,14 +190,28 @@ impl Server {
                     started_ms: r.started_ms,
                     finished_ms: r.finished_ms,
                     tasks_wanted: r.spec.tasks.iter().map(|g| g.count).sum(),
-                    gpus_wanted: r.spec.tasks.iter().map(|g| g.count * gpus_of(g)).sum(),
+                    gpu_milli: r
+                        .spec
+                        .tasks
+                        .iter()
+                        .map(|g| u64::from(g.count) * milli_of(g))
+                        .sum(),
+                    request: r.spec.request_summary(),
                     tasks: r
                         .tasks
                         .iter()
                         .map(|t| TaskView {
                             name: format!("{}.{}", t.group, t.index),
                             node: t.node.clone(),
-                            devices: t.visible_devices(&node_recs).0,
+                            devices: {
+                                let (mut d, milli) = t.visible_devices(&node_recs);
+                                if milli > 0 {
+                                    // A fraction: the share of the device it holds.
+                                    d.iter_mut()
+                                        .for_each(|u| *u += &format!(" ({}%)", milli / 10));
+                                }
+                                d
+                            },
                             phase: match &t.phase {
                                 TaskPhase::Exited(c) => format!("exited {c}"),
                                 p => format!("{p:?}").to_lowercase(),
@@ -296,5 +310,14 @@ fn gpus_of(g: &gantry_model::TaskGroupSpec) -> u32 {
     match g.gpus {
         Some(n) => n,
         None => u32::from(g.gpu_fraction.is_some() || g.mig.is_some()),
+    }
+}
+
+/// GPUs one task of a group asks for, in thousandths (a fraction as its share).
+fn milli_of(g: &gantry_model::TaskGroupSpec) -> u64 {
+    match (g.gpus, g.gpu_fraction) {
+        (Some(n), _) => u64::from(n) * 1000,
+        (None, Some(f)) => (f * 1000.0).round() as u64,
+        _ => u64::from(gpus_of(g)) * 1000,
     }
 }
