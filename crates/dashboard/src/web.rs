@@ -41,6 +41,12 @@ pub trait Source: Send + Sync + 'static {
     /// Resolves after the next change (new jobs, placements, nodes, queues); may resolve
     /// spuriously.
     fn changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+    /// Resolves once a board worth showing is at hand. A driver that builds boards only while
+    /// someone looks waits here (briefly) for a fresh one after a quiet spell; the default is
+    /// ready at once.
+    fn fresh(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        Box::pin(std::future::ready(()))
+    }
     /// Whether this driver has inference services (a Services page).
     fn has_services(&self) -> bool;
     /// Whether pages need a token.
@@ -151,6 +157,7 @@ async fn respond<S: Source>(s: &S, login: bool, uri: &Uri, headers: &HeaderMap) 
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    s.fresh().await;
     // Subscribe before rendering, so a change during the render is not missed.
     let mut changed = s.changed();
     let mut board = s.board(&page, viewer.as_ref());

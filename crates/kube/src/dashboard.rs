@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ const ESTIMATES_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct KubeSource {
     boards: watch::Receiver<Arc<Board>>,
+    /// Set when a page is asked for after a quiet spell: the loop builds a board at once.
+    refresh: Arc<AtomicBool>,
     /// When a page was last asked for (ms since `epoch`), so the loop builds boards only then.
     asked: Arc<AtomicU64>,
     epoch: std::time::Instant,
@@ -48,6 +50,7 @@ pub struct KubeSource {
 #[derive(Debug)]
 pub struct Publisher {
     tx: watch::Sender<Arc<Board>>,
+    refresh: Arc<AtomicBool>,
     asked: Arc<AtomicU64>,
     epoch: std::time::Instant,
     last: Option<std::time::Instant>,
@@ -68,15 +71,18 @@ pub fn channel() -> (Arc<KubeSource>, Publisher) {
         ..Board::default()
     }));
     let asked = Arc::new(AtomicU64::new(0));
+    let refresh = Arc::new(AtomicBool::new(false));
     let epoch = std::time::Instant::now();
     (
         Arc::new(KubeSource {
             boards: rx,
+            refresh: refresh.clone(),
             asked: asked.clone(),
             epoch,
         }),
         Publisher {
             tx,
+            refresh,
             asked,
             epoch,
             last: None,
@@ -102,6 +108,22 @@ impl Source for KubeSource {
             Ordering::Relaxed,
         );
         self.boards.borrow().clone()
+    }
+
+    fn fresh(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        // Nobody looked for a while: the board may be old. Ask the loop for one and wait for
+        // it (a turn of the loop takes at most its tick, a second by default).
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let before = self.asked.swap(now, Ordering::Relaxed);
+        if before > 0 && now <= before + WANTED_FOR.as_millis() as u64 {
+            return Box::pin(std::future::ready(()));
+        }
+        self.refresh.store(true, Ordering::Relaxed);
+        let mut rx = self.boards.clone();
+        rx.mark_unchanged();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(3), rx.changed()).await;
+        })
     }
 
     fn changed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
@@ -222,6 +244,11 @@ impl Publisher {
                 .map(|j| snap.job_task_counts(j).0)
                 .sum();
             self.history.push(Sample::of(&nodes, wanted, now_ms));
+        }
+        if self.refresh.swap(false, Ordering::Relaxed) {
+            // A page waits for a fresh board.
+            self.dirty = true;
+            self.last = None;
         }
         let asked = self.asked.load(Ordering::Relaxed);
         let looked = asked > 0
@@ -412,9 +439,16 @@ mod tests {
         // Nobody looked yet: no board is built.
         publisher.publish(&m, &profile, true, 2_000);
         assert!(source.boards.borrow().jobs.is_empty());
-        // A page asks; the next turn of the loop builds one.
-        let _ = source.board(&Page::Overview, None);
+        // A page asks after a quiet spell: it waits for the next turn of the loop, which
+        // builds one at once.
+        let waiting = source.fresh();
         publisher.publish(&m, &profile, false, 2_000);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+            .block_on(async { tokio::time::timeout(Duration::from_secs(1), waiting).await })
+            .expect("the page had its board within a second");
         let board = source.board(&Page::Jobs, None);
         let waiting = board.job("pod_ml_b").expect("b");
         let w = waiting.waiting.as_ref().expect("b waits");
