@@ -73,8 +73,13 @@ impl Snapshot {
             if waiting.is_empty() {
                 break;
             }
-            // Jump to the next expected end of a running job, and complete what is due then.
-            let Some(next) = s.next_end(now) else { break };
+            // Jump to the next event: an expected end of a running job (complete what is due
+            // then), or the end of a victim's protection from preemption (a refused eviction
+            // backs off for seconds, not until the victim ends).
+            let protection = s.protection_ends.filter(|&p| p > t);
+            let Some(next) = [s.next_end(now), protection].into_iter().flatten().min() else {
+                break;
+            };
             t = next;
             s.finish_due(t, now);
         }
@@ -150,5 +155,16 @@ mod tests {
         h2.submit(q("x").gpus(1).runtime_s(5.0));
         h2.cycle();
         assert_eq!(est(&h2, "x"), None);
+        // A victim protected from preemption for a while (a refused eviction backing off):
+        // the preemptor starts when the protection ends, not when the victim would end.
+        let mut h3 = Harness::new(&cluster(1, 8, "h100-80gb"), &queues(&[("team-a", 64)]));
+        h3.submit(q("victim").gpus(8).runtime_s(3600.0).priority("batch"));
+        h3.cycle();
+        let victim = h3.snap.job_by_name("victim").expect("victim");
+        h3.snap.protect(victim, 10_000);
+        h3.submit(q("urgent").gpus(8).priority("training"));
+        h3.cycle();
+        assert!(!h3.running("urgent"), "the victim is protected now");
+        assert_eq!(est(&h3, "urgent"), Some(10_000), "when the protection ends");
     }
 }
