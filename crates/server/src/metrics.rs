@@ -117,8 +117,10 @@ impl Metrics {
             .snap
             .gpu_report()
             .into_iter()
-            .map(|n| (n.gpus_held(), n))
-            .map(|(k, n)| (n.name, f64::from(k)))
+            .map(|n| {
+                let k = n.gpus_held();
+                (n.name, f64::from(k))
+            })
             .collect();
         let now = crate::server::now_ms();
         self.heartbeat_age.reset();

@@ -1438,8 +1438,10 @@ impl pb::nodes_server::Nodes for Server {
             .snap
             .gpu_report()
             .into_iter()
-            .map(|n| (n.gpus_held(), n))
-            .map(|(k, n)| (n.name, k))
+            .map(|n| {
+                let k = n.gpus_held();
+                (n.name, k)
+            })
             .collect();
         for (node, k) in &held {
             if let Some(u) = used.get_mut(node.as_str()) {
