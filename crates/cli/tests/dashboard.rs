@@ -337,4 +337,22 @@ fn the_queue_tree_shows_borrowing_lending_and_share_and_a_job_its_events() {
         second.contains("1 of 1") && second.contains("pending"),
         "{second}"
     );
+    // The queue's own page: its line in order, what runs; the cohort's: its members.
+    let url = format!("http://{web}/queues/team-a?live=0");
+    let html = dom(&browser, &url);
+    let line = html
+        .split("<table class=\"line\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no waiting line:\n{html}"));
+    assert!(line.contains("data-job=\"second\""), "{line}");
+    assert!(
+        html.contains("Running (1)") && html.contains("/jobs/borrower"),
+        "{html}"
+    );
+    screenshot(&browser, &url, "queue");
+    let html = dom(&browser, &format!("http://{web}/queues/lab?live=0"));
+    assert!(
+        html.contains("Members: ") && html.contains("/queues/team-b"),
+        "{html}"
+    );
 }

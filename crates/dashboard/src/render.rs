@@ -17,6 +17,8 @@ pub enum Page {
     Gpus,
     /// `/queues`
     Queues,
+    /// `/queues/NAME`
+    Queue(String),
     /// `/jobs`
     Jobs,
     /// `/jobs/KEY`
@@ -43,6 +45,7 @@ pub fn content(page: &Page, b: &Board, q: &Query) -> String {
         Page::Overview => overview(b),
         Page::Gpus => gpu_map(b, q),
         Page::Queues => queues(b),
+        Page::Queue(name) => queue(b, name),
         Page::Jobs => jobs(b, q),
         Page::Job(key) => job(b, key),
         Page::Services => services(b),
@@ -69,7 +72,9 @@ pub fn frame(page: &Page, b: &Board, body: &str, etag: &str, viewer: Option<&str
         esc(etag)
     );
     for (p, href, label) in nav {
-        let on = p == *page || (matches!(page, Page::Job(_)) && p == Page::Jobs);
+        let on = p == *page
+            || (matches!(page, Page::Job(_)) && p == Page::Jobs)
+            || (matches!(page, Page::Queue(_)) && p == Page::Queues);
         let _ = write!(
             html,
             "<a href=\"{href}\"{}>{label}</a>",
@@ -727,11 +732,11 @@ fn queues(b: &Board) -> String {
             )
         };
         let name = if q.leaf {
-            format!("<a href=\"/jobs?queue={n}\">{n}</a>", n = esc(&q.name))
+            format!("<a href=\"/queues/{n}\">{n}</a>", n = esc(&q.name))
         } else {
             format!(
-                "<b>{}</b> <span class=\"muted\">cohort</span>",
-                esc(&q.name)
+                "<a href=\"/queues/{n}\"><b>{n}</b></a> <span class=\"muted\">cohort</span>",
+                n = esc(&q.name)
             )
         };
         let _ = write!(
@@ -751,6 +756,176 @@ fn queues(b: &Board) -> String {
          Lent: the cohort's borrowing, split over the queues leaving quota unused, in \
          proportion.</p>",
     );
+    h
+}
+
+/// One queue: its numbers, its members (a cohort), its waiting line in order, what runs, and
+/// its events. A cohort's lines hold its members' jobs.
+fn queue(b: &Board, name: &str) -> String {
+    let Some(v) = b.queues.iter().find(|q| q.report.name == name) else {
+        return format!(
+            "<h2>{}</h2><p>No such queue here, or it is not one you may see.</p>",
+            esc(name)
+        );
+    };
+    let q = &v.report;
+    // The queue and everything under it.
+    let mut members: BTreeSet<&str> = BTreeSet::from([q.name.as_str()]);
+    loop {
+        let before = members.len();
+        for r in &b.queues {
+            if r.report
+                .parent
+                .as_deref()
+                .is_some_and(|p| members.contains(p))
+            {
+                members.insert(&r.report.name);
+            }
+        }
+        if members.len() == before {
+            break;
+        }
+    }
+    let mut h = format!(
+        "<h2>{}{}</h2><p>{}weight {} · fair share <b>{:.2}</b> of its entitlement · {} waiting · {} running · <a href=\"/jobs?queue={n}\">its jobs</a></p>",
+        esc(&q.name),
+        if q.leaf { "" } else { " <span class=\"muted\">cohort</span>" },
+        q.parent.as_ref().map_or(String::new(), |p| format!(
+            "in <a href=\"/queues/{p}\">{p}</a> · ",
+            p = esc(p)
+        )),
+        q.weight,
+        q.share,
+        q.pending,
+        q.admitted,
+        n = esc(&q.name),
+    );
+    for w in &v.warnings {
+        let _ = write!(h, "<p class=\"warn\">{}</p>", esc(w));
+    }
+    h.push_str("<table class=\"quota\"><tr><th>flavor</th><th></th><th class=\"num\">used</th><th class=\"num\">nominal</th><th class=\"num\">with members</th><th class=\"num\">borrowed</th><th class=\"num\">lent</th><th>limits</th></tr>");
+    for f in &q.flavors {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}{}</td></tr>",
+            esc(&f.flavor),
+            quota_bar(f),
+            fmt_milli(f.used),
+            fmt_milli(f.nominal),
+            fmt_milli(f.subtree_nominal),
+            fmt_milli(f.borrowed),
+            fmt_milli(f.lent),
+            f.borrowing_limit
+                .map_or(String::new(), |l| format!("borrows ≤ {} ", fmt_milli(l))),
+            f.lending_limit
+                .map_or(String::new(), |l| format!("lends ≤ {}", fmt_milli(l))),
+        );
+    }
+    h.push_str("</table>");
+    let kids: Vec<&str> = b
+        .queues
+        .iter()
+        .filter(|r| r.report.parent.as_deref() == Some(q.name.as_str()))
+        .map(|r| r.report.name.as_str())
+        .collect();
+    if !kids.is_empty() {
+        h.push_str("<p>Members: ");
+        h.push_str(
+            &kids
+                .iter()
+                .map(|k| format!("<a href=\"/queues/{k}\">{k}</a>", k = esc(k)))
+                .collect::<Vec<_>>()
+                .join(" · "),
+        );
+        h.push_str("</p>");
+    }
+    // The waiting line, in the order the scheduler looks at it.
+    let mut waiting: Vec<&JobView> = b
+        .jobs
+        .iter()
+        .filter(|j| members.contains(j.queue.as_str()) && j.waiting.is_some())
+        .collect();
+    waiting.sort_by_key(|j| {
+        (
+            j.queue.clone(),
+            j.waiting
+                .as_ref()
+                .and_then(|w| w.position)
+                .unwrap_or(usize::MAX),
+        )
+    });
+    let _ = write!(
+        h,
+        "<h3>Waiting ({})</h3><table class=\"line\"><tr><th class=\"num\">position</th><th>job</th>{}<th class=\"num\">GPUs</th><th>estimated start</th><th>why it waits</th></tr>",
+        waiting.len(),
+        if q.leaf { "" } else { "<th>queue</th>" }
+    );
+    for j in waiting.iter().take(JOBS_PER_PAGE) {
+        let w = j.waiting.as_ref();
+        let _ = write!(
+            h,
+            "<tr data-job=\"{k}\"><td class=\"num\">{}</td><td><a href=\"/jobs/{k}\">{}</a></td>{}<td class=\"num\">{}</td><td>{}</td><td>{}{}</td></tr>",
+            w.and_then(|w| w.position).map_or(String::new(), |p| p.to_string()),
+            esc(&j.name),
+            if q.leaf {
+                String::new()
+            } else {
+                format!("<td>{}</td>", esc(&j.queue))
+            },
+            fmt_milli(j.gpu_milli),
+            eta_cell(j, b.now_ms),
+            if w.is_some_and(|w| w.unresolvable) { "⚠ will not fit as asked: " } else { "" },
+            esc(w.map_or("", |w| w.reason.as_str())),
+            k = esc(&j.key),
+        );
+    }
+    if waiting.len() > JOBS_PER_PAGE {
+        let _ = write!(
+            h,
+            "<tr><td colspan=\"6\" class=\"muted\">{} more: <a href=\"/jobs?queue={}&state=pending\">all of them</a></td></tr>",
+            waiting.len() - JOBS_PER_PAGE,
+            esc(&q.name)
+        );
+    }
+    h.push_str("</table>");
+    let running: Vec<&JobView> = b
+        .jobs
+        .iter()
+        .filter(|j| members.contains(j.queue.as_str()) && j.state == "running")
+        .collect();
+    let _ = write!(
+        h,
+        "<h3>Running ({})</h3><table class=\"running\"><tr><th>job</th>{}<th class=\"num\">GPUs</th><th>started</th></tr>",
+        running.len(),
+        if q.leaf { "" } else { "<th>queue</th>" }
+    );
+    for j in running.iter().take(JOBS_PER_PAGE) {
+        let _ = write!(
+            h,
+            "<tr><td><a href=\"/jobs/{k}\">{}</a></td>{}<td class=\"num\">{}</td><td>{}</td></tr>",
+            esc(&j.name),
+            if q.leaf {
+                String::new()
+            } else {
+                format!("<td>{}</td>", esc(&j.queue))
+            },
+            fmt_milli(j.gpu_milli),
+            j.started_ms.map_or(String::new(), when),
+            k = esc(&j.key),
+        );
+    }
+    h.push_str("</table><h3>Latest events</h3>");
+    h.push_str(&events_table(
+        b,
+        fold(
+            b.events
+                .iter()
+                .filter(|e| members.contains(e.queue.as_str())),
+        )
+        .into_iter()
+        .take(30),
+        true,
+    ));
     h
 }
 
@@ -936,7 +1111,7 @@ fn job(b: &Board, key: &str) -> String {
         );
     };
     let mut h = format!(
-        "<h2>{}</h2><p>queue <b><a href=\"/jobs?queue={q}\">{q}</a></b> · {} · state <b>{}</b>{}{} · submitted {}{}{}</p>",
+        "<h2>{}</h2><p>queue <b><a href=\"/queues/{q}\">{q}</a></b> · {} · state <b>{}</b>{}{} · submitted {}{}{}</p>",
         esc(&j.name),
         esc(&j.kind),
         esc(&j.state),

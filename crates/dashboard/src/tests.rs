@@ -354,3 +354,39 @@ fn repeated_events_fold_into_one_row() {
     assert!(page.contains("501 earlier rows not shown"), "{page}");
     assert!(page.len() < 40_000, "{} bytes", page.len());
 }
+
+#[test]
+fn a_queue_page_shows_its_line_in_order_and_a_cohort_its_members_jobs() {
+    let (h, names) = mixed();
+    let b = board_of(&h, &names);
+    let page = content(&Page::Queue("team-b".into()), &b, &Query::new());
+    assert!(
+        page.contains("in <a href=\"/queues/org\">org</a>"),
+        "{page}"
+    );
+    let line = page
+        .split("<table class=\"line\">")
+        .nth(1)
+        .and_then(|t| t.split("</table>").next())
+        .expect("the waiting line");
+    let big = line.find("data-job=\"big\"").expect("big waits");
+    let huge = line.find("data-job=\"huge\"").expect("huge waits");
+    assert!(big < huge, "in the order the scheduler looks: {line}");
+    assert!(line.contains("⚠ will not fit as asked"), "{line}");
+    assert!(
+        page.contains("Running (1)") && page.contains("/jobs/half"),
+        "{page}"
+    );
+    // The cohort: its members, and their jobs together.
+    let org = content(&Page::Queue("org".into()), &b, &Query::new());
+    assert!(
+        org.contains("Members: <a href=\"/queues/team-a\">team-a</a>"),
+        "{org}"
+    );
+    assert!(
+        org.contains("Waiting (2)") && org.contains("Running (3)"),
+        "{org}"
+    );
+    let none = content(&Page::Queue("nosuch".into()), &b, &Query::new());
+    assert!(none.contains("No such queue here"));
+}

@@ -77,6 +77,7 @@ pub fn router<S: Source>(source: Arc<S>) -> axum::Router {
         .route("/queues", get(handler(false)))
         .route("/jobs", get(handler(false)))
         .route("/jobs/{*key}", get(handler(false)))
+        .route("/queues/{name}", get(handler(false)))
         .route("/services", get(handler(false)))
         .route("/login", get(handler(true)))
         .fallback(|uri: Uri| async move {
@@ -94,9 +95,10 @@ fn page_of(path: &str) -> Page {
         "/queues" => Page::Queues,
         "/jobs" => Page::Jobs,
         "/services" => Page::Services,
-        p => match p.strip_prefix("/jobs/") {
-            Some(k) => Page::Job(decode(k)),
-            None => Page::Overview,
+        p => match (p.strip_prefix("/jobs/"), p.strip_prefix("/queues/")) {
+            (Some(k), _) => Page::Job(decode(k)),
+            (_, Some(q)) => Page::Queue(decode(q)),
+            _ => Page::Overview,
         },
     }
 }
@@ -204,6 +206,9 @@ async fn respond<S: Source>(s: &S, login: bool, uri: &Uri, headers: &HeaderMap) 
     let html = render::frame(&page, &board, &body, &etag, who.as_deref());
     let status = match &page {
         Page::Job(k) if board.job(k).is_none() => StatusCode::NOT_FOUND,
+        Page::Queue(q) if !board.queues.iter().any(|v| &v.report.name == q) => {
+            StatusCode::NOT_FOUND
+        }
         _ => StatusCode::OK,
     };
     let mut r = (
@@ -325,8 +330,23 @@ mod tests {
             state: "running".into(),
             ..crate::JobView::default()
         };
+        let queue = |name: &str| crate::QueueView {
+            report: gantry_engine::QueueReport {
+                name: name.into(),
+                parent: None,
+                depth: 0,
+                leaf: true,
+                weight: 1.0,
+                pending: 0,
+                admitted: 1,
+                share: 0.0,
+                flavors: Vec::new(),
+            },
+            warnings: Vec::new(),
+        };
         let board = Board {
             jobs: vec![job("mine", "team-a"), job("theirs", "team-b")],
+            queues: vec![queue("team-a"), queue("team-b")],
             ..Board::default()
         };
         let app = router(Arc::new(Fixed(Arc::new(board))));
@@ -363,7 +383,17 @@ mod tests {
         );
         let (head, body) = get(addr, "/queues/team-a", "gantry_token=tok-a").await;
         assert!(
-            head.contains(" 404 ") && body.contains("There is no page /queues/team-a"),
+            head.contains(" 200 ") && body.contains("Running (1)"),
+            "{head}"
+        );
+        let (head, body) = get(addr, "/queues/team-b", "gantry_token=tok-a").await;
+        assert!(
+            head.contains(" 404 ") && body.contains("No such queue here"),
+            "another team's queue: {head}"
+        );
+        let (head, body) = get(addr, "/queues/team-a/x", "gantry_token=tok-a").await;
+        assert!(
+            head.contains(" 404 ") && body.contains("There is no page /queues/team-a/x"),
             "{head}"
         );
         let (head, body) = get(addr, "/services", "gantry_token=tok-a").await;
@@ -390,5 +420,6 @@ mod tests {
         assert_ne!(etag_of("a"), etag_of("b"));
         assert_eq!(page_of("/jobs/pg_ns_a%20b"), Page::Job("pg_ns_a b".into()));
         assert_eq!(page_of("/nope"), Page::Overview);
+        assert_eq!(page_of("/queues/team-a"), Page::Queue("team-a".into()));
     }
 }

@@ -132,7 +132,7 @@ impl Server {
             Page::Job(k) => st.order.values().filter(|n| *n == k).collect(),
             _ => st.order.values().rev().collect(),
         };
-        let wants_waiting = matches!(page, Page::Jobs | Page::Job(_));
+        let wants_waiting = matches!(page, Page::Jobs | Page::Job(_) | Page::Queue(_));
         let ids: Vec<_> = names
             .iter()
             .filter_map(|n| st.jobs.get(*n).and_then(|e| e.id))
