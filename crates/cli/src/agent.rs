@@ -17,7 +17,7 @@ pub struct AgentArgs {
     /// Address of `gantry serve`.
     #[arg(long, env = "GANTRY_SERVER", default_value = "127.0.0.1:7070")]
     server: String,
-    /// Node name (default: the host name).
+    /// Node name (default: the host name, or the node a --fake-inventory file names).
     #[arg(long)]
     node_name: Option<String>,
     /// Fake GPUs instead of NVML: `<count>x<model>`, e.g. `8xH100-80GB`.
@@ -163,6 +163,13 @@ pub fn inventory(
     Ok(nvml.discover()?.to_model_node())
 }
 
+/// An explicit node name replaces the one an inventory file gave.
+fn rename(node: &mut Node, explicit: Option<&str>) {
+    if let Some(n) = explicit {
+        node.name = n.to_string();
+    }
+}
+
 /// Run the agent until interrupted.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     let name = args.node_name.clone().unwrap_or_else(host_name);
@@ -171,6 +178,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         args.fake_gpus.as_deref(),
         args.fake_inventory.as_deref(),
     )?;
+    // A fake inventory file names its node; an explicit --node-name wins (a user's `mig0`
+    // registered as the file's `dgx-a100-0`).
+    rename(&mut node, args.node_name.as_deref());
     add_labels_and_taints(&mut node, &args.labels, &args.taints)?;
     let tls_ca = match &args.tls_ca {
         Some(p) => Some(crate::remote::read_pem("--tls-ca", p)?),
@@ -226,6 +236,18 @@ mod tests {
         assert_eq!(n.devices[0].model, "h100-80gb");
         assert!(fake_gpus("box", "eight").is_err());
         assert!(fake_gpus("box", "2xH100").is_err());
+    }
+
+    #[test]
+    fn an_explicit_node_name_wins_over_the_fake_inventory_file() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../device-plugin/examples/dgx-a100.yaml");
+        let mut n = inventory("ignored", None, Some(&file)).expect("inventory");
+        assert_eq!(n.name, "dgx-a100-0", "the file's name by default");
+        rename(&mut n, Some("mig0"));
+        assert_eq!(n.name, "mig0");
+        rename(&mut n, None);
+        assert_eq!(n.name, "mig0");
     }
 
     #[test]

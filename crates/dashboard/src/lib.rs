@@ -192,8 +192,10 @@ pub struct JobView {
     pub finished_ms: Option<u64>,
     /// Tasks it asks for.
     pub tasks_wanted: u32,
-    /// GPUs it asks for, in thousandths (a fraction as its share, a MIG slice as one).
+    /// Whole GPUs it asks for, in thousandths (a fraction as its share).
     pub gpu_milli: u64,
+    /// MIG slices it asks for.
+    pub slices: u32,
     /// What it asks for, in words (`2 tasks × 8 GPUs (h100-80gb), all or nothing`).
     pub request: String,
     /// Its tasks (placed ones at least).

@@ -543,8 +543,9 @@ fn gpu_map(b: &Board, q: &Query) -> String {
     };
     let _ = write!(
         h,
-        "<p class=\"pages\">{} nodes, page {} of {pages}",
+        "<p class=\"pages\">{} node{}, page {} of {pages}",
         nodes.len(),
+        if nodes.len() == 1 { "" } else { "s" },
         page + 1
     );
     if page > 0 {
@@ -786,19 +787,43 @@ fn queue(b: &Board, name: &str) -> String {
             break;
         }
     }
+    let (waiting_n, running_n) = b
+        .jobs
+        .iter()
+        .filter(|j| members.contains(j.queue.as_str()))
+        .fold((0, 0), |(w, r), j| {
+            (
+                w + usize::from(j.waiting.is_some()),
+                r + usize::from(j.state == "running"),
+            )
+        });
     let mut h = format!(
-        "<h2>{}{}</h2><p>{}weight {} · fair share <b>{:.2}</b> of its entitlement · {} waiting · {} running · <a href=\"/jobs?queue={n}\">its jobs</a></p>",
+        "<h2>{}{}</h2><p>{}weight {}{} · {waiting_n} waiting · {running_n} running{}</p>",
         esc(&q.name),
-        if q.leaf { "" } else { " <span class=\"muted\">cohort</span>" },
+        if q.leaf {
+            ""
+        } else {
+            " <span class=\"muted\">cohort</span>"
+        },
         q.parent.as_ref().map_or(String::new(), |p| format!(
             "in <a href=\"/queues/{p}\">{p}</a> · ",
             p = esc(p)
         )),
         q.weight,
-        q.share,
-        q.pending,
-        q.admitted,
-        n = esc(&q.name),
+        // Cohorts are not ordered by share; their members are.
+        if q.leaf {
+            format!(" · fair share <b>{:.2}</b> of its entitlement", q.share)
+        } else {
+            String::new()
+        },
+        if q.leaf {
+            format!(
+                " · <a href=\"/jobs?queue={n}\">its jobs</a>",
+                n = esc(&q.name)
+            )
+        } else {
+            String::new()
+        },
     );
     for w in &v.warnings {
         let _ = write!(h, "<p class=\"warn\">{}</p>", esc(w));
@@ -872,7 +897,7 @@ fn queue(b: &Board, name: &str) -> String {
             } else {
                 format!("<td>{}</td>", esc(&j.queue))
             },
-            fmt_milli(j.gpu_milli),
+            gpus_cell(j),
             eta_cell(j, b.now_ms),
             if w.is_some_and(|w| w.unresolvable) { "⚠ will not fit as asked: " } else { "" },
             esc(w.map_or("", |w| w.reason.as_str())),
@@ -909,7 +934,7 @@ fn queue(b: &Board, name: &str) -> String {
             } else {
                 format!("<td>{}</td>", esc(&j.queue))
             },
-            fmt_milli(j.gpu_milli),
+            gpus_cell(j),
             j.started_ms.map_or(String::new(), when),
             k = esc(&j.key),
         );
@@ -927,6 +952,15 @@ fn queue(b: &Board, name: &str) -> String {
         true,
     ));
     h
+}
+
+/// What a job asks of GPUs, for a table cell: `2`, `0.5`, `3 MIG`, `1 + 2 MIG`.
+fn gpus_cell(j: &JobView) -> String {
+    match (j.gpu_milli, j.slices) {
+        (m, 0) => fmt_milli(m),
+        (0, n) => format!("{n} MIG"),
+        (m, n) => format!("{} + {n} MIG", fmt_milli(m)),
+    }
 }
 
 fn eta_cell(j: &JobView, now_ms: u64) -> String {
@@ -1092,7 +1126,7 @@ fn jobs(b: &Board, q: &Query) -> String {
             esc(&j.queue),
             esc(&j.state),
             j.tasks_wanted,
-            fmt_milli(j.gpu_milli),
+            gpus_cell(j),
             eta_cell(j, b.now_ms),
             esc(&why),
             k = esc(&j.key),
@@ -1111,7 +1145,7 @@ fn job(b: &Board, key: &str) -> String {
         );
     };
     let mut h = format!(
-        "<h2>{}</h2><p>queue <b><a href=\"/queues/{q}\">{q}</a></b> · {} · state <b>{}</b>{}{} · submitted {}{}{}</p>",
+        "<h2>{}</h2><p>queue <b><a href=\"/queues/{q}\">{q}</a></b> · kind {} · state <b>{}</b>{}{} · submitted {}{}{}</p>",
         esc(&j.name),
         esc(&j.kind),
         esc(&j.state),

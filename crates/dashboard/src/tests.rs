@@ -142,7 +142,7 @@ fn the_gpu_map_shows_every_device_and_its_holder() {
     let mut q = Query::new();
     q.insert("model".into(), "a100-80gb".into());
     let only = content(&Page::Gpus, &b, &q);
-    assert!(only.contains("1 nodes, page 1 of 1"), "{only}");
+    assert!(only.contains("1 node, page 1 of 1"), "{only}");
     assert!(!only.contains("used by whole"));
 }
 
@@ -318,6 +318,28 @@ fn bad_filters_are_said_and_pages_count_from_one() {
         let p = content(&Page::Jobs, &big, &q(&[("page", bad)]));
         assert!(p.contains("of 3"), "page={bad}");
     }
+}
+
+#[test]
+fn mig_slices_are_not_counted_as_gpus() {
+    let j = |gpu_milli, slices| JobView {
+        key: "k".into(),
+        name: "k".into(),
+        state: "running".into(),
+        gpu_milli,
+        slices,
+        ..JobView::default()
+    };
+    let b = Board {
+        jobs: vec![j(0, 3)],
+        ..Board::default()
+    };
+    assert!(content(&Page::Jobs, &b, &Query::new()).contains(">3 MIG<"));
+    let b = Board {
+        jobs: vec![j(1500, 2)],
+        ..Board::default()
+    };
+    assert!(content(&Page::Jobs, &b, &Query::new()).contains(">1.5 + 2 MIG<"));
 }
 
 #[test]

@@ -51,6 +51,11 @@ pub(crate) struct Account {
     largest_cap: u32,
     /// No eligible node could hold one task even when empty.
     pub never: bool,
+    /// Tasks of the shape all eligible nodes together hold when empty (ready or not).
+    ever: u64,
+    /// A gang needing more tasks together than the whole cluster could ever hold: the most
+    /// it holds (then `never` is set).
+    gang_short: Option<u64>,
 }
 
 fn per(have: u64, need: u64) -> u64 {
@@ -88,17 +93,30 @@ impl Snapshot {
                 .collect(),
         };
         let mut best: Option<Account> = None;
+        // A one-group gang needs its tasks together: more than every usable node could ever
+        // hold at once never runs, however long it waits.
+        let together = (j.groups.len() == 1)
+            .then(|| u64::from(j.min_available.saturating_sub(g.running)))
+            .filter(|&n| n > 1);
+        let mut ever_total = 0u64;
         for (flavor, shape) in options {
             if flavor != NONE && !self.quota.may_use(j.queue, flavor) {
                 continue;
             }
             let a = self.account_on(flavor, shape, d.cpu, d.mem, d.constraint, missing);
+            ever_total = ever_total.saturating_add(a.ever);
             let better = match &best {
                 None => true,
                 Some(b) => (!a.never, a.fit_now, a.largest) > (!b.never, b.fit_now, b.largest),
             };
             if better {
                 best = Some(a);
+            }
+        }
+        if let (Some(b), Some(n)) = (best.as_mut(), together) {
+            if n > ever_total && !b.never {
+                b.never = true;
+                b.gang_short = Some(ever_total);
             }
         }
         best
@@ -130,6 +148,8 @@ impl Snapshot {
             largest: 0,
             largest_cap: 0,
             never: true,
+            ever: 0,
+            gang_short: None,
         };
         // The model flavor a MIG flavor lives on.
         let model = match shape {
@@ -297,6 +317,7 @@ impl Snapshot {
             if gpu_ever.min(cpu_mem_ever) > 0 {
                 a.never = false;
             }
+            a.ever = a.ever.saturating_add(gpu_ever.min(cpu_mem_ever));
             if !ready {
                 continue;
             }
@@ -377,6 +398,17 @@ impl Account {
                 excluded.join(", ")
             )
         };
+        if let Some(most) = self.gang_short {
+            let mut t = format!(
+                "all its {} tasks of {shape} must run together, and the eligible {kind}s can hold at most {most} at once even when empty",
+                self.missing
+            );
+            if !excl.is_empty() {
+                t.push_str("; ");
+                t.push_str(&excl);
+            }
+            return t;
+        }
         if self.never {
             if eligible == 0 {
                 return if self.nodes == 0 {

@@ -141,9 +141,13 @@ fn capacity_is_counted_per_task_shape() {
         why(&h, "one-by-3").0,
         "needs 1 more task of 3 h100-80gb GPUs; the free capacity of eligible h100-80gb nodes holds 0 tasks now (the most free on one node: 0)"
     );
+    // Two tasks of 5 that must run together on one node of 8: never, so it says so.
     assert_eq!(
-        why(&h, "two-by-5").0,
-        "needs 2 more tasks of 5 h100-80gb GPUs; the free capacity of eligible h100-80gb nodes holds 0 tasks now (the most free on one node: 0)"
+        why(&h, "two-by-5"),
+        (
+            "all its 2 tasks of 5 h100-80gb GPUs must run together, and the eligible h100-80gb nodes can hold at most 1 at once even when empty".into(),
+            true
+        )
     );
 
     // 7 free on one node: a 2 × 4 gang fits one task, not two.
@@ -356,4 +360,21 @@ fn a_flavor_one_queue_may_not_use_does_not_block_another_queue_with_the_same_job
     assert!(why(&h, "ja")
         .0
         .starts_with("queue team-a has no quota for h100-80gb"));
+}
+
+/// Found by a user: a gang of 3 × 8 GPUs on a cluster of 8 GPUs was left waiting as if it
+/// might run one day.
+#[test]
+fn a_gang_bigger_than_the_whole_cluster_is_unresolvable() {
+    let mut h = Harness::new(&cluster(1, 8, "h100-80gb"), &team("h100-80gb", 64));
+    h.submit(job("never").tasks(3).gpus(8));
+    h.submit(job("fits").tasks(1).gpus(8));
+    h.cycle();
+    let (text, unresolvable) = why(&h, "never");
+    assert!(unresolvable, "{text}");
+    assert_eq!(
+        text,
+        "all its 3 tasks of 8 h100-80gb GPUs must run together, and the eligible h100-80gb nodes can hold at most 1 at once even when empty"
+    );
+    assert!(h.running("fits"));
 }

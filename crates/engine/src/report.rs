@@ -225,7 +225,11 @@ impl Snapshot {
             }
             subtree_nominal[i] = own;
         }
+        // Only where quota manages the flavor: work on unmanaged flavors borrows from no one.
         let borrowed = |i: usize, f: usize| -> u64 {
+            if !q.is_managed(i as u32, f as u32) {
+                return 0;
+            }
             q.usage(i as u32, f as u32)
                 .saturating_sub(subtree_nominal[i][f])
         };
@@ -395,6 +399,16 @@ mod tests {
             (of.used, of.borrowed, of.subtree_nominal, org.leaf),
             (20_000, 0, 32_000, false)
         );
+        // Work on a flavor no quota manages borrows from no one.
+        let q2 = QueueBuilder::new()
+            .cohort("default")
+            .allow_unlisted()
+            .build();
+        let mut h2 = Harness::new(&cluster(1, 8, "h100-80gb"), &q2);
+        h2.submit(JobBuilder::new("free").queue("default").gpus(2));
+        h2.cycle();
+        let d = h2.snap.queue_report();
+        assert_eq!((d[0].flavors[0].used, d[0].flavors[0].borrowed), (2_000, 0));
         let org_id = h.snap.queue_by_name("org").expect("org");
         let f = h.snap.flavor_by_name("h100-80gb").expect("flavor");
         assert_eq!(h.snap.queue_quota_total(org_id, f), 32_000);

@@ -336,12 +336,8 @@ impl Publisher {
                     started_ms: id.and_then(|id| snap.job_times(id).1),
                     finished_ms: None,
                     tasks_wanted: wanted,
-                    gpu_milli: pods
-                        .iter()
-                        .map(|p| {
-                            u64::from(p.demand.gpus.max(u32::from(p.demand.mig.is_some()))) * 1000
-                        })
-                        .sum(),
+                    gpu_milli: pods.iter().map(|p| u64::from(p.demand.gpus) * 1000).sum(),
+                    slices: pods.iter().filter(|p| p.demand.mig.is_some()).count() as u32,
                     request: request_of(&pods),
                     tasks: pods
                         .iter()

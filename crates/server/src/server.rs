@@ -789,15 +789,28 @@ fn pb_event(e: &Event) -> pb::JobEvent {
 /// Quota flavors of `spec` that no registered node offers, each with the nearest offered name
 /// when one is close (a typo). Nothing is said before any node has registered.
 fn flavor_warnings(spec: &QueueSpec, st: &State) -> Vec<String> {
+    // A leaf listing no quota that does not allow unlisted flavors can run no GPU job at all
+    // (unlike `default`, which allows them): say so rather than let jobs wait there.
+    let mut out = Vec::new();
+    if let Some(i) = st.tree.find(&spec.name) {
+        let q = &st.tree.queues[i];
+        if q.is_leaf() && spec.quotas.is_empty() && !q.allow_unlisted {
+            out.push(format!(
+                "queue {}: lists no quota and does not allow unlisted flavors, so no job that asks \
+                 for a GPU can run in it (add quotas, or set unlisted_flavors: allow)",
+                spec.name
+            ));
+        }
+    }
     let offered: BTreeSet<String> = st
         .nodes
         .values()
         .flat_map(|n| n.rec.node.flavors())
         .collect();
     if offered.is_empty() {
-        return Vec::new();
+        return out;
     }
-    spec.quotas
+    out.extend(spec.quotas
         .keys()
         .filter(|f| !offered.contains(*f))
         .map(|f| {
@@ -818,8 +831,8 @@ fn flavor_warnings(spec: &QueueSpec, st: &State) -> Vec<String> {
                  until such a node joins{hint}",
                 spec.name
             )
-        })
-        .collect()
+        }));
+    out
 }
 
 /// Levenshtein distance (names are short).

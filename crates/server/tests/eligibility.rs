@@ -257,5 +257,21 @@ async fn a_quota_for_a_flavor_no_node_offers_is_kept_with_a_warning() {
         .map(|q| q.name.as_str())
         .collect();
     assert_eq!(warned, ["early", "team-a"]);
+    // A queue listing no quota that does not allow unlisted flavors can run no GPU job: a
+    // user's `{name: scratch}` looked like `default` and admitted nothing.
+    let q = queues
+        .create_queue(pb::QueueRequest {
+            spec_json: r#"{"name": "scratch"}"#.into(),
+        })
+        .await
+        .expect("scratch")
+        .into_inner();
+    assert_eq!(
+        q.warnings,
+        vec![
+            "queue scratch: lists no quota and does not allow unlisted flavors, so no job that \
+             asks for a GPU can run in it (add quotas, or set unlisted_flavors: allow)"
+        ]
+    );
     running.shutdown().await.expect("shutdown");
 }

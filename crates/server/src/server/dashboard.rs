@@ -196,6 +196,13 @@ impl Server {
                         .iter()
                         .map(|g| u64::from(g.count) * milli_of(g))
                         .sum(),
+                    slices: r
+                        .spec
+                        .tasks
+                        .iter()
+                        .filter(|g| g.mig.is_some())
+                        .map(|g| g.count)
+                        .sum(),
                     request: r.spec.request_summary(),
                     tasks: r
                         .tasks
@@ -313,11 +320,12 @@ fn gpus_of(g: &gantry_model::TaskGroupSpec) -> u32 {
     }
 }
 
-/// GPUs one task of a group asks for, in thousandths (a fraction as its share).
+/// Whole GPUs one task of a group asks for, in thousandths (a fraction as its share; MIG
+/// slices are counted apart).
 fn milli_of(g: &gantry_model::TaskGroupSpec) -> u64 {
     match (g.gpus, g.gpu_fraction) {
         (Some(n), _) => u64::from(n) * 1000,
         (None, Some(f)) => (f * 1000.0).round() as u64,
-        _ => u64::from(gpus_of(g)) * 1000,
+        _ => 0,
     }
 }
