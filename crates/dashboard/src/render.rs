@@ -865,6 +865,14 @@ fn queue(b: &Board, name: &str) -> String {
         h.push_str("</p>");
     }
     // The waiting line, in the order the scheduler looks at it.
+    // A cohort's lines say which member each job is in.
+    let queue_cell = |j: &JobView| {
+        if q.leaf {
+            String::new()
+        } else {
+            format!("<td>{}</td>", esc(&j.queue))
+        }
+    };
     let mut waiting: Vec<&JobView> = b
         .jobs
         .iter()
@@ -892,11 +900,7 @@ fn queue(b: &Board, name: &str) -> String {
             "<tr data-job=\"{k}\"><td class=\"num\">{}</td><td><a href=\"/jobs/{k}\">{}</a></td>{}<td class=\"num\">{}</td><td>{}</td><td>{}{}</td></tr>",
             w.and_then(|w| w.position).map_or(String::new(), |p| p.to_string()),
             esc(&j.name),
-            if q.leaf {
-                String::new()
-            } else {
-                format!("<td>{}</td>", esc(&j.queue))
-            },
+            queue_cell(j),
             gpus_cell(j),
             eta_cell(j, b.now_ms),
             if w.is_some_and(|w| w.unresolvable) { "⚠ will not fit as asked: " } else { "" },
@@ -929,11 +933,7 @@ fn queue(b: &Board, name: &str) -> String {
             h,
             "<tr><td><a href=\"/jobs/{k}\">{}</a></td>{}<td class=\"num\">{}</td><td>{}</td></tr>",
             esc(&j.name),
-            if q.leaf {
-                String::new()
-            } else {
-                format!("<td>{}</td>", esc(&j.queue))
-            },
+            queue_cell(j),
             gpus_cell(j),
             j.started_ms.map_or(String::new(), when),
             k = esc(&j.key),
